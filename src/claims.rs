@@ -1,0 +1,161 @@
+//! Verified JWT claims to Hasura session variables (SPEC 3.4).
+//!
+//! `namespace` selects an object of session variables; `locations` are
+//! evaluated over the whole payload and override it. Only `x-hasura-*`
+//! variables survive: anything else in a token would otherwise become an
+//! upstream header of the token issuer's choosing.
+
+use jmespath::{Rcvar, Variable};
+use serde_json::Value;
+
+use crate::config::{ClaimsConfig, ClaimsFormat, is_session_key};
+use crate::session::Session;
+
+/// Why claims could not be mapped; all are `invalid_token` to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimsError {
+    #[error("claims namespace is not a JSON object")]
+    NamespaceNotObject,
+    #[error("claims namespace is not a string holding a JSON object")]
+    NamespaceNotStringifiedObject,
+    #[error("JMESPath evaluation failed")]
+    Evaluation,
+    #[error("session variable name is not a valid header name")]
+    InvalidName,
+}
+
+pub fn extract(cfg: &ClaimsConfig, payload: &Value) -> Result<Session, ClaimsError> {
+    let data = Rcvar::new(
+        Variable::from_serializable(payload).map_err(|_| ClaimsError::Evaluation)?,
+    );
+    let mut session = Session::new();
+    if let Some(ns) = &cfg.namespace {
+        let found = ns
+            .expression
+            .search(&data)
+            .map_err(|_| ClaimsError::Evaluation)?;
+        let found = to_json(&found)?;
+        let object = match (ns.format, found) {
+            (_, Value::Null) => serde_json::Map::new(),
+            (ClaimsFormat::Json, Value::Object(m)) => m,
+            (ClaimsFormat::Json, _) => return Err(ClaimsError::NamespaceNotObject),
+            (ClaimsFormat::StringifiedJson, Value::String(s)) => {
+                match serde_json::from_str::<Value>(&s) {
+                    Ok(Value::Object(m)) => m,
+                    _ => return Err(ClaimsError::NamespaceNotStringifiedObject),
+                }
+            }
+            (ClaimsFormat::StringifiedJson, _) => {
+                return Err(ClaimsError::NamespaceNotStringifiedObject);
+            }
+        };
+        for (k, v) in object {
+            put(&mut session, &k, v)?;
+        }
+    }
+    for loc in &cfg.locations {
+        let found = match &loc.path {
+            Some(expr) => match expr.search(&data) {
+                Ok(v) if !v.is_null() => Some(to_json(&v)?),
+                _ => None,
+            },
+            None => None,
+        };
+        // No match and no default overrides with null (RelyAuth), i.e. removes.
+        let value = found.or_else(|| loc.default.clone()).unwrap_or(Value::Null);
+        put(&mut session, &loc.key, value)?;
+    }
+    Ok(session)
+}
+
+fn put(session: &mut Session, key: &str, value: Value) -> Result<(), ClaimsError> {
+    if key.len() >= 9 && key[..9].eq_ignore_ascii_case("x-hasura-") {
+        if !is_session_key(key) {
+            return Err(ClaimsError::InvalidName);
+        }
+        session.insert(key, value);
+    }
+    Ok(())
+}
+
+fn to_json(v: &Rcvar) -> Result<Value, ClaimsError> {
+    serde_json::to_value(&**v).map_err(|_| ClaimsError::Evaluation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ClaimLocation, Namespace};
+    use serde_json::json;
+
+    fn cfg(ns: Option<(&str, ClaimsFormat)>, locs: &[(&str, Option<&str>, Option<Value>)]) -> ClaimsConfig {
+        ClaimsConfig {
+            namespace: ns.map(|(e, f)| Namespace {
+                expression: jmespath::compile(e).unwrap(),
+                format: f,
+            }),
+            locations: locs
+                .iter()
+                .map(|(k, p, d)| ClaimLocation {
+                    key: k.to_string(),
+                    path: p.map(|p| jmespath::compile(p).unwrap()),
+                    default: d.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn namespace_then_locations_override() {
+        let c = cfg(
+            Some((r#""claims.jwt.hasura.io""#, ClaimsFormat::Json)),
+            &[
+                ("x-hasura-user-id", Some("sub"), None),
+                ("x-hasura-org-id", Some("org.id"), Some(json!("none"))),
+                ("x-hasura-custom", Some("missing"), None),
+            ],
+        );
+        let payload = json!({
+            "sub": "u1",
+            "claims.jwt.hasura.io": {
+                "X-Hasura-Default-Role": "user",
+                "x-hasura-user-id": "ignored",
+                "x-hasura-custom": "dropped by the null location",
+                "not-hasura": "dropped",
+            }
+        });
+        let s = extract(&c, &payload).unwrap();
+        assert_eq!(s.get_str("x-hasura-user-id"), Some("u1"));
+        assert_eq!(s.get_str("x-hasura-org-id"), Some("none"));
+        assert_eq!(s.get_str("x-hasura-default-role"), Some("user"));
+        assert!(!s.contains("x-hasura-custom"));
+        assert!(!s.contains("not-hasura"));
+    }
+
+    #[test]
+    fn stringified_namespace() {
+        let c = cfg(Some(("hasura", ClaimsFormat::StringifiedJson)), &[]);
+        let s = extract(&c, &json!({"hasura": "{\"x-hasura-role\":\"r\"}"})).unwrap();
+        assert_eq!(s.get_str("x-hasura-role"), Some("r"));
+        assert_eq!(
+            extract(&c, &json!({"hasura": {"x-hasura-role": "r"}})),
+            Err(ClaimsError::NamespaceNotStringifiedObject)
+        );
+        let c = cfg(Some(("hasura", ClaimsFormat::Json)), &[]);
+        assert_eq!(
+            extract(&c, &json!({"hasura": "x"})),
+            Err(ClaimsError::NamespaceNotObject)
+        );
+        // A missing namespace is an empty map.
+        assert!(extract(&c, &json!({})).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_variable_names_are_refused() {
+        let c = cfg(Some(("h", ClaimsFormat::Json)), &[]);
+        assert_eq!(
+            extract(&c, &json!({"h": {"x-hasura-a b": "1"}})),
+            Err(ClaimsError::InvalidName)
+        );
+    }
+}

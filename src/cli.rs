@@ -1,0 +1,388 @@
+//! The `authgate` command line (SPEC 1). Results go to stdout; logs,
+//! warnings and errors to stderr.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, EncodingKey, Header};
+use serde_json::{Map, Value, json};
+
+use crate::config::{self, Config};
+use crate::decision::Decision;
+use crate::jwks::JwksRegistry;
+use crate::keys;
+use crate::metrics::Metrics;
+use crate::pipeline::Engine;
+use crate::request::{Headers, Request};
+use crate::server::{self, Shared};
+
+#[derive(Parser, Debug)]
+#[command(name = "authgate", version, about = "External authorization for Envoy, Istio, nginx and Traefik in front of Hasura")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server (gRPC ext_authz and HTTP).
+    Serve(ServeArgs),
+    /// Load and validate a config; print every problem, or a summary.
+    Validate(ConfigArg),
+    /// Run one authorization decision offline and print it as JSON.
+    Check(CheckArgs),
+    /// Mint a signed JWT (for development and tests).
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigArg {
+    /// Config file (default: $AUTHGATE_CONFIG, $RELY_AUTH_CONFIG_PATH, ./auth.yaml).
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// gRPC listen address [env: AUTHGATE_GRPC_ADDR] [default: 0.0.0.0:50051]
+    #[arg(long)]
+    pub grpc_addr: Option<SocketAddr>,
+    /// HTTP listen address [env: AUTHGATE_HTTP_ADDR, or PORT] [default: 0.0.0.0:8080]
+    #[arg(long)]
+    pub http_addr: Option<SocketAddr>,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// A request header, `name: value` (repeatable).
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    #[arg(long)]
+    pub source_ip: Option<IpAddr>,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// HS256/384/512, RS256/384/512, PS256/384/512, ES256/384 or EdDSA.
+    #[arg(long)]
+    pub alg: String,
+    /// An HMAC secret or a private-key PEM; `@path` reads a file.
+    #[arg(long)]
+    pub key: String,
+    /// The claims, a JSON object.
+    #[arg(long)]
+    pub claims: String,
+    #[arg(long)]
+    pub kid: Option<String>,
+    /// Lifetime in seconds when the claims set no `exp`.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Validate(a) => validate(a),
+        Command::Token(a) => token(a),
+        Command::Check(a) => block_on(check(a)),
+        Command::Serve(a) => block_on(serve(a)),
+    }
+}
+
+fn block_on(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(arg: &ConfigArg) -> Result<(PathBuf, Config), ExitCode> {
+    let path = config::resolve_path(arg.config.clone());
+    match config::load_file(&path) {
+        Ok(c) => {
+            for w in &c.warnings {
+                tracing::warn!(path = %w.path, "{}", w.message);
+            }
+            Ok((path, c))
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn validate(arg: ConfigArg) -> ExitCode {
+    match load(&arg) {
+        Ok((path, c)) => {
+            println!("{}: {}", path.display(), config::summary(&c));
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+async fn check(args: CheckArgs) -> ExitCode {
+    let (_, config) = match load(&args.config) {
+        Ok(c) => c,
+        Err(_) => return ExitCode::from(2),
+    };
+    let mut headers = Headers::new();
+    for h in &args.headers {
+        match h.split_once(':') {
+            Some((k, v)) if !k.trim().is_empty() => headers.push(k.trim(), v.trim()),
+            _ => {
+                eprintln!("error: header `{h}` is not `name: value`");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let registry = match JwksRegistry::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let engine = Engine::new(config, &registry, Arc::new(Metrics::new()), true);
+    // Remote keys are fetched once before deciding.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !engine.is_ready() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let req = Request {
+        headers,
+        method: args.method,
+        path: args.path,
+        source_ip: args.source_ip,
+        context: Default::default(),
+    };
+    let decision = engine.decide(&req).await;
+    println!("{}", decision_json(&decision));
+    if decision.is_allowed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `{"allowed","status","reason","headers","session"}` as SPEC 1 prints it.
+pub fn decision_json(d: &Decision) -> Value {
+    match d {
+        Decision::Allow(a) => {
+            let headers: Map<String, Value> = a
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            json!({
+                "allowed": true,
+                "status": 200,
+                "reason": "allowed",
+                "headers": headers,
+                "headersToRemove": a.headers_to_remove,
+                "session": a.session.to_json(),
+                "mode": a.mode.kind,
+                "modeId": &*a.mode.id,
+            })
+        }
+        Decision::Deny(deny) => {
+            let mut headers = Map::new();
+            headers.insert("content-type".into(), json!("application/json"));
+            if let Some(c) = deny.reason.www_authenticate() {
+                headers.insert("www-authenticate".into(), json!(c));
+            }
+            json!({
+                "allowed": false,
+                "status": deny.reason.http_status(),
+                "reason": deny.reason.as_str(),
+                "headers": headers,
+                "session": {},
+                "mode": deny.mode.as_ref().map(|m| m.kind),
+                "modeId": deny.mode.as_ref().map(|m| &*m.id),
+            })
+        }
+    }
+}
+
+fn token(args: TokenArgs) -> ExitCode {
+    match mint(&args) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Mints a token; `iat`/`exp` are added unless the claims set them.
+pub fn mint(args: &TokenArgs) -> Result<String, String> {
+    let alg: Algorithm = keys::parse_algorithm(&args.alg)?;
+    let key_text = match args.key.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the key file {path}: {e}"))?,
+        None => args.key.clone(),
+    };
+    let key = match alg.family() {
+        AlgorithmFamily::Hmac => Ok(EncodingKey::from_secret(key_text.as_bytes())),
+        AlgorithmFamily::Rsa => EncodingKey::from_rsa_pem(key_text.as_bytes()),
+        AlgorithmFamily::Ec => EncodingKey::from_ec_pem(key_text.as_bytes()),
+        AlgorithmFamily::Ed => EncodingKey::from_ed_pem(key_text.as_bytes()),
+    }
+    .map_err(|_| {
+        "the key is not a private key PEM for this algorithm (EC and Ed25519 keys must be PKCS#8)"
+            .to_string()
+    })?;
+    let mut claims: Map<String, Value> = match serde_json::from_str(&args.claims) {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => return Err("--claims must be a JSON object".into()),
+        Err(e) => return Err(format!("--claims is not valid JSON: {e}")),
+    };
+    let now = crate::jwt::unix_now();
+    claims.entry("iat").or_insert(json!(now));
+    claims
+        .entry("exp")
+        .or_insert(json!(now.saturating_add(i64::try_from(args.ttl).unwrap_or(i64::MAX / 2))));
+    let mut header = Header::new(alg);
+    header.kid = args.kid.clone();
+    jsonwebtoken::encode(&header, &claims, &key).map_err(|e| format!("signing failed: {e}"))
+}
+
+fn listen_addrs(args: &ServeArgs) -> Result<(SocketAddr, SocketAddr), String> {
+    let env_addr = |name: &str| -> Result<Option<SocketAddr>, String> {
+        match std::env::var(name) {
+            Ok(v) if !v.is_empty() => v
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("{name}=`{v}` is not an address like 0.0.0.0:8080")),
+            _ => Ok(None),
+        }
+    };
+    let grpc = match args.grpc_addr {
+        Some(a) => a,
+        None => env_addr("AUTHGATE_GRPC_ADDR")?.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 50051))),
+    };
+    let http = match args.http_addr {
+        Some(a) => a,
+        None => match env_addr("AUTHGATE_HTTP_ADDR")? {
+            Some(a) => a,
+            None => {
+                let port = match std::env::var("PORT") {
+                    Ok(p) if !p.is_empty() => p
+                        .parse::<u16>()
+                        .map_err(|_| format!("PORT=`{p}` is not a port number"))?,
+                    _ => 8080,
+                };
+                SocketAddr::from(([0, 0, 0, 0], port))
+            }
+        },
+    };
+    Ok((grpc, http))
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let (grpc_addr, http_addr) = match listen_addrs(&args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (path, config) = match load(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    tracing::info!(config = %path.display(), "{}", config::summary(&config));
+    let shared = match Shared::new(config, Some(path)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let running = match server::start(shared.clone(), grpc_addr, http_addr).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot listen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        grpc_addr = %running.grpc_addr,
+        http_addr = %running.http_addr,
+        version = env!("CARGO_PKG_VERSION"),
+        "listening"
+    );
+    wait_for_signals(&shared).await;
+    tracing::info!("draining in-flight requests");
+    if tokio::time::timeout(Duration::from_secs(25), running.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timed out; exiting");
+    }
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// Returns on SIGTERM or SIGINT; reloads the config on SIGHUP.
+async fn wait_for_signals(shared: &Arc<Shared>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                let _ = shared.reload();
+            }
+        }
+    }
+}
+
+/// Logs to stderr: JSON by default, `AUTHGATE_LOG_FORMAT=pretty` for a
+/// terminal; level from `RUST_LOG`, else `LOG_LEVEL`, else `info`.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or_else(|| std::env::var("LOG_LEVEL").ok().filter(|v| !v.is_empty()))
+        .map(|v| v.to_ascii_lowercase())
+        .unwrap_or_else(|| "info".into());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let pretty = std::env::var("AUTHGATE_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("pretty"));
+    if pretty {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).with_current_span(false).init();
+    }
+}

@@ -1,0 +1,824 @@
+//! Configuration: RelyAuth's `auth.yaml`, read into a checked, compiled,
+//! immutable [`Config`].
+//!
+//! Loading never stops at the first problem: every error is collected with
+//! its YAML path. Everything that can be checked at load is: JMESPath
+//! expressions compile, keys parse, URLs parse, environment references
+//! resolve. A `Config` that exists is one that can serve.
+
+pub mod env;
+pub mod reader;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde_json::Value;
+
+pub use env::{Env, ProcessEnv};
+use env::{env_any, env_string};
+pub use reader::{Diagnostics, Problem, YamlPath};
+use reader::{Obj, as_str, as_str_list};
+
+use crate::keys::{self, KeySet};
+use crate::session::{self, Session};
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub settings: Settings,
+    /// Modes in RelyAuth's fixed order: apiKey, jwt, webhook, noAuth.
+    pub modes: Vec<Mode>,
+    /// Non-fatal findings (weak secrets, ignored variables), for the log.
+    pub warnings: Vec<Problem>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Fixed JWKS refresh period; `None` follows Cache-Control.
+    pub reload_interval: Option<Duration>,
+    /// At most one unknown-`kid` refetch per JWKS URL per this period.
+    pub unknown_kid_cooldown: Duration,
+    /// Verified-token cache size (0 disables it).
+    pub token_cache_max_entries: u64,
+    /// Longest a verified token stays cached (never past its `exp`).
+    pub token_cache_ttl: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            reload_interval: None,
+            unknown_kid_cooldown: Duration::from_secs(30),
+            token_cache_max_entries: 100_000,
+            token_cache_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One entry of `definition.modes`.
+#[derive(Debug)]
+pub struct Mode {
+    pub id: Arc<str>,
+    pub kind: ModeKind,
+}
+
+#[derive(Debug)]
+pub enum ModeKind {
+    ApiKey(ApiKeyMode),
+    Jwt(JwtMode),
+    NoAuth(NoAuthMode),
+}
+
+impl ModeKind {
+    /// The RelyAuth mode name, also used as the `mode` metric label.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ModeKind::ApiKey(_) => "apiKey",
+            ModeKind::Jwt(_) => "jwt",
+            ModeKind::NoAuth(_) => "noAuth",
+        }
+    }
+}
+
+/// RelyAuth's fixed evaluation order.
+pub const MODE_ORDER: [&str; 4] = ["apiKey", "jwt", "webhook", "noAuth"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Header,
+    Query,
+    Cookie,
+}
+
+/// Where a mode finds its credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenLocation {
+    pub place: Place,
+    /// Lower case for headers; exact for query parameters and cookies.
+    pub name: String,
+    /// Lower-case scheme (`bearer`) expected before the credential.
+    pub scheme: Option<String>,
+}
+
+/// A secret string whose `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiKeyMode {
+    pub location: TokenLocation,
+    pub value: Secret,
+    pub session: Session,
+}
+
+#[derive(Debug)]
+pub struct NoAuthMode {
+    pub session: Session,
+}
+
+#[derive(Debug)]
+pub struct JwtMode {
+    pub location: TokenLocation,
+    pub keys: KeySource,
+    /// Accepted `aud` values (any of); empty means `aud` is not checked.
+    pub audience: Vec<String>,
+    pub issuer: Option<String>,
+    pub allowed_skew: u64,
+    pub require_exp: bool,
+    pub claims: ClaimsConfig,
+}
+
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    Fixed(Arc<KeySet>),
+    Remote {
+        url: String,
+        algorithm: Option<Algorithm>,
+    },
+}
+
+impl KeySource {
+    /// The algorithm tokens must use, when the config pins one.
+    pub fn pinned(&self) -> Option<Algorithm> {
+        match self {
+            KeySource::Fixed(set) => set.keys.first().and_then(|k| k.declared),
+            KeySource::Remote { algorithm, .. } => *algorithm,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimsFormat {
+    Json,
+    StringifiedJson,
+}
+
+#[derive(Debug, Clone)]
+pub struct Namespace {
+    pub expression: jmespath::Expression<'static>,
+    pub format: ClaimsFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClaimLocation {
+    /// Lower-case session variable name.
+    pub key: String,
+    pub path: Option<jmespath::Expression<'static>>,
+    pub default: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ClaimsConfig {
+    pub namespace: Option<Namespace>,
+    pub locations: Vec<ClaimLocation>,
+}
+
+/// Every problem found in a config file.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<Problem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(
+            f,
+            "{n} problem{} in the configuration:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.0 {
+            writeln!(f, "  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Which config file to use: flag, `AUTHGATE_CONFIG`, RelyAuth's
+/// `RELY_AUTH_CONFIG_PATH`, then `./auth.yaml`.
+pub fn resolve_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("AUTHGATE_CONFIG").map(PathBuf::from))
+        .or_else(|| std::env::var_os("RELY_AUTH_CONFIG_PATH").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("auth.yaml"))
+}
+
+/// Reads and validates a config file against the process environment.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![Problem {
+            path: YamlPath::root(),
+            message: format!("cannot read {}: {e}", path.display()),
+        }])
+    })?;
+    parse(&text, &ProcessEnv)
+}
+
+/// Parses YAML or JSON (YAML is a superset) and validates it.
+pub fn parse(text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
+    let root: Value = match serde_yaml_ng::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(ConfigErrors(vec![Problem {
+                path: YamlPath::root(),
+                message: format!("not valid YAML or JSON: {e}"),
+            }]));
+        }
+    };
+    let mut d = Diagnostics::default();
+    let config = compile(&mut d, env, &root);
+    match config {
+        Some(mut c) if d.errors.is_empty() => {
+            c.warnings = d.warnings;
+            Ok(c)
+        }
+        _ => Err(ConfigErrors(d.errors)),
+    }
+}
+
+fn compile(d: &mut Diagnostics, env: &dyn Env, root: &Value) -> Option<Config> {
+    if root.is_null() {
+        d.error(&YamlPath::root(), "the file is empty");
+        return None;
+    }
+    let mut top = Obj::open(d, YamlPath::root(), root)?;
+    if let Some(v) = top.str(d, "version") {
+        if v != "v1" {
+            d.error(&top.path.key("version"), format!("unsupported version `{v}`; expected `v1`"));
+        }
+    }
+    if let Some(k) = top.str(d, "kind") {
+        // RelyAuth's own test fixtures say `AuthConfig`; accept it as an alias.
+        if k != "RelyAuth" && k != "AuthConfig" {
+            d.error(&top.path.key("kind"), format!("unsupported kind `{k}`; expected `RelyAuth`"));
+        }
+    }
+    let definition = top.require(d, "definition");
+    top.finish(d, &["version", "kind", "definition"]);
+    let (dpath, dvalue) = definition?;
+    let mut def = Obj::open(d, dpath, dvalue)?;
+    let settings = match def.get("settings") {
+        Some((p, v)) => settings(d, p, v),
+        None => Settings::default(),
+    };
+    let modes = match def.require(d, "modes") {
+        Some((p, v)) => modes(d, env, p, v),
+        None => Vec::new(),
+    };
+    if let Some((p, _)) = def.get("elevation") {
+        d.error(&p, "elevated access is not supported yet in this version");
+    }
+    def.finish(d, &["settings", "modes", "elevation"]);
+    Some(Config {
+        settings,
+        modes,
+        warnings: Vec::new(),
+    })
+}
+
+fn settings(d: &mut Diagnostics, path: YamlPath, v: &Value) -> Settings {
+    let mut s = Settings::default();
+    let Some(mut o) = Obj::open(d, path, v) else {
+        return s;
+    };
+    if let Some(n) = o.u64(d, "reloadInterval") {
+        s.reload_interval = (n > 0).then(|| Duration::from_secs(n));
+    }
+    if let Some(n) = o.u64(d, "unknownKidCooldown") {
+        s.unknown_kid_cooldown = Duration::from_secs(n);
+    }
+    if let Some(n) = o.u64(d, "tokenCacheMaxEntries") {
+        s.token_cache_max_entries = n;
+    }
+    if let Some(n) = o.u64(d, "tokenCacheTtl") {
+        s.token_cache_ttl = Duration::from_secs(n);
+    }
+    o.finish(
+        d,
+        &[
+            "reloadInterval",
+            "unknownKidCooldown",
+            "tokenCacheMaxEntries",
+            "tokenCacheTtl",
+        ],
+    );
+    s
+}
+
+fn modes(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> Vec<Mode> {
+    let Value::Array(items) = v else {
+        d.error(&path, "expected a list of modes");
+        return Vec::new();
+    };
+    if items.is_empty() {
+        d.error(&path, "at least one mode is required");
+    }
+    // Sort by RelyAuth's order first (stable), so default ids match RelyAuth's.
+    let mut order: Vec<(usize, &Value)> = items.iter().enumerate().collect();
+    order.sort_by_key(|(_, v)| {
+        let name = v.get("mode").and_then(Value::as_str).unwrap_or("");
+        MODE_ORDER
+            .iter()
+            .position(|m| *m == name)
+            .unwrap_or(MODE_ORDER.len())
+    });
+    let mut out = Vec::new();
+    let mut ids = HashSet::new();
+    let mut no_auth = 0;
+    for (sorted_index, (file_index, item)) in order.into_iter().enumerate() {
+        let p = path.index(file_index);
+        let Some(mode) = mode(d, env, p.clone(), item, sorted_index) else {
+            continue;
+        };
+        if !ids.insert(mode.id.clone()) {
+            d.error(&p.key("id"), format!("duplicate mode id `{}`", mode.id));
+        }
+        if matches!(mode.kind, ModeKind::NoAuth(_)) {
+            no_auth += 1;
+            if no_auth > 1 {
+                d.error(&p, "only one noAuth mode is allowed");
+            }
+        }
+        out.push(mode);
+    }
+    out
+}
+
+const COMMON_KEYS: [&str; 4] = ["id", "mode", "description", "securityRules"];
+
+fn mode(
+    d: &mut Diagnostics,
+    env: &dyn Env,
+    path: YamlPath,
+    v: &Value,
+    sorted_index: usize,
+) -> Option<Mode> {
+    let mut o = Obj::open(d, path.clone(), v)?;
+    let id: Arc<str> = match o.str(d, "id") {
+        Some("") => {
+            d.error(&path.key("id"), "must not be empty");
+            Arc::from(sorted_index.to_string())
+        }
+        Some(id) => Arc::from(id),
+        None => Arc::from(sorted_index.to_string()),
+    };
+    let _ = o.str(d, "description");
+    if let Some((p, _)) = o.get("securityRules") {
+        d.error(&p, "securityRules are not supported yet in this version");
+    }
+    let name = o.require(d, "mode").and_then(|(p, v)| as_str(d, &p, v).map(|s| (p, s)));
+    let Some((mode_path, name)) = name else {
+        o.read_all();
+        return None;
+    };
+    let kind = match name {
+        "apiKey" => api_key(d, env, o).map(ModeKind::ApiKey),
+        "jwt" => jwt(d, env, o).map(ModeKind::Jwt),
+        "noAuth" => no_auth(d, env, o).map(ModeKind::NoAuth),
+        "webhook" => {
+            d.error(&mode_path, "mode `webhook` is not supported yet in this version");
+            o.read_all();
+            None
+        }
+        other => {
+            d.error(
+                &mode_path,
+                format!("unknown mode `{other}`; expected one of apiKey, jwt, webhook, noAuth"),
+            );
+            o.read_all();
+            None
+        }
+    };
+    Some(Mode { id, kind: kind? })
+}
+
+fn finish_mode(d: &mut Diagnostics, o: Obj<'_>, own: &[&str]) {
+    let known: Vec<&str> = COMMON_KEYS.iter().chain(own.iter()).copied().collect();
+    o.finish(d, &known);
+}
+
+fn api_key(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Option<ApiKeyMode> {
+    let location = o.require(d, "tokenLocation").and_then(|(p, v)| token_location(d, p, v, None));
+    let value = o.require(d, "value").and_then(|(p, v)| {
+        let s = env_string(d, env, &p, v)?;
+        if s.is_empty() {
+            d.error(&p, "the API key is empty");
+            return None;
+        }
+        Some(Secret(s))
+    });
+    let session = session_variables(d, env, &mut o, true);
+    finish_mode(d, o, &["tokenLocation", "value", "sessionVariables"]);
+    Some(ApiKeyMode {
+        location: location?,
+        value: value?,
+        session: session?,
+    })
+}
+
+fn no_auth(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Option<NoAuthMode> {
+    let session = session_variables(d, env, &mut o, true);
+    finish_mode(d, o, &["sessionVariables"]);
+    Some(NoAuthMode { session: session? })
+}
+
+fn session_variables(
+    d: &mut Diagnostics,
+    env: &dyn Env,
+    o: &mut Obj<'_>,
+    needs_role: bool,
+) -> Option<Session> {
+    let (p, v) = o.require(d, "sessionVariables")?;
+    let mut vars = Obj::open(d, p.clone(), v)?;
+    vars.read_all();
+    let mut s = Session::new();
+    let mut ok = true;
+    for (k, v) in vars.entries() {
+        let kp = p.key(k);
+        let Some(value) = env_any(d, env, &kp, v) else {
+            ok = false;
+            continue;
+        };
+        if !is_session_key(k) {
+            d.warn(&kp, "ignored: only x-hasura-* session variables are passed on");
+            continue;
+        }
+        s.insert(k, value);
+    }
+    if needs_role && ok {
+        match s.get(session::ROLE) {
+            Some(Value::String(r)) if !r.is_empty() => {}
+            _ => d.error(&p, "must set `x-hasura-role` to a non-empty string"),
+        }
+    }
+    ok.then_some(s)
+}
+
+/// Only `x-hasura-*` variables reach Hasura (and upstream headers); the
+/// name must also be a valid header name.
+pub fn is_session_key(k: &str) -> bool {
+    k.len() > "x-hasura-".len()
+        && k[.."x-hasura-".len()].eq_ignore_ascii_case("x-hasura-")
+        && k.bytes().all(is_header_name_byte)
+}
+
+pub fn is_header_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn token_location(
+    d: &mut Diagnostics,
+    path: YamlPath,
+    v: &Value,
+    default_scheme: Option<&str>,
+) -> Option<TokenLocation> {
+    let mut o = Obj::open(d, path.clone(), v)?;
+    let place = match o.str(d, "in") {
+        None | Some("header") => Some(Place::Header),
+        Some("query") => Some(Place::Query),
+        Some("cookie") => Some(Place::Cookie),
+        Some(other) => {
+            d.error(
+                &path.key("in"),
+                format!("unknown location `{other}`; expected header, query or cookie"),
+            );
+            None
+        }
+    };
+    let name = o.str(d, "name").map(str::trim);
+    let scheme = o.str(d, "scheme").map(|s| s.trim().to_ascii_lowercase());
+    o.finish(d, &["in", "name", "scheme"]);
+    let place = place?;
+    let name = match name {
+        Some("") => {
+            d.error(&path.key("name"), "must not be empty");
+            return None;
+        }
+        Some(n) => n.to_owned(),
+        None if place == Place::Header => "authorization".to_owned(),
+        None => {
+            d.error(&path, "missing required key `name`");
+            return None;
+        }
+    };
+    let name = if place == Place::Header {
+        if !name.bytes().all(is_header_name_byte) {
+            d.error(&path.key("name"), format!("`{name}` is not a valid header name"));
+        }
+        name.to_ascii_lowercase()
+    } else {
+        name
+    };
+    let scheme = match scheme {
+        Some(s) if s.is_empty() => None,
+        Some(s) => Some(s),
+        None if place == Place::Header && name == "authorization" => {
+            default_scheme.map(str::to_owned)
+        }
+        None => None,
+    };
+    Some(TokenLocation {
+        place,
+        name,
+        scheme,
+    })
+}
+
+fn jwt(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Option<JwtMode> {
+    // Hasura's default location: `Authorization: Bearer <token>`.
+    let default_location = TokenLocation {
+        place: Place::Header,
+        name: "authorization".into(),
+        scheme: Some("bearer".into()),
+    };
+    let location = match o.get("tokenLocation") {
+        Some((p, v)) => token_location(d, p, v, Some("bearer")),
+        None => Some(default_location),
+    };
+    let keys = o.require(d, "key").and_then(|(p, v)| key_source(d, env, p, v));
+    let audience = match o.get("audience") {
+        Some((p, v)) => as_str_list(d, &p, v).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let issuer = o.str(d, "issuer").map(str::to_owned);
+    let allowed_skew = o.u64(d, "allowedSkew").unwrap_or(60);
+    let require_exp = o.bool(d, "requireExp").unwrap_or(true);
+    let claims = o.require(d, "claimsConfig").and_then(|(p, v)| claims_config(d, env, p, v));
+    finish_mode(
+        d,
+        o,
+        &[
+            "tokenLocation",
+            "key",
+            "audience",
+            "issuer",
+            "allowedSkew",
+            "requireExp",
+            "claimsConfig",
+        ],
+    );
+    Some(JwtMode {
+        location: location?,
+        keys: keys?,
+        audience,
+        issuer,
+        allowed_skew,
+        require_exp,
+        claims: claims?,
+    })
+}
+
+fn key_source(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> Option<KeySource> {
+    let mut o = Obj::open(d, path.clone(), v)?;
+    let algorithm = match o.get("algorithm") {
+        Some((p, v)) => match as_str(d, &p, v).map(keys::parse_algorithm) {
+            Some(Ok(a)) => Some(Some(a)),
+            Some(Err(e)) => {
+                d.error(&p, e);
+                None
+            }
+            None => None,
+        },
+        None => Some(None),
+    };
+    let fixed = o.get("key");
+    let remote = o.get("jwkFromUrl");
+    o.finish(d, &["algorithm", "key", "jwkFromUrl"]);
+    let algorithm = algorithm?;
+    match (fixed, remote) {
+        (Some(_), Some(_)) => {
+            d.error(&path, "set either `key` or `jwkFromUrl`, not both");
+            None
+        }
+        (None, None) => {
+            d.error(&path, "missing `key` (a fixed key) or `jwkFromUrl` (a JWKS URL)");
+            None
+        }
+        (Some((kp, kv)), None) => {
+            let Some(alg) = algorithm else {
+                d.error(&path, "missing required key `algorithm` (required with a fixed `key`)");
+                return None;
+            };
+            let text = env_string(d, env, &kp, kv)?;
+            match keys::parse_fixed(alg, &text) {
+                Ok((set, warnings)) => {
+                    for w in warnings {
+                        d.warn(&kp, w);
+                    }
+                    Some(KeySource::Fixed(Arc::new(set)))
+                }
+                Err(e) => {
+                    d.error(&kp, e);
+                    None
+                }
+            }
+        }
+        (None, Some((up, uv))) => {
+            if let Some(a) = algorithm {
+                if a.family() == jsonwebtoken::AlgorithmFamily::Hmac {
+                    d.error(
+                        &path.key("algorithm"),
+                        "HMAC algorithms cannot be used with a remote JWKS (anyone could read the secret)",
+                    );
+                    return None;
+                }
+            }
+            let url = env_string(d, env, &up, uv)?;
+            match reqwest::Url::parse(&url) {
+                Ok(u) if u.scheme() == "https" || u.scheme() == "http" => {
+                    if u.scheme() == "http"
+                        && !matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"))
+                    {
+                        d.warn(&up, "JWKS fetched over plain http can be tampered with; use https");
+                    }
+                    Some(KeySource::Remote { url, algorithm })
+                }
+                Ok(_) => {
+                    d.error(&up, "the JWKS URL must be http or https");
+                    None
+                }
+                Err(e) => {
+                    d.error(&up, format!("not a valid URL: {e}"));
+                    None
+                }
+            }
+        }
+    }
+}
+
+fn compile_jmespath(
+    d: &mut Diagnostics,
+    path: &YamlPath,
+    expr: &str,
+) -> Option<jmespath::Expression<'static>> {
+    let expr = if expr.trim().is_empty() { "@" } else { expr };
+    match jmespath::compile(expr) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            d.error(path, format!("invalid JMESPath expression: {}", e.reason));
+            None
+        }
+    }
+}
+
+fn claims_config(
+    d: &mut Diagnostics,
+    env: &dyn Env,
+    path: YamlPath,
+    v: &Value,
+) -> Option<ClaimsConfig> {
+    let mut o = Obj::open(d, path.clone(), v)?;
+    let mut ok = true;
+    let namespace = match o.get("namespace") {
+        Some((p, v)) => {
+            let ns = namespace(d, p, v);
+            ok &= ns.is_some();
+            ns
+        }
+        None => None,
+    };
+    let mut locations = Vec::new();
+    if let Some((p, v)) = o.get("locations") {
+        if let Some(mut lo) = Obj::open(d, p.clone(), v) {
+            lo.read_all();
+            let mut seen = HashSet::new();
+            for (k, v) in lo.entries() {
+                let kp = p.key(k);
+                if !seen.insert(k.to_ascii_lowercase()) {
+                    d.error(&kp, "duplicate session variable (names are case-insensitive)");
+                }
+                if !is_session_key(k) {
+                    d.warn(&kp, "ignored: only x-hasura-* session variables are passed on");
+                }
+                match location(d, env, kp, k, v) {
+                    Some(l) => locations.push(l),
+                    None => ok = false,
+                }
+            }
+        } else {
+            ok = false;
+        }
+    }
+    o.finish(d, &["namespace", "locations"]);
+    if namespace.is_none() && locations.is_empty() && ok {
+        d.error(&path, "set `namespace` or at least one entry in `locations`");
+        return None;
+    }
+    ok.then_some(ClaimsConfig {
+        namespace,
+        locations,
+    })
+}
+
+fn namespace(d: &mut Diagnostics, path: YamlPath, v: &Value) -> Option<Namespace> {
+    let mut o = Obj::open(d, path.clone(), v)?;
+    let expr = o.require(d, "location").and_then(|(p, v)| {
+        let s = as_str(d, &p, v)?;
+        compile_jmespath(d, &p, s)
+    });
+    let format = match o.str(d, "claimsFormat") {
+        None | Some("Json") => Some(ClaimsFormat::Json),
+        Some("StringifiedJson") => Some(ClaimsFormat::StringifiedJson),
+        Some(other) => {
+            d.error(
+                &path.key("claimsFormat"),
+                format!("unknown claimsFormat `{other}`; expected Json or StringifiedJson"),
+            );
+            None
+        }
+    };
+    o.finish(d, &["location", "claimsFormat"]);
+    Some(Namespace {
+        expression: expr?,
+        format: format?,
+    })
+}
+
+fn location(
+    d: &mut Diagnostics,
+    env: &dyn Env,
+    path: YamlPath,
+    key: &str,
+    v: &Value,
+) -> Option<ClaimLocation> {
+    let mut o = Obj::open(d, path.clone(), v)?;
+    let mut ok = true;
+    let expr = match o.get("path") {
+        Some((p, v)) => match as_str(d, &p, v).and_then(|s| compile_jmespath(d, &p, s)) {
+            Some(e) => Some(e),
+            None => {
+                ok = false;
+                None
+            }
+        },
+        None => None,
+    };
+    let default = match o.get("default") {
+        Some((p, v)) => match env_any(d, env, &p, v) {
+            Some(v) => Some(v),
+            None => {
+                ok = false;
+                None
+            }
+        },
+        None => None,
+    };
+    if let Some(t) = o.str(d, "type") {
+        if t != "field" {
+            d.error(&path.key("type"), format!("unknown type `{t}`; expected `field`"));
+            ok = false;
+        }
+    }
+    o.finish(d, &["path", "default", "type"]);
+    if expr.is_none() && default.is_none() && ok {
+        d.error(&path, "set `path`, `default` or both");
+        return None;
+    }
+    ok.then(|| ClaimLocation {
+        key: key.to_ascii_lowercase(),
+        path: expr,
+        default,
+    })
+}
+
+/// A one-line description for `validate` and the start-up log.
+pub fn summary(c: &Config) -> String {
+    let modes: Vec<String> = c
+        .modes
+        .iter()
+        .map(|m| format!("{} ({})", m.kind.name(), m.id))
+        .collect();
+    let remote: HashSet<&str> = c
+        .modes
+        .iter()
+        .filter_map(|m| match &m.kind {
+            ModeKind::Jwt(j) => match &j.keys {
+                KeySource::Remote { url, .. } => Some(url.as_str()),
+                KeySource::Fixed(_) => None,
+            },
+            _ => None,
+        })
+        .collect();
+    format!(
+        "configuration OK: {} mode{}: {}; {} JWKS URL{}; {} warning{}",
+        c.modes.len(),
+        if c.modes.len() == 1 { "" } else { "s" },
+        modes.join(", "),
+        remote.len(),
+        if remote.len() == 1 { "" } else { "s" },
+        c.warnings.len(),
+        if c.warnings.len() == 1 { "" } else { "s" },
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,183 @@
+use super::*;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "JWT_SECRET" => Some("a-string-secret-at-least-256-bits-long".into()),
+        "SERVICE_KEY" => Some("svc".into()),
+        _ => None,
+    }
+}
+
+fn errors(yaml: &str) -> Vec<String> {
+    match parse(yaml, &env) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+#[test]
+fn parses_the_spec_example_modes() {
+    let c = parse(
+        r#"
+version: v1
+kind: RelyAuth
+definition:
+  settings: {reloadInterval: 300}
+  modes:
+    - mode: noAuth
+      sessionVariables: {x-hasura-role: {value: anonymous}}
+    - id: users
+      mode: jwt
+      tokenLocation: {in: header, name: Authorization, scheme: bearer}
+      key: {algorithm: HS256, key: {env: JWT_SECRET}}
+      audience: ["myapp-1234"]
+      issuer: https://my-auth-server.com
+      claimsConfig:
+        namespace: {location: '"claims.jwt.hasura.io"', claimsFormat: Json}
+        locations:
+          X-Hasura-User-Id: {path: sub}
+          x-hasura-org-id: {path: org.id, default: {value: "none"}}
+    - mode: apiKey
+      tokenLocation: {in: header, name: X-API-Key}
+      value: {env: SERVICE_KEY}
+      sessionVariables: {x-hasura-role: {value: service}}
+"#,
+        &env,
+    )
+    .unwrap();
+    let kinds: Vec<&str> = c.modes.iter().map(|m| m.kind.name()).collect();
+    assert_eq!(kinds, ["apiKey", "jwt", "noAuth"]);
+    // Default ids are the index after sorting (RelyAuth).
+    let ids: Vec<&str> = c.modes.iter().map(|m| &*m.id).collect();
+    assert_eq!(ids, ["0", "users", "2"]);
+    assert_eq!(c.settings.reload_interval, Some(Duration::from_secs(300)));
+    let ModeKind::Jwt(j) = &c.modes[1].kind else { panic!() };
+    assert_eq!(j.allowed_skew, 60);
+    assert!(j.require_exp);
+    assert_eq!(j.claims.locations[0].key, "x-hasura-user-id");
+    let ModeKind::ApiKey(a) = &c.modes[0].kind else { panic!() };
+    assert_eq!(a.location.name, "x-api-key");
+    assert!(!format!("{a:?}").contains("svc"), "secrets are redacted in Debug");
+}
+
+#[test]
+fn json_is_accepted() {
+    let c = parse(
+        r#"{"version":"v1","kind":"RelyAuth","definition":{"modes":[{"mode":"noAuth","sessionVariables":{"x-hasura-role":{"value":"anonymous"}}}]}}"#,
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.modes.len(), 1);
+}
+
+#[test]
+fn every_problem_is_reported_with_its_path() {
+    let errs = errors(
+        r#"
+version: v2
+kind: Other
+definition:
+  setings: {}
+  modes:
+    - mode: jwt
+      key: {algorithm: HS257, key: {env: MISSING_VAR}}
+      audiance: [x]
+      claimsConfig:
+        namespace: {location: '[[', claimsFormat: Yaml}
+    - mode: apiKey
+      tokenLocation: {in: body, name: X}
+      value: {value: ""}
+      sessionVariables: {x-hasura-role: {value: svc}}
+    - mode: magic
+"#,
+    );
+    let expect = [
+        "version: unsupported version `v2`",
+        "kind: unsupported kind `Other`",
+        "definition.setings: unknown key `setings` (did you mean `settings`?)",
+        "definition.modes[0].key.algorithm: unsupported algorithm `HS257`",
+        "definition.modes[0].audiance: unknown key `audiance` (did you mean `audience`?)",
+        "definition.modes[0].claimsConfig.namespace.location: invalid JMESPath expression",
+        "definition.modes[0].claimsConfig.namespace.claimsFormat: unknown claimsFormat `Yaml`",
+        "definition.modes[1].tokenLocation.in: unknown location `body`",
+        "definition.modes[1].value: the API key is empty",
+        "definition.modes[2].mode: unknown mode `magic`",
+    ];
+    for e in expect {
+        assert!(errs.iter().any(|x| x.starts_with(e)), "missing `{e}` in {errs:#?}");
+    }
+}
+
+#[test]
+fn secrets_never_appear_in_errors() {
+    let errs = errors(
+        r#"
+definition:
+  modes:
+    - mode: jwt
+      key: {algorithm: RS256, key: {value: "super-secret-not-a-pem"}}
+      claimsConfig: {namespace: {location: x}}
+"#,
+    );
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(!errs[0].contains("super-secret"), "{errs:?}");
+}
+
+#[test]
+fn unset_env_is_an_error_naming_the_variable() {
+    let errs = errors(
+        r#"
+definition:
+  modes:
+    - mode: apiKey
+      tokenLocation: {name: X-Key}
+      value: {env: NOPE}
+      sessionVariables: {x-hasura-role: {value: svc}}
+"#,
+    );
+    assert!(errs[0].contains("`NOPE` is not set"), "{errs:?}");
+}
+
+#[test]
+fn remote_jwks_rules() {
+    let errs = errors(
+        r#"
+definition:
+  modes:
+    - mode: jwt
+      key: {algorithm: HS256, jwkFromUrl: {value: "https://x/jwks"}}
+      claimsConfig: {namespace: {location: x}}
+    - mode: jwt
+      id: b
+      key: {jwkFromUrl: {value: "ftp://x/jwks"}}
+      claimsConfig: {namespace: {location: x}}
+    - mode: jwt
+      id: c
+      key: {algorithm: RS256}
+      claimsConfig: {namespace: {location: x}}
+"#,
+    );
+    assert!(errs.iter().any(|e| e.contains("modes[0].key.algorithm: HMAC algorithms cannot")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.contains("modes[1].key.jwkFromUrl: the JWKS URL must be http or https")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.contains("modes[2].key: missing `key`")), "{errs:?}");
+}
+
+#[test]
+fn structural_rules() {
+    let errs = errors(
+        r#"
+definition:
+  modes:
+    - {mode: noAuth, sessionVariables: {x-hasura-role: {value: a}}}
+    - {mode: noAuth, sessionVariables: {x-hasura-user-id: {value: a}}}
+    - {mode: apiKey, id: k, tokenLocation: {name: A}, value: {value: v}, sessionVariables: {x-hasura-role: {value: r}}}
+    - {mode: apiKey, id: k, tokenLocation: {name: B}, value: {value: w}, sessionVariables: {x-hasura-role: {value: r}}}
+"#,
+    );
+    assert!(errs.iter().any(|e| e.contains("only one noAuth")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.contains("must set `x-hasura-role`")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.contains("duplicate mode id `k`")), "{errs:?}");
+    assert!(!errors("").is_empty());
+    assert!(!errors("definition: {modes: []}").is_empty());
+    assert!(errors("[1, 2").iter().any(|e| e.contains("not valid YAML")));
+}

@@ -1,0 +1,218 @@
+//! The outcome of one authorization: what every front door renders.
+//!
+//! Reasons are a closed set (SPEC 3) because they appear in responses, logs and
+//! metric labels: an open set would leak detail to clients and blow up label
+//! cardinality.
+
+use std::fmt;
+
+use crate::session::Session;
+
+/// Why a request was denied. Each reason fixes its gRPC code, HTTP status and
+/// `WWW-Authenticate` challenge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DenyReason {
+    MissingCredentials,
+    InvalidToken,
+    TokenExpired,
+    InvalidApiKey,
+    WebhookDenied,
+    ElevationRequired,
+    RoleNotAllowed,
+    BlockedByRule,
+    InternalError,
+}
+
+impl DenyReason {
+    pub const ALL: [DenyReason; 9] = [
+        DenyReason::MissingCredentials,
+        DenyReason::InvalidToken,
+        DenyReason::TokenExpired,
+        DenyReason::InvalidApiKey,
+        DenyReason::WebhookDenied,
+        DenyReason::ElevationRequired,
+        DenyReason::RoleNotAllowed,
+        DenyReason::BlockedByRule,
+        DenyReason::InternalError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::MissingCredentials => "missing_credentials",
+            DenyReason::InvalidToken => "invalid_token",
+            DenyReason::TokenExpired => "token_expired",
+            DenyReason::InvalidApiKey => "invalid_api_key",
+            DenyReason::WebhookDenied => "webhook_denied",
+            DenyReason::ElevationRequired => "elevation_required",
+            DenyReason::RoleNotAllowed => "role_not_allowed",
+            DenyReason::BlockedByRule => "blocked_by_rule",
+            DenyReason::InternalError => "internal_error",
+        }
+    }
+
+    /// `google.rpc.Code` carried in `CheckResponse.status`.
+    pub fn grpc_code(self) -> i32 {
+        match self {
+            DenyReason::RoleNotAllowed | DenyReason::BlockedByRule => 7, // PERMISSION_DENIED
+            DenyReason::InternalError => 14,                             // UNAVAILABLE
+            _ => 16,                                                     // UNAUTHENTICATED
+        }
+    }
+
+    pub fn http_status(self) -> u16 {
+        match self {
+            DenyReason::RoleNotAllowed | DenyReason::BlockedByRule => 403,
+            DenyReason::InternalError => 503,
+            _ => 401,
+        }
+    }
+
+    /// The RFC 6750 / RFC 9470 challenge, if the status carries one.
+    pub fn www_authenticate(self) -> Option<&'static str> {
+        match self {
+            DenyReason::MissingCredentials => Some("Bearer"),
+            DenyReason::InvalidToken
+            | DenyReason::TokenExpired
+            | DenyReason::InvalidApiKey
+            | DenyReason::WebhookDenied => Some("Bearer error=\"invalid_token\""),
+            DenyReason::ElevationRequired => {
+                Some("Bearer error=\"insufficient_user_authentication\"")
+            }
+            DenyReason::RoleNotAllowed | DenyReason::BlockedByRule | DenyReason::InternalError => {
+                None
+            }
+        }
+    }
+
+    /// A generic message: it never says which key, claim or check failed,
+    /// except for expiry, which clients need to know to refresh.
+    pub fn message(self) -> &'static str {
+        match self {
+            DenyReason::MissingCredentials => "credentials required",
+            DenyReason::InvalidToken | DenyReason::InvalidApiKey | DenyReason::WebhookDenied => {
+                "invalid credentials"
+            }
+            DenyReason::TokenExpired => "token expired",
+            DenyReason::ElevationRequired => "elevated access required",
+            DenyReason::RoleNotAllowed | DenyReason::BlockedByRule => "access denied",
+            DenyReason::InternalError => "authorization temporarily unavailable",
+        }
+    }
+
+    /// The JSON body of a denial; precomputed per reason, so rendering a
+    /// denial allocates nothing for it.
+    pub fn body(self) -> &'static str {
+        match self {
+            DenyReason::MissingCredentials => {
+                r#"{"error":"missing_credentials","message":"credentials required"}"#
+            }
+            DenyReason::InvalidToken => r#"{"error":"invalid_token","message":"invalid credentials"}"#,
+            DenyReason::TokenExpired => r#"{"error":"token_expired","message":"token expired"}"#,
+            DenyReason::InvalidApiKey => {
+                r#"{"error":"invalid_api_key","message":"invalid credentials"}"#
+            }
+            DenyReason::WebhookDenied => {
+                r#"{"error":"webhook_denied","message":"invalid credentials"}"#
+            }
+            DenyReason::ElevationRequired => {
+                r#"{"error":"elevation_required","message":"elevated access required"}"#
+            }
+            DenyReason::RoleNotAllowed => r#"{"error":"role_not_allowed","message":"access denied"}"#,
+            DenyReason::BlockedByRule => r#"{"error":"blocked_by_rule","message":"access denied"}"#,
+            DenyReason::InternalError => {
+                r#"{"error":"internal_error","message":"authorization temporarily unavailable"}"#
+            }
+        }
+    }
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which configured mode produced (or refused) the decision; used in logs,
+/// metrics and dynamic metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModeRef {
+    /// The mode type: `jwt`, `apiKey`, `webhook`, `noAuth`.
+    pub kind: &'static str,
+    /// The mode's `id` (configured or defaulted).
+    pub id: std::sync::Arc<str>,
+}
+
+/// The pipeline's answer for one request.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    Allow(Allow),
+    Deny(Deny),
+}
+
+#[derive(Debug, Clone)]
+pub struct Allow {
+    pub session: Session,
+    /// Session variables rendered as header values (Hasura strings), sorted.
+    pub headers: Vec<(String, String)>,
+    pub mode: ModeRef,
+    /// Whether the request carries elevated access (SPEC 7).
+    pub elevated: bool,
+    /// Client-supplied headers to strip upstream (lower case), never one in `session`.
+    pub headers_to_remove: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Deny {
+    pub reason: DenyReason,
+    /// The mode whose credential failed, when one did.
+    pub mode: Option<ModeRef>,
+}
+
+impl Decision {
+    pub fn deny(reason: DenyReason, mode: Option<ModeRef>) -> Self {
+        Decision::Deny(Deny { reason, mode })
+    }
+
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Decision::Allow(_))
+    }
+
+    pub fn reason_label(&self) -> &'static str {
+        match self {
+            Decision::Allow(_) => "",
+            Decision::Deny(d) => d.reason.as_str(),
+        }
+    }
+
+    pub fn mode_label(&self) -> &'static str {
+        match self {
+            Decision::Allow(a) => a.mode.kind,
+            Decision::Deny(d) => d.mode.as_ref().map(|m| m.kind).unwrap_or("none"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_match_reason_and_message() {
+        for r in DenyReason::ALL {
+            let v: serde_json::Value = serde_json::from_str(r.body()).unwrap();
+            assert_eq!(v["error"], r.as_str());
+            assert_eq!(v["message"], r.message());
+        }
+    }
+
+    #[test]
+    fn codes_follow_the_spec_table() {
+        assert_eq!(DenyReason::MissingCredentials.www_authenticate(), Some("Bearer"));
+        assert_eq!(DenyReason::RoleNotAllowed.grpc_code(), 7);
+        assert_eq!(DenyReason::RoleNotAllowed.http_status(), 403);
+        assert_eq!(DenyReason::InternalError.grpc_code(), 14);
+        assert_eq!(DenyReason::InternalError.http_status(), 503);
+        assert_eq!(DenyReason::TokenExpired.grpc_code(), 16);
+        assert_eq!(DenyReason::BlockedByRule.www_authenticate(), None);
+    }
+}

@@ -1,0 +1,218 @@
+//! Envoy ext_authz v3 gRPC front door: a thin adapter from `CheckRequest`
+//! to [`Request`] and from [`Decision`] to `CheckResponse`.
+//!
+//! A decision is always an OK gRPC call; gRPC errors are only for calls that
+//! are not ext_authz requests at all.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::config::core::v3::address::Address;
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
+    Authorization, AuthorizationServer,
+};
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{
+    CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+};
+use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value as PbValue, value::Kind};
+use envoy_types::pb::google::rpc::Status;
+
+use crate::decision::{Allow, Decision, Deny};
+use crate::metrics::Frontend;
+use crate::request::{Headers, Request};
+use crate::server::Shared;
+
+/// The `envoy.service.auth.v3.Authorization` service.
+#[derive(Clone)]
+pub struct ExtAuthz {
+    shared: Arc<Shared>,
+}
+
+impl ExtAuthz {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        ExtAuthz { shared }
+    }
+
+    pub fn into_server(self) -> AuthorizationServer<Self> {
+        AuthorizationServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthz {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let started = Instant::now();
+        let peer = request.remote_addr().map(|a| a.ip());
+        let req = to_request(request.into_inner(), peer);
+        let decision = self.shared.decide(Frontend::Grpc, &req, started).await;
+        Ok(tonic::Response::new(render(&decision)))
+    }
+}
+
+/// Builds the neutral request from Envoy's attributes. Headers come from
+/// `header_map` (with `encode_raw_headers`) and from `headers`; pseudo
+/// headers are kept out of the header list.
+pub fn to_request(check: CheckRequest, peer: Option<IpAddr>) -> Request {
+    let mut req = Request::default();
+    let Some(attrs) = check.attributes else {
+        req.source_ip = peer;
+        return req;
+    };
+    req.context = attrs.context_extensions;
+    req.source_ip = attrs
+        .source
+        .and_then(|s| s.address)
+        .and_then(|a| a.address)
+        .and_then(|a| match a {
+            Address::SocketAddress(sa) => sa.address.parse().ok(),
+            _ => None,
+        })
+        .or(peer);
+    let Some(http) = attrs.request.and_then(|r| r.http) else {
+        return req;
+    };
+    let raw = http.header_map.map(|m| m.headers).unwrap_or_default();
+    let mut headers = Headers::with_capacity(http.headers.len() + raw.len());
+    for (k, v) in http.headers {
+        if !k.starts_with(':') {
+            headers.push(&k, v);
+        }
+    }
+    for hv in raw {
+        if hv.key.starts_with(':') {
+            continue;
+        }
+        let value = if hv.raw_value.is_empty() {
+            hv.value
+        } else {
+            // Non-UTF-8 bytes become U+FFFD: such a credential cannot verify.
+            String::from_utf8(hv.raw_value)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        };
+        headers.push(&hv.key, value);
+    }
+    req.headers = headers;
+    req.method = http.method;
+    req.path = http.path;
+    req
+}
+
+/// `append = false` and `OVERWRITE_IF_EXISTS_OR_ADD` both: older Envoys read
+/// the deprecated `append`, newer ones `append_action`.
+#[allow(deprecated)]
+fn header(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            raw_value: Vec::new(),
+        }),
+        append: Some(BoolValue { value: false }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        keep_empty_value: false,
+    }
+}
+
+pub fn render(decision: &Decision) -> CheckResponse {
+    match decision {
+        Decision::Allow(a) => allow(a),
+        Decision::Deny(d) => deny(d),
+    }
+}
+
+fn allow(a: &Allow) -> CheckResponse {
+    let headers = a.headers.iter().map(|(k, v)| header(k, v)).collect();
+    let mut fields = BTreeMap::new();
+    let text = |s: &str| PbValue {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    };
+    if let Some(role) = a.session.get_str(crate::session::ROLE) {
+        fields.insert("role".to_owned(), text(role));
+    }
+    if let Some(user) = a.session.user_id() {
+        fields.insert("user_id".to_owned(), text(&user));
+    }
+    fields.insert("mode".to_owned(), text(a.mode.kind));
+    fields.insert("mode_id".to_owned(), text(&a.mode.id));
+    fields.insert(
+        "elevated".to_owned(),
+        PbValue {
+            kind: Some(Kind::BoolValue(a.elevated)),
+        },
+    );
+    CheckResponse {
+        status: Some(Status {
+            code: 0,
+            message: String::new(),
+            details: Vec::new(),
+        }),
+        dynamic_metadata: Some(Struct {
+            fields: fields.into_iter().collect(),
+        }),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers,
+            headers_to_remove: a.headers_to_remove.clone(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn deny(d: &Deny) -> CheckResponse {
+    let mut headers = vec![header("content-type", "application/json")];
+    if let Some(challenge) = d.reason.www_authenticate() {
+        headers.push(header("www-authenticate", challenge));
+    }
+    CheckResponse {
+        status: Some(Status {
+            code: d.reason.grpc_code(),
+            message: d.reason.as_str().to_owned(),
+            details: Vec::new(),
+        }),
+        dynamic_metadata: None,
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus {
+                code: i32::from(d.reason.http_status()),
+            }),
+            headers,
+            body: d.reason.body().to_owned(),
+        })),
+    }
+}
+
+/// The tonic service type, for health status.
+pub type ExtAuthzServer = AuthorizationServer<ExtAuthz>;
+
+/// File descriptors of the ext_authz API, extracted from `envoy-types` at
+/// build time (see `build.rs`), so reflection clients (grpcurl) can call
+/// Check without local protos.
+const EXT_AUTHZ_DESCRIPTORS: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/ext_authz_descriptors.bin"));
+
+/// gRPC reflection (v1) for ext_authz and health; `None` if the descriptors
+/// are unusable (then reflection is simply not offered).
+pub fn reflection_service() -> Option<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+> {
+    match tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(EXT_AUTHZ_DESCRIPTORS)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+    {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "gRPC reflection unavailable");
+            None
+        }
+    }
+}

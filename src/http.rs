@@ -1,0 +1,137 @@
+//! The HTTP address: forward-auth (`/check`, `/check/*`) for nginx,
+//! Traefik and Envoy's HTTP ext_authz, plus `/healthz`, `/readyz` and
+//! `/metrics`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+
+use crate::decision::Decision;
+use crate::metrics::Frontend;
+use crate::request::{Headers, Request};
+use crate::server::Shared;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/check", any(check))
+        .route("/check/", any(check))
+        .route("/check/{*rest}", any(check))
+        .with_state(shared)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        shared.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn check(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    let req = to_request(&method, &uri, &headers, peer);
+    let decision = shared.decide(Frontend::Http, &req, started).await;
+    render(&decision)
+}
+
+/// The original request: nginx's `X-Original-URI` / `X-Original-Method`,
+/// Traefik's `X-Forwarded-Uri` / `X-Forwarded-Method`, else the path after
+/// `/check` (Envoy's HTTP ext_authz `path_prefix`) and this call's method.
+pub fn to_request(method: &Method, uri: &Uri, headers: &HeaderMap, peer: SocketAddr) -> Request {
+    let mut h = Headers::with_capacity(headers.len());
+    for (name, value) in headers {
+        let v = match value.to_str() {
+            Ok(s) => s.to_owned(),
+            Err(_) => String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        };
+        h.push(name.as_str(), v);
+    }
+    let path = h
+        .get("x-original-uri")
+        .or_else(|| h.get("x-forwarded-uri"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            let full = uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/check");
+            let rest = full.strip_prefix("/check").unwrap_or(full);
+            if rest.is_empty() || rest.starts_with('?') {
+                format!("/{rest}")
+            } else {
+                rest.to_owned()
+            }
+        });
+    let method = h
+        .get("x-original-method")
+        .or_else(|| h.get("x-forwarded-method"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| method.as_str().to_owned());
+    Request {
+        headers: h,
+        method,
+        path,
+        source_ip: Some(peer.ip()),
+        context: Default::default(),
+    }
+}
+
+pub fn render(decision: &Decision) -> Response {
+    match decision {
+        Decision::Allow(a) => {
+            let mut resp = Response::new(Body::empty());
+            *resp.status_mut() = StatusCode::OK;
+            let headers = resp.headers_mut();
+            for (k, v) in &a.headers {
+                if let (Ok(name), Ok(value)) =
+                    (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v))
+                {
+                    headers.insert(name, value);
+                }
+            }
+            resp
+        }
+        Decision::Deny(d) => {
+            let mut resp = Response::new(Body::from(d.reason.body()));
+            *resp.status_mut() =
+                StatusCode::from_u16(d.reason.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
+            let headers = resp.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            if let Some(challenge) = d.reason.www_authenticate() {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            }
+            resp
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! Remote JWKS: one [`JwksCache`] per URL, shared by every mode that names it
+//! and kept across config reloads while the URL stays.
+//!
+//! Reads are lock-free (an `ArcSwap` of an immutable [`KeySet`]). Fetches
+//! happen at start (retried with backoff until keys load), in the background
+//! (Cache-Control/Expires within bounds, or `reloadInterval`), and on the
+//! request path only for an unknown `kid`: single-flight per URL and at most
+//! once per cooldown. Kids that stayed unknown after a refetch are remembered
+//! (moka, expiring with the cooldown) so a flood of random kids costs nothing.
+//! A failed fetch keeps the last good keys.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use tokio::task::JoinHandle;
+
+use crate::keys::{self, KeySet};
+use crate::metrics::{Metrics, SourceMetrics};
+
+/// Largest JWKS document accepted.
+pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
+/// Per-fetch timeout (connect + response).
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Background refresh bounds when following Cache-Control / Expires.
+pub const REFRESH_FLOOR: Duration = Duration::from_secs(60);
+pub const REFRESH_CEILING: Duration = Duration::from_secs(3600);
+/// Refresh period when the server sends no caching headers.
+pub const REFRESH_DEFAULT: Duration = Duration::from_secs(300);
+/// Retry backoff after a failed fetch: starts at 1 s, doubles, capped at 10 s.
+pub const BACKOFF_START: Duration = Duration::from_secs(1);
+pub const BACKOFF_CAP: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("request failed: {0}")]
+    Http(String),
+    #[error("unexpected HTTP status {0}")]
+    Status(u16),
+    #[error("response larger than {MAX_JWKS_BYTES} bytes")]
+    TooLarge,
+    #[error("{0}")]
+    Parse(String),
+}
+
+/// Keys fetched from one JWKS URL.
+pub struct JwksCache {
+    url: String,
+    client: reqwest::Client,
+    keys: ArcSwapOption<KeySet>,
+    etag: Mutex<Option<String>>,
+    /// Time of the last unknown-kid refetch; the async mutex makes it single-flight.
+    refetch_gate: tokio::sync::Mutex<Option<Instant>>,
+    unknown_kids: moka::sync::Cache<String, ()>,
+    cooldown: Duration,
+    reload_interval: Option<Duration>,
+    metrics: SourceMetrics,
+    refresher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for JwksCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwksCache").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl Drop for JwksCache {
+    fn drop(&mut self) {
+        if let Ok(mut h) = self.refresher.lock() {
+            if let Some(h) = h.take() {
+                h.abort();
+            }
+        }
+    }
+}
+
+/// Outcome of a fetch, for the refresh schedule.
+enum Fetched {
+    Updated(Duration),
+    NotModified(Duration),
+}
+
+impl JwksCache {
+    pub fn new(
+        url: String,
+        client: reqwest::Client,
+        cooldown: Duration,
+        reload_interval: Option<Duration>,
+        metrics: SourceMetrics,
+    ) -> Self {
+        JwksCache {
+            url,
+            client,
+            keys: ArcSwapOption::empty(),
+            etag: Mutex::new(None),
+            refetch_gate: tokio::sync::Mutex::new(None),
+            unknown_kids: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(cooldown.max(Duration::from_millis(1)))
+                .build(),
+            cooldown,
+            reload_interval,
+            metrics,
+            refresher: Mutex::new(None),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The current keys, if any fetch has succeeded.
+    pub fn current(&self) -> Option<Arc<KeySet>> {
+        self.keys.load_full()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.keys.load().is_some()
+    }
+
+    pub fn record_lookup(&self, hit: bool) {
+        if hit {
+            self.metrics.lookup_hit.inc();
+        } else {
+            self.metrics.lookup_miss.inc();
+        }
+    }
+
+    /// Starts the background loop: fetch now, retry with backoff until keys
+    /// load, then refresh on schedule. It stops when the cache is dropped.
+    pub fn start(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let handle = tokio::spawn(refresh_loop(weak));
+        if let Ok(mut slot) = self.refresher.lock() {
+            *slot = Some(handle);
+        }
+    }
+
+    /// One fetch; on success swaps the keys in. Counted in metrics.
+    async fn fetch(&self) -> Result<Fetched, FetchError> {
+        let result = self.fetch_inner().await;
+        match &result {
+            Ok(Fetched::Updated(_)) => {
+                self.metrics.fetch_ok.inc();
+                self.metrics.last_success.set(unix_seconds());
+            }
+            Ok(Fetched::NotModified(_)) => {
+                self.metrics.fetch_not_modified.inc();
+                self.metrics.last_success.set(unix_seconds());
+            }
+            Err(e) => {
+                self.metrics.fetch_error.inc();
+                tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed; keeping the last good keys");
+            }
+        }
+        result
+    }
+
+    async fn fetch_inner(&self) -> Result<Fetched, FetchError> {
+        let mut req = self
+            .client
+            .get(&self.url)
+            .header(reqwest::header::ACCEPT, "application/json, application/jwk-set+json");
+        let etag = self.etag.lock().ok().and_then(|e| e.clone());
+        if let (Some(tag), true) = (&etag, self.is_ready()) {
+            req = req.header(reqwest::header::IF_NONE_MATCH, tag.as_str());
+        }
+        let mut resp = req
+            .send()
+            .await
+            .map_err(|e| FetchError::Http(without_url(&e)))?;
+        let status = resp.status().as_u16();
+        let ttl = refresh_after(resp.headers());
+        if status == 304 && self.is_ready() {
+            return Ok(Fetched::NotModified(ttl));
+        }
+        if status != 200 {
+            return Err(FetchError::Status(status));
+        }
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
+        {
+            return Err(FetchError::TooLarge);
+        }
+        let new_etag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| FetchError::Http(without_url(&e)))?
+        {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(FetchError::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let set = keys::parse_jwks(&body).map_err(FetchError::Parse)?;
+        self.metrics.keys.set(set.len() as i64);
+        self.keys.store(Some(Arc::new(set)));
+        if let Ok(mut e) = self.etag.lock() {
+            *e = new_etag;
+        }
+        Ok(Fetched::Updated(ttl))
+    }
+
+    /// Handles a token whose `kid` is not in the current keys: refetch once
+    /// (single-flight, rate-limited), then answer with the new keys if they
+    /// hold the kid.
+    pub async fn refetch_for_kid(&self, kid: &str) -> Option<Arc<KeySet>> {
+        if self.unknown_kids.contains_key(kid) {
+            return None;
+        }
+        let mut last = self.refetch_gate.lock().await;
+        if let Some(set) = self.current() {
+            if set.has_kid(kid) {
+                return Some(set);
+            }
+        }
+        if last.is_some_and(|t| t.elapsed() < self.cooldown) {
+            self.unknown_kids.insert(kid.to_owned(), ());
+            return None;
+        }
+        *last = Some(Instant::now());
+        let _ = self.fetch().await;
+        drop(last);
+        match self.current() {
+            Some(set) if set.has_kid(kid) => Some(set),
+            _ => {
+                self.unknown_kids.insert(kid.to_owned(), ());
+                None
+            }
+        }
+    }
+}
+
+async fn refresh_loop(weak: Weak<JwksCache>) {
+    let mut backoff = BACKOFF_START;
+    loop {
+        let Some(cache) = weak.upgrade() else { return };
+        let wait = match cache.fetch().await {
+            Ok(Fetched::Updated(ttl) | Fetched::NotModified(ttl)) => {
+                backoff = BACKOFF_START;
+                cache.reload_interval.unwrap_or(ttl)
+            }
+            Err(_) => {
+                let wait = backoff;
+                backoff = (backoff * 2).min(BACKOFF_CAP);
+                wait
+            }
+        };
+        drop(cache);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// When to refresh, from `Cache-Control: max-age` or `Expires`, bounded.
+fn refresh_after(headers: &reqwest::header::HeaderMap) -> Duration {
+    let from_cache_control = headers
+        .get_all(reqwest::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|d| {
+            let d = d.trim();
+            let (k, v) = d.split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case("max-age")
+                .then(|| v.trim().trim_matches('"').parse::<u64>().ok())
+                .flatten()
+        })
+        .map(Duration::from_secs);
+    let from_expires = || {
+        let expires = headers.get(reqwest::header::EXPIRES)?.to_str().ok()?;
+        let at = httpdate::parse_http_date(expires).ok()?;
+        Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    };
+    match from_cache_control.or_else(from_expires) {
+        Some(d) => d.clamp(REFRESH_FLOOR, REFRESH_CEILING),
+        None => REFRESH_DEFAULT,
+    }
+}
+
+fn without_url(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "reading the body failed"
+    } else {
+        "failed"
+    };
+    kind.to_owned()
+}
+
+fn unix_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// All JWKS caches of the process, by URL. Reloads reuse a cache whose URL
+/// is unchanged, so keys and schedules survive.
+pub struct JwksRegistry {
+    client: reqwest::Client,
+    caches: Mutex<HashMap<String, Arc<JwksCache>>>,
+}
+
+impl JwksRegistry {
+    pub fn new() -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .timeout(FETCH_TIMEOUT)
+            .connect_timeout(Duration::from_secs(2))
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .user_agent(concat!("authgate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(JwksRegistry {
+            client,
+            caches: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The cache for `url`, created (and started, if `start`) when new.
+    pub fn get_or_create(
+        &self,
+        url: &str,
+        source: &str,
+        cooldown: Duration,
+        reload_interval: Option<Duration>,
+        metrics: &Metrics,
+        start: bool,
+    ) -> Arc<JwksCache> {
+        let mut caches = match self.caches.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(c) = caches.get(url) {
+            if c.cooldown == cooldown && c.reload_interval == reload_interval {
+                return c.clone();
+            }
+        }
+        let cache = Arc::new(JwksCache::new(
+            url.to_owned(),
+            self.client.clone(),
+            cooldown,
+            reload_interval,
+            metrics.source(source),
+        ));
+        // Carry keys over when only the schedule changed.
+        if let Some(old) = caches.get(url) {
+            cache.keys.store(old.current());
+        }
+        if start {
+            cache.start();
+        }
+        caches.insert(url.to_owned(), cache.clone());
+        cache
+    }
+
+    /// Drops caches no longer used by the active config.
+    pub fn retain(&self, urls: &[&str]) {
+        if let Ok(mut caches) = self.caches.lock() {
+            caches.retain(|u, _| urls.contains(&u.as_str()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn refresh_schedule_follows_cache_headers_within_bounds() {
+        let mut h = HeaderMap::new();
+        assert_eq!(refresh_after(&h), REFRESH_DEFAULT);
+        h.insert("cache-control", HeaderValue::from_static("public, max-age=600"));
+        assert_eq!(refresh_after(&h), Duration::from_secs(600));
+        h.insert("cache-control", HeaderValue::from_static("max-age=5"));
+        assert_eq!(refresh_after(&h), REFRESH_FLOOR);
+        h.insert("cache-control", HeaderValue::from_static("max-age=999999"));
+        assert_eq!(refresh_after(&h), REFRESH_CEILING);
+        let mut h = HeaderMap::new();
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(1200));
+        h.insert("expires", HeaderValue::from_str(&later).unwrap());
+        let d = refresh_after(&h);
+        assert!(d > Duration::from_secs(1100) && d <= Duration::from_secs(1200));
+    }
+}

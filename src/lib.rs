@@ -1,0 +1,18 @@
+//! authgate: external authorization for Envoy, Istio, nginx and Traefik in
+//! front of Hasura. See `README.md` and `docs/`.
+#![forbid(unsafe_code)]
+
+pub mod claims;
+pub mod cli;
+pub mod config;
+pub mod decision;
+pub mod grpc;
+pub mod http;
+pub mod jwks;
+pub mod jwt;
+pub mod keys;
+pub mod metrics;
+pub mod pipeline;
+pub mod request;
+pub mod server;
+pub mod session;

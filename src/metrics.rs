@@ -1,0 +1,330 @@
+//! Every metric authgate exports (SPEC 8), and nothing else defines one.
+//!
+//! Label values are bounded (front door, reason, mode type, config id), and
+//! every series that can be known in advance is created at start, so
+//! dashboards see zeros rather than gaps. Hot-path counters are resolved once
+//! into plain handles: recording a decision is a few atomic adds, no map
+//! lookup and no lock.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::decision::{Decision, DenyReason};
+
+/// Front doors, the `frontend` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frontend {
+    Grpc = 0,
+    Http = 1,
+    Webhook = 2,
+}
+
+impl Frontend {
+    pub const ALL: [Frontend; 3] = [Frontend::Grpc, Frontend::Http, Frontend::Webhook];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Frontend::Grpc => "grpc",
+            Frontend::Http => "http",
+            Frontend::Webhook => "webhook",
+        }
+    }
+}
+
+/// Mode label values, `none` when no mode was involved.
+pub const MODE_LABELS: [&str; 5] = ["apiKey", "jwt", "webhook", "noAuth", "none"];
+
+fn mode_index(label: &str) -> usize {
+    MODE_LABELS
+        .iter()
+        .position(|m| *m == label)
+        .unwrap_or(MODE_LABELS.len() - 1)
+}
+
+/// Outcome slots: 0 = allow, 1.. = deny reasons in `DenyReason::ALL` order.
+const OUTCOMES: usize = 1 + DenyReason::ALL.len();
+
+fn outcome_index(d: &Decision) -> usize {
+    match d {
+        Decision::Allow(_) => 0,
+        Decision::Deny(deny) => {
+            1 + DenyReason::ALL
+                .iter()
+                .position(|r| *r == deny.reason)
+                .unwrap_or(0)
+        }
+    }
+}
+
+pub const ELEVATION_FAILURE_REASONS: [&str; 5] =
+    ["missing", "mismatch", "expired", "invalid_grant", "ceremony_failed"];
+pub const CEREMONY_STEPS: [&str; 3] = ["begin", "verify", "register"];
+pub const RESULTS_OK_ERROR: [&str; 2] = ["ok", "error"];
+
+pub struct Metrics {
+    registry: Registry,
+    checks: Vec<IntCounter>, // [frontend][outcome][mode]
+    durations: Vec<Histogram>,
+    jwk_lookups: IntCounterVec,
+    jwks_fetches: IntCounterVec,
+    jwks_keys: IntGaugeVec,
+    jwks_last_success: GaugeVec,
+    pub token_cache_hit: IntCounter,
+    pub token_cache_miss: IntCounter,
+    pub elevation_failures: IntCounterVec,
+    pub elevation_ceremonies: IntCounterVec,
+    pub config_reload_ok: IntCounter,
+    pub config_reload_error: IntCounter,
+    pub config_last_reload_success: Gauge,
+}
+
+/// Per-JWKS-source handles, resolved once.
+#[derive(Clone)]
+pub struct SourceMetrics {
+    pub lookup_hit: IntCounter,
+    pub lookup_miss: IntCounter,
+    pub fetch_ok: IntCounter,
+    pub fetch_error: IntCounter,
+    pub fetch_not_modified: IntCounter,
+    pub keys: IntGauge,
+    pub last_success: Gauge,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let v = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(v.clone()))
+        .expect("metric registered once");
+    v
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let check_vec = counter_vec(
+            &registry,
+            "authgate_check_requests_total",
+            "Authorization decisions, by front door, decision, reason and mode type.",
+            &["frontend", "decision", "reason", "mode"],
+        );
+        let mut checks = Vec::with_capacity(Frontend::ALL.len() * OUTCOMES * MODE_LABELS.len());
+        for f in Frontend::ALL {
+            for outcome in 0..OUTCOMES {
+                let (decision, reason) = if outcome == 0 {
+                    ("allow", "none")
+                } else {
+                    ("deny", DenyReason::ALL[outcome - 1].as_str())
+                };
+                for mode in MODE_LABELS {
+                    checks.push(check_vec.with_label_values(&[f.as_str(), decision, reason, mode]));
+                }
+            }
+        }
+        let duration_vec = HistogramVec::new(
+            HistogramOpts::new(
+                "authgate_check_duration_seconds",
+                "Time to reach a decision, by front door.",
+            )
+            .buckets(vec![
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                0.25, 0.5, 1.0,
+            ]),
+            &["frontend"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(duration_vec.clone()))
+            .expect("metric registered once");
+        let durations = Frontend::ALL
+            .iter()
+            .map(|f| duration_vec.with_label_values(&[f.as_str()]))
+            .collect();
+        let jwk_lookups = counter_vec(
+            &registry,
+            "authgate_jwk_cache_lookups_total",
+            "Key lookups for a token's kid in a JWKS, by key source and result.",
+            &["source", "result"],
+        );
+        let jwks_fetches = counter_vec(
+            &registry,
+            "authgate_jwks_fetches_total",
+            "JWKS fetches, by key source and result.",
+            &["source", "result"],
+        );
+        let jwks_keys = IntGaugeVec::new(
+            Opts::new("authgate_jwks_keys", "Keys currently loaded, by key source."),
+            &["source"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(jwks_keys.clone()))
+            .expect("metric registered once");
+        let jwks_last_success = GaugeVec::new(
+            Opts::new(
+                "authgate_jwks_last_success_timestamp_seconds",
+                "Unix time of the last successful JWKS fetch, by key source.",
+            ),
+            &["source"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(jwks_last_success.clone()))
+            .expect("metric registered once");
+        let token_cache = counter_vec(
+            &registry,
+            "authgate_token_cache_lookups_total",
+            "Verified-token cache lookups, by result.",
+            &["result"],
+        );
+        let elevation_failures = counter_vec(
+            &registry,
+            "authgate_elevation_failures_total",
+            "Requests refused or ceremonies failed for elevated access, by reason.",
+            &["reason"],
+        );
+        for r in ELEVATION_FAILURE_REASONS {
+            elevation_failures.with_label_values(&[r]);
+        }
+        let elevation_ceremonies = counter_vec(
+            &registry,
+            "authgate_elevation_ceremonies_total",
+            "WebAuthn ceremonies, by step and result.",
+            &["step", "result"],
+        );
+        for s in CEREMONY_STEPS {
+            for r in RESULTS_OK_ERROR {
+                elevation_ceremonies.with_label_values(&[s, r]);
+            }
+        }
+        let reloads = counter_vec(
+            &registry,
+            "authgate_config_reloads_total",
+            "Configuration reloads, by result.",
+            &["result"],
+        );
+        let config_last_reload_success = Gauge::new(
+            "authgate_config_last_reload_success_timestamp_seconds",
+            "Unix time the configuration was last loaded successfully.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(config_last_reload_success.clone()))
+            .expect("metric registered once");
+        let build_info = IntGaugeVec::new(
+            Opts::new("authgate_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(build_info.clone()))
+            .expect("metric registered once");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Metrics {
+            registry,
+            checks,
+            durations,
+            jwk_lookups,
+            jwks_fetches,
+            jwks_keys,
+            jwks_last_success,
+            token_cache_hit: token_cache.with_label_values(&["hit"]),
+            token_cache_miss: token_cache.with_label_values(&["miss"]),
+            elevation_failures,
+            elevation_ceremonies,
+            config_reload_ok: reloads.with_label_values(&["ok"]),
+            config_reload_error: reloads.with_label_values(&["error"]),
+            config_last_reload_success,
+        }
+    }
+
+    /// Counts one decision and its latency.
+    pub fn record(&self, frontend: Frontend, decision: &Decision, seconds: f64) {
+        let idx = (frontend as usize * OUTCOMES + outcome_index(decision)) * MODE_LABELS.len()
+            + mode_index(decision.mode_label());
+        if let Some(c) = self.checks.get(idx) {
+            c.inc();
+        }
+        if let Some(h) = self.durations.get(frontend as usize) {
+            h.observe(seconds);
+        }
+    }
+
+    /// Handles for one JWKS source (`source` = the id of the first mode using it).
+    pub fn source(&self, source: &str) -> SourceMetrics {
+        SourceMetrics {
+            lookup_hit: self.jwk_lookups.with_label_values(&[source, "hit"]),
+            lookup_miss: self.jwk_lookups.with_label_values(&[source, "miss"]),
+            fetch_ok: self.jwks_fetches.with_label_values(&[source, "ok"]),
+            fetch_error: self.jwks_fetches.with_label_values(&[source, "error"]),
+            fetch_not_modified: self.jwks_fetches.with_label_values(&[source, "not_modified"]),
+            keys: self.jwks_keys.with_label_values(&[source]),
+            last_success: self.jwks_last_success.with_label_values(&[source]),
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::ModeRef;
+
+    #[test]
+    fn every_family_is_present_from_start() {
+        let m = Metrics::new();
+        let _ = m.source("users");
+        let text = m.render();
+        for name in [
+            "authgate_check_requests_total",
+            "authgate_check_duration_seconds",
+            "authgate_jwk_cache_lookups_total",
+            "authgate_jwks_fetches_total",
+            "authgate_jwks_keys",
+            "authgate_jwks_last_success_timestamp_seconds",
+            "authgate_token_cache_lookups_total",
+            "authgate_elevation_failures_total",
+            "authgate_elevation_ceremonies_total",
+            "authgate_config_reloads_total",
+            "authgate_config_last_reload_success_timestamp_seconds",
+            "authgate_build_info",
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
+        }
+    }
+
+    #[test]
+    fn record_moves_the_right_series() {
+        let m = Metrics::new();
+        let d = Decision::deny(
+            DenyReason::TokenExpired,
+            Some(ModeRef {
+                kind: "jwt",
+                id: "users".into(),
+            }),
+        );
+        m.record(Frontend::Grpc, &d, 0.001);
+        let text = m.render();
+        assert!(text.contains(
+            r#"authgate_check_requests_total{decision="deny",frontend="grpc",mode="jwt",reason="token_expired"} 1"#
+        ));
+    }
+}

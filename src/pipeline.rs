@@ -1,0 +1,447 @@
+//! The decision pipeline (SPEC 3): credentials -> verify -> claims ->
+//! session/role -> elevation -> [`Decision`]. One [`Engine`] is built per
+//! config and swapped whole on reload; it holds no tonic or axum types.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::claims;
+use crate::config::{
+    ClaimsConfig, Config, KeySource, ModeKind, Secret, Settings, TokenLocation,
+};
+use crate::decision::{Allow, Decision, DenyReason, ModeRef};
+use crate::jwks::{JwksCache, JwksRegistry};
+use crate::jwt::{self, ClaimRules, JwtError};
+use crate::keys::KeySet;
+use crate::metrics::Metrics;
+use crate::request::{Credential, Request};
+use crate::session::{self, RoleError, Session};
+
+/// Selection headers (RelyAuth): restrict mode types, or pick one mode id.
+pub const MODE_HEADER: &str = "x-rely-auth-mode";
+pub const HASURA_MODE_HEADER: &str = "x-hasura-auth-mode";
+pub const ID_HEADER: &str = "x-rely-auth-id";
+
+/// The compiled, runnable form of a [`Config`].
+pub struct Engine {
+    modes: Vec<Authenticator>,
+    jwks: Vec<Arc<JwksCache>>,
+    token_cache: Option<TokenCache>,
+    metrics: Arc<Metrics>,
+    pub settings: Settings,
+}
+
+struct Authenticator {
+    mode: ModeRef,
+    kind: AuthKind,
+}
+
+enum AuthKind {
+    ApiKey {
+        location: TokenLocation,
+        value: Secret,
+        session: Session,
+    },
+    Jwt(Box<JwtAuth>),
+    NoAuth {
+        session: Session,
+    },
+}
+
+struct JwtAuth {
+    location: TokenLocation,
+    keys: Keys,
+    pinned: Option<Algorithm>,
+    audience: Vec<String>,
+    issuer: Option<String>,
+    skew: u64,
+    require_exp: bool,
+    claims: ClaimsConfig,
+}
+
+enum Keys {
+    Fixed(Arc<KeySet>),
+    Remote(Arc<JwksCache>),
+}
+
+/// How one mode fared.
+enum Outcome {
+    /// No credential at its location: try the next mode.
+    Absent,
+    /// A credential was there and was refused.
+    Invalid(DenyReason),
+    Verified(Session),
+}
+
+impl Engine {
+    /// Builds the engine; JWKS caches come from (and stay in) `registry`,
+    /// started in the background when `start` is set.
+    pub fn new(config: Config, registry: &JwksRegistry, metrics: Arc<Metrics>, start: bool) -> Self {
+        let settings = config.settings.clone();
+        let mut jwks: Vec<Arc<JwksCache>> = Vec::new();
+        let mut modes = Vec::with_capacity(config.modes.len());
+        for m in config.modes {
+            let mode = ModeRef {
+                kind: m.kind.name(),
+                id: m.id.clone(),
+            };
+            let kind = match m.kind {
+                ModeKind::ApiKey(a) => AuthKind::ApiKey {
+                    location: a.location,
+                    value: a.value,
+                    session: a.session,
+                },
+                ModeKind::NoAuth(n) => AuthKind::NoAuth { session: n.session },
+                ModeKind::Jwt(j) => {
+                    let pinned = j.keys.pinned();
+                    let keys = match j.keys {
+                        KeySource::Fixed(set) => Keys::Fixed(set),
+                        KeySource::Remote { url, .. } => {
+                            let cache = registry.get_or_create(
+                                &url,
+                                &m.id,
+                                settings.unknown_kid_cooldown,
+                                settings.reload_interval,
+                                &metrics,
+                                start,
+                            );
+                            if !jwks.iter().any(|c| Arc::ptr_eq(c, &cache)) {
+                                jwks.push(cache.clone());
+                            }
+                            Keys::Remote(cache)
+                        }
+                    };
+                    AuthKind::Jwt(Box::new(JwtAuth {
+                        location: j.location,
+                        keys,
+                        pinned,
+                        audience: j.audience,
+                        issuer: j.issuer,
+                        skew: j.allowed_skew,
+                        require_exp: j.require_exp,
+                        claims: j.claims,
+                    }))
+                }
+            };
+            modes.push(Authenticator { mode, kind });
+        }
+        let token_cache = (settings.token_cache_max_entries > 0)
+            .then(|| TokenCache::new(settings.token_cache_max_entries, settings.token_cache_ttl));
+        Engine {
+            modes,
+            jwks,
+            token_cache,
+            metrics,
+            settings,
+        }
+    }
+
+    /// Ready when every JWKS has keys.
+    pub fn is_ready(&self) -> bool {
+        self.jwks.iter().all(|c| c.is_ready())
+    }
+
+    pub fn jwks(&self) -> &[Arc<JwksCache>] {
+        &self.jwks
+    }
+
+    /// Decides one request.
+    pub async fn decide(&self, req: &Request) -> Decision {
+        let now = jwt::unix_now();
+        let mode_filter = req
+            .headers
+            .get(MODE_HEADER)
+            .filter(|v| !v.is_empty())
+            .or_else(|| req.headers.get(HASURA_MODE_HEADER).filter(|v| !v.is_empty()));
+        let id_filter = req.headers.get(ID_HEADER).filter(|v| !v.is_empty());
+        let mut refused: Option<(DenyReason, &ModeRef)> = None;
+        for (index, auth) in self.modes.iter().enumerate() {
+            if mode_filter.is_some_and(|m| m != auth.mode.kind)
+                || id_filter.is_some_and(|id| id != &*auth.mode.id)
+            {
+                continue;
+            }
+            // noAuth stands in only when no credential was presented at all.
+            if matches!(auth.kind, AuthKind::NoAuth { .. }) && refused.is_some() {
+                continue;
+            }
+            match self.authenticate(index, auth, req, now).await {
+                Outcome::Absent => {}
+                Outcome::Invalid(reason) => {
+                    refused = Some((reason, &auth.mode));
+                    if id_filter.is_some() {
+                        break;
+                    }
+                }
+                Outcome::Verified(session) => return self.finish(auth, session, req),
+            }
+        }
+        match refused {
+            Some((reason, mode)) => Decision::deny(reason, Some(mode.clone())),
+            None => Decision::deny(DenyReason::MissingCredentials, None),
+        }
+    }
+
+    async fn authenticate(
+        &self,
+        index: usize,
+        auth: &Authenticator,
+        req: &Request,
+        now: i64,
+    ) -> Outcome {
+        match &auth.kind {
+            AuthKind::NoAuth { session } => Outcome::Verified(session.clone()),
+            AuthKind::ApiKey {
+                location,
+                value,
+                session,
+            } => match req.credential(location) {
+                Credential::Absent => Outcome::Absent,
+                Credential::Ambiguous => Outcome::Invalid(DenyReason::InvalidApiKey),
+                Credential::Present(given) => {
+                    if bool::from(given.as_bytes().ct_eq(value.0.as_bytes())) {
+                        Outcome::Verified(session.clone())
+                    } else {
+                        Outcome::Invalid(DenyReason::InvalidApiKey)
+                    }
+                }
+            },
+            AuthKind::Jwt(j) => match req.credential(&j.location) {
+                Credential::Absent => Outcome::Absent,
+                Credential::Ambiguous => Outcome::Invalid(DenyReason::InvalidToken),
+                Credential::Present(token) => match self.verify_jwt(index, j, &token, now).await {
+                    Ok(session) => Outcome::Verified(session),
+                    Err(e) => {
+                        tracing::debug!(mode = %auth.mode.id, error = %e, "token refused");
+                        Outcome::Invalid(e.reason())
+                    }
+                },
+            },
+        }
+    }
+
+    async fn verify_jwt(
+        &self,
+        index: usize,
+        j: &JwtAuth,
+        token: &str,
+        now: i64,
+    ) -> Result<Session, JwtError> {
+        let rules = ClaimRules {
+            audience: &j.audience,
+            issuer: j.issuer.as_deref(),
+            skew: j.skew,
+            require_exp: j.require_exp,
+        };
+        let cache_key = self.token_cache.as_ref().map(|_| TokenCache::key(index, token));
+        if let (Some(cache), Some(key)) = (&self.token_cache, &cache_key) {
+            if let Some(hit) = cache.get(key) {
+                self.metrics.token_cache_hit.inc();
+                hit.check_time(now, &rules)?;
+                return Ok(hit.session.clone());
+            }
+            self.metrics.token_cache_miss.inc();
+        }
+        let parsed = jwt::parse(token)?;
+        let verified = match &j.keys {
+            Keys::Fixed(set) => verify_with(set, j.pinned, &parsed),
+            Keys::Remote(cache) => {
+                let set = cache.current().ok_or(JwtError::KeysUnavailable)?;
+                let known = match parsed.kid.as_deref() {
+                    Some(kid) => set.has_kid(kid) || set.keys.iter().any(|k| k.kid.is_none()),
+                    None => true,
+                };
+                cache.record_lookup(known);
+                if known {
+                    verify_with(&set, j.pinned, &parsed)
+                } else {
+                    let kid = parsed.kid.as_deref().unwrap_or_default();
+                    match cache.refetch_for_kid(kid).await {
+                        Some(set) => verify_with(&set, j.pinned, &parsed),
+                        None => Err(JwtError::NoKey),
+                    }
+                }
+            }
+        };
+        verified?;
+        let claims = parsed.claims()?;
+        let exp = jwt::check_claims(&claims, &rules, now)?;
+        let session =
+            claims::extract(&j.claims, &Value::Object(claims.clone())).map_err(|_| JwtError::Claims)?;
+        if let (Some(cache), Some(key)) = (&self.token_cache, cache_key) {
+            let nbf = claims.get("nbf").and_then(Value::as_i64);
+            cache.insert(key, session.clone(), exp, nbf, now);
+        }
+        Ok(session)
+    }
+
+    /// Role, elevation and rendering, once a mode has verified a session.
+    fn finish(&self, auth: &Authenticator, mut session: Session, req: &Request) -> Decision {
+        let invalid = match auth.kind {
+            AuthKind::Jwt(_) => DenyReason::InvalidToken,
+            _ => DenyReason::InternalError,
+        };
+        let requested = req.headers.get(session::ROLE);
+        if let Err(e) = session::resolve_role(&mut session, requested) {
+            let reason = match e {
+                RoleError::NotAllowed => DenyReason::RoleNotAllowed,
+                RoleError::Missing => invalid,
+            };
+            return Decision::deny(reason, Some(auth.mode.clone()));
+        }
+        // Only authgate decides `x-hasura-auth-elevated`: kept when it equals
+        // the user id (an nhost elevated token), dropped otherwise.
+        let user_id = session.user_id();
+        let elevated = match (session.get(session::ELEVATED), &user_id) {
+            (Some(Value::String(e)), Some(u)) => e == u,
+            _ => false,
+        };
+        if !elevated {
+            session.remove(session::ELEVATED);
+        }
+        let mut headers = Vec::with_capacity(session.len());
+        for (k, v) in session.iter() {
+            let value = session::hasura_string(v);
+            if !session::is_valid_header_value(&value) {
+                tracing::info!(mode = %auth.mode.id, variable = k, "session value is not a valid header value");
+                return Decision::deny(invalid, Some(auth.mode.clone()));
+            }
+            headers.push((k.to_owned(), value));
+        }
+        let mut headers_to_remove: Vec<String> = Vec::new();
+        for (name, _) in req.headers.iter() {
+            if is_reserved_header(name)
+                && session.get(name).is_none()
+                && !headers_to_remove.iter().any(|h| h == name)
+            {
+                headers_to_remove.push(name.to_owned());
+            }
+        }
+        Decision::Allow(Allow {
+            session,
+            headers,
+            mode: auth.mode.clone(),
+            elevated,
+            headers_to_remove,
+        })
+    }
+}
+
+fn verify_with(
+    set: &KeySet,
+    pinned: Option<Algorithm>,
+    parsed: &jwt::Parsed<'_>,
+) -> Result<(), JwtError> {
+    let mut any = false;
+    for key in set.candidates(pinned, parsed.alg, parsed.kid.as_deref()) {
+        any = true;
+        if parsed.verify_with(&key.key) {
+            return Ok(());
+        }
+    }
+    Err(if any {
+        JwtError::Signature
+    } else {
+        JwtError::Algorithm
+    })
+}
+
+/// Headers a client must never pass to the upstream on its own authority.
+pub fn is_reserved_header(name: &str) -> bool {
+    let starts = |p: &str| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p);
+    starts("x-hasura-")
+        || starts("x_hasura_")
+        || starts("x-rely-auth-")
+        || starts("x_rely_auth_")
+        || name.eq_ignore_ascii_case("x-elevation-token")
+        || name.eq_ignore_ascii_case("x_elevation_token")
+}
+
+/// Verified tokens (SPEC 6): key = SHA-256 of mode index and token, value =
+/// the session before per-request steps. An entry never outlives the
+/// token's `exp`, and time validity is re-checked on every hit.
+struct TokenCache {
+    cache: moka::sync::Cache<[u8; 32], Arc<CachedToken>>,
+    ttl: Duration,
+}
+
+struct CachedToken {
+    session: Session,
+    exp: Option<i64>,
+    nbf: Option<i64>,
+    expires_in: Duration,
+}
+
+impl CachedToken {
+    fn check_time(&self, now: i64, rules: &ClaimRules<'_>) -> Result<(), JwtError> {
+        let skew = i64::try_from(rules.skew).unwrap_or(i64::MAX / 4);
+        if self.exp.is_some_and(|exp| now >= exp.saturating_add(skew)) {
+            return Err(JwtError::Expired);
+        }
+        if self.nbf.is_some_and(|nbf| now.saturating_add(skew) < nbf) {
+            return Err(JwtError::NotYetValid);
+        }
+        Ok(())
+    }
+}
+
+struct PerEntryExpiry;
+
+impl moka::Expiry<[u8; 32], Arc<CachedToken>> for PerEntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<CachedToken>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.expires_in)
+    }
+}
+
+impl TokenCache {
+    fn new(max_entries: u64, ttl: Duration) -> Self {
+        TokenCache {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(PerEntryExpiry)
+                .build(),
+            ttl,
+        }
+    }
+
+    fn key(index: usize, token: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update((index as u64).to_le_bytes());
+        h.update(token.as_bytes());
+        h.finalize().into()
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<Arc<CachedToken>> {
+        self.cache.get(key)
+    }
+
+    fn insert(&self, key: [u8; 32], session: Session, exp: Option<i64>, nbf: Option<i64>, now: i64) {
+        let until_exp = match exp {
+            Some(exp) => Duration::from_secs(u64::try_from(exp.saturating_sub(now)).unwrap_or(0)),
+            None => self.ttl,
+        };
+        let expires_in = self.ttl.min(until_exp);
+        if expires_in.is_zero() {
+            return;
+        }
+        self.cache.insert(
+            key,
+            Arc::new(CachedToken {
+                session,
+                exp,
+                nbf,
+                expires_in,
+            }),
+        );
+    }
+}

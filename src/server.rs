@@ -1,0 +1,227 @@
+//! Running the server: state shared by the front doors, listeners, the
+//! readiness latch, reload and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+
+use crate::config::{self, Config, ConfigErrors};
+use crate::decision::Decision;
+use crate::jwks::JwksRegistry;
+use crate::metrics::{Frontend, Metrics};
+use crate::pipeline::Engine;
+use crate::request::Request;
+
+/// What every front door shares: the current engine (swapped atomically on
+/// reload), metrics and the readiness state.
+pub struct Shared {
+    engine: ArcSwap<Engine>,
+    pub metrics: Arc<Metrics>,
+    registry: JwksRegistry,
+    config_path: Option<PathBuf>,
+    draining: AtomicBool,
+}
+
+impl Shared {
+    /// Builds the shared state from a validated config; JWKS fetches start
+    /// in the background (so this needs a Tokio runtime).
+    pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Self>, String> {
+        let metrics = Arc::new(Metrics::new());
+        let registry = JwksRegistry::new()?;
+        let engine = Engine::new(config, &registry, metrics.clone(), true);
+        metrics.config_reload_ok.inc();
+        metrics.config_last_reload_success.set(unix_seconds());
+        Ok(Arc::new(Shared {
+            engine: ArcSwap::from_pointee(engine),
+            metrics,
+            registry,
+            config_path,
+            draining: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine.load_full()
+    }
+
+    /// Ready: not draining and every JWKS has keys.
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed) && self.engine.load().is_ready()
+    }
+
+    /// Runs the pipeline and records the decision (metrics, one log line per denial).
+    pub async fn decide(&self, frontend: Frontend, req: &Request, started: Instant) -> Decision {
+        let engine = self.engine.load_full();
+        let decision = engine.decide(req).await;
+        self.metrics
+            .record(frontend, &decision, started.elapsed().as_secs_f64());
+        if let Decision::Deny(d) = &decision {
+            tracing::info!(
+                frontend = frontend.as_str(),
+                reason = d.reason.as_str(),
+                mode = d.mode.as_ref().map(|m| m.kind).unwrap_or("none"),
+                mode_id = d.mode.as_ref().map(|m| &*m.id).unwrap_or(""),
+                request_id = req.headers.get("x-request-id").unwrap_or(""),
+                "denied"
+            );
+        }
+        decision
+    }
+
+    /// Re-reads the config file; on success swaps the engine in, keeping
+    /// JWKS caches whose URL is unchanged. On error the old config serves.
+    pub fn reload(&self) -> Result<(), ConfigErrors> {
+        let Some(path) = &self.config_path else {
+            return Ok(());
+        };
+        match config::load_file(path) {
+            Ok(config) => {
+                for w in &config.warnings {
+                    tracing::warn!(path = %w.path, "{}", w.message);
+                }
+                let engine = Engine::new(config, &self.registry, self.metrics.clone(), true);
+                let urls: Vec<&str> = engine.jwks().iter().map(|c| c.url()).collect();
+                self.registry.retain(&urls);
+                self.engine.store(Arc::new(engine));
+                self.metrics.config_reload_ok.inc();
+                self.metrics.config_last_reload_success.set(unix_seconds());
+                tracing::info!(config = %path.display(), "configuration reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.config_reload_error.inc();
+                for p in &e.0 {
+                    tracing::error!(path = %p.path, "{}", p.message);
+                }
+                tracing::error!("configuration reload rejected; the previous configuration keeps serving");
+                Err(e)
+            }
+        }
+    }
+}
+
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A started server: its bound addresses and a way to stop it.
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight requests and waits for both listeners.
+    pub async fn shutdown(self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Binds both addresses and serves until [`Running::shutdown`].
+pub async fn start(
+    shared: Arc<Shared>,
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+) -> std::io::Result<Running> {
+    let grpc_listener = TcpListener::bind(grpc_addr).await?;
+    let http_listener = TcpListener::bind(http_addr).await?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+    let (stop, rx) = watch::channel(false);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_not_serving::<crate::grpc::ExtAuthzServer>()
+        .await;
+    let reflection = crate::grpc::reflection_service();
+    let ext_authz = crate::grpc::ExtAuthz::new(shared.clone()).into_server();
+    let grpc_rx = rx.clone();
+    let mut builder = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)));
+    let mut router = builder.add_service(health_service).add_service(ext_authz);
+    if let Some(reflection) = reflection {
+        router = router.add_service(reflection);
+    }
+    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let grpc_task = tokio::spawn(async move {
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, stopped(grpc_rx))
+            .await
+        {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
+
+    let app = crate::http::router(shared.clone())
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let http_rx = rx.clone();
+    let http_task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(http_listener, app)
+            .with_graceful_shutdown(stopped(http_rx))
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+
+    // Readiness latch for gRPC health: SERVING once every JWKS has keys.
+    let health_shared = shared.clone();
+    let mut health_rx = rx.clone();
+    let health_task = tokio::spawn(async move {
+        let mut serving = false;
+        loop {
+            let ready = health_shared.is_ready();
+            if ready != serving {
+                serving = ready;
+                if ready {
+                    health.set_serving::<crate::grpc::ExtAuthzServer>().await;
+                    tracing::info!("ready");
+                } else {
+                    health
+                        .set_not_serving::<crate::grpc::ExtAuthzServer>()
+                        .await;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = health_rx.changed() => {
+                    if *health_rx.borrow() { return; }
+                }
+            }
+        }
+    });
+
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        shared,
+        stop,
+        tasks: vec![grpc_task, http_task, health_task],
+    })
+}

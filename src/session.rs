@@ -1,0 +1,343 @@
+//! Hasura session variables and their rendering.
+//!
+//! A session is what a credential proved, as Hasura session variables: keys
+//! are case-insensitive (stored in lower case), values are JSON. Front doors
+//! render the values either as Hasura strings (headers, `/auth/hasura`) or as
+//! typed JSON (`/auth/ddn`).
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+pub const ROLE: &str = "x-hasura-role";
+pub const ALLOWED_ROLES: &str = "x-hasura-allowed-roles";
+pub const DEFAULT_ROLE: &str = "x-hasura-default-role";
+pub const USER_ID: &str = "x-hasura-user-id";
+pub const ELEVATED: &str = "x-hasura-auth-elevated";
+
+/// Session variables, lower-case keys, sorted so output is deterministic.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Session {
+    vars: BTreeMap<String, Value>,
+}
+
+impl Session {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Inserts a variable; the key is lower-cased. `null` values are dropped:
+    /// a null cannot be expressed as a Hasura session string.
+    pub fn insert(&mut self, key: &str, value: Value) {
+        let key = key.to_ascii_lowercase();
+        if value.is_null() {
+            self.vars.remove(&key);
+        } else {
+            self.vars.insert(key, value);
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.vars.get(key)
+    }
+
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.vars.get(key).and_then(Value::as_str)
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<Value> {
+        self.vars.remove(key)
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.vars.contains_key(key)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.vars.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.vars.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vars.is_empty()
+    }
+
+    /// The user id as text (numbers are accepted, as Hasura does).
+    pub fn user_id(&self) -> Option<String> {
+        match self.vars.get(USER_ID)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Typed JSON object (`/auth/ddn`, `check` output).
+    pub fn to_json(&self) -> Value {
+        Value::Object(
+            self.vars
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
+    }
+}
+
+/// Why role resolution refused a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleError {
+    /// The requested or claimed role is not among the allowed roles.
+    NotAllowed,
+    /// The session names no role at all (a token without `x-hasura-default-role`).
+    Missing,
+}
+
+/// Applies Hasura's role semantics (SPEC 3.5) in place.
+///
+/// With `x-hasura-allowed-roles`, the client's `x-hasura-role` header selects
+/// among them, else the session's `x-hasura-role`, else the default role; the
+/// result must be allowed. Without allowed roles (apiKey, noAuth, webhook
+/// answers) the header is ignored. The allowed/default role variables are
+/// consumed, never forwarded.
+pub fn resolve_role(session: &mut Session, requested: Option<&str>) -> Result<(), RoleError> {
+    let allowed = session.remove(ALLOWED_ROLES);
+    let default = session.remove(DEFAULT_ROLE);
+    let claimed = session.remove(ROLE);
+    let as_role = |v: Option<Value>| match v {
+        Some(Value::String(s)) if !s.is_empty() => Some(s),
+        _ => None,
+    };
+    let claimed = as_role(claimed);
+    let default = as_role(default);
+    let role = match allowed {
+        Some(allowed) => {
+            let allowed = allowed_roles(&allowed);
+            let requested = requested.map(str::trim).filter(|r| !r.is_empty());
+            let role = match requested {
+                Some(r) => r.to_owned(),
+                None => claimed.or(default).ok_or(RoleError::Missing)?,
+            };
+            if !allowed.iter().any(|a| *a == role) {
+                return Err(RoleError::NotAllowed);
+            }
+            role
+        }
+        None => claimed.or(default).ok_or(RoleError::Missing)?,
+    };
+    session.insert(ROLE, Value::String(role));
+    Ok(())
+}
+
+/// `x-hasura-allowed-roles` as a list: a JSON array of strings, or a Postgres
+/// array literal string (`{a,b}`) as webhooks and stringified claims send it.
+fn allowed_roles(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|i| i.as_str().map(str::to_owned))
+            .collect(),
+        Value::String(s) => parse_pg_array(s).unwrap_or_else(|| vec![s.clone()]),
+        _ => Vec::new(),
+    }
+}
+
+/// Parses a one-dimensional Postgres array literal of text.
+fn parse_pg_array(s: &str) -> Option<Vec<String>> {
+    let inner = s.trim().strip_prefix('{')?.strip_suffix('}')?;
+    let mut out = Vec::new();
+    if inner.trim().is_empty() {
+        return Some(out);
+    }
+    let mut chars = inner.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut item = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '\\' => item.push(chars.next()?),
+                    '"' => break,
+                    c => item.push(c),
+                }
+            }
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                chars.next();
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                if c == '{' || c == '}' || c == '"' {
+                    return None;
+                }
+                item.push(c);
+                chars.next();
+            }
+            item = item.trim().to_owned();
+        }
+        out.push(item);
+        match chars.next() {
+            None => return Some(out),
+            Some(',') => continue,
+            Some(_) => return None,
+        }
+    }
+}
+
+/// Renders a session value as a Hasura string: scalars as text, arrays as
+/// Postgres array literals, objects as compact JSON.
+pub fn hasura_string(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => {
+            let mut out = String::new();
+            pg_array(items, &mut out);
+            out
+        }
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn pg_array(items: &[Value], out: &mut String) {
+    out.push('{');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match item {
+            Value::Array(inner) => pg_array(inner, out),
+            Value::Null => out.push_str("NULL"),
+            Value::String(s) => pg_element(s, out),
+            other => pg_element(&other.to_string(), out),
+        }
+    }
+    out.push('}');
+}
+
+fn pg_element(s: &str, out: &mut String) {
+    let needs_quotes = s.is_empty()
+        || s.eq_ignore_ascii_case("null")
+        || s.chars()
+            .any(|c| matches!(c, '{' | '}' | ',' | '"' | '\\') || c.is_whitespace());
+    if !needs_quotes {
+        out.push_str(s);
+        return;
+    }
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+}
+
+/// Whether `s` can be sent as an HTTP header value: no control characters
+/// (CR, LF, NUL, DEL...). Tabs are allowed, as RFC 9110 allows them.
+pub fn is_valid_header_value(s: &str) -> bool {
+    s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn session(v: Value) -> Session {
+        let mut s = Session::new();
+        for (k, v) in v.as_object().unwrap() {
+            s.insert(k, v.clone());
+        }
+        s
+    }
+
+    #[test]
+    fn keys_are_case_insensitive() {
+        let s = session(json!({"X-Hasura-User-Id": "1"}));
+        assert_eq!(s.get_str("x-hasura-user-id"), Some("1"));
+    }
+
+    #[test]
+    fn role_from_default_header_and_claim() {
+        let base = json!({"x-hasura-allowed-roles": ["user", "admin"], "x-hasura-default-role": "user"});
+        let mut s = session(base.clone());
+        resolve_role(&mut s, None).unwrap();
+        assert_eq!(s.get_str(ROLE), Some("user"));
+        assert!(!s.contains(ALLOWED_ROLES) && !s.contains(DEFAULT_ROLE));
+
+        let mut s = session(base.clone());
+        resolve_role(&mut s, Some("admin")).unwrap();
+        assert_eq!(s.get_str(ROLE), Some("admin"));
+
+        let mut s = session(base.clone());
+        assert_eq!(resolve_role(&mut s, Some("root")), Err(RoleError::NotAllowed));
+
+        // Roles are case-sensitive, as in Hasura.
+        let mut s = session(base);
+        assert_eq!(resolve_role(&mut s, Some("Admin")), Err(RoleError::NotAllowed));
+
+        let mut s = session(json!({"x-hasura-allowed-roles": ["user"], "x-hasura-role": "user", "x-hasura-default-role": "x"}));
+        resolve_role(&mut s, None).unwrap();
+        assert_eq!(s.get_str(ROLE), Some("user"));
+
+        let mut s = session(json!({"x-hasura-allowed-roles": ["user"], "x-hasura-default-role": "admin"}));
+        assert_eq!(resolve_role(&mut s, None), Err(RoleError::NotAllowed));
+
+        let mut s = session(json!({"x-hasura-allowed-roles": ["user"]}));
+        assert_eq!(resolve_role(&mut s, None), Err(RoleError::Missing));
+    }
+
+    #[test]
+    fn header_ignored_without_allowed_roles() {
+        let mut s = session(json!({"x-hasura-role": "service"}));
+        resolve_role(&mut s, Some("admin")).unwrap();
+        assert_eq!(s.get_str(ROLE), Some("service"));
+        let mut s = session(json!({"x-hasura-user-id": "1"}));
+        assert_eq!(resolve_role(&mut s, Some("admin")), Err(RoleError::Missing));
+    }
+
+    #[test]
+    fn allowed_roles_as_pg_literal() {
+        let mut s = session(json!({"x-hasura-allowed-roles": "{user,\"a b\"}", "x-hasura-default-role": "user"}));
+        resolve_role(&mut s, Some("a b")).unwrap();
+        assert_eq!(s.get_str(ROLE), Some("a b"));
+    }
+
+    #[test]
+    fn renders_hasura_strings() {
+        assert_eq!(hasura_string(&json!("x")), "x");
+        assert_eq!(hasura_string(&json!(12)), "12");
+        assert_eq!(hasura_string(&json!(true)), "true");
+        assert_eq!(hasura_string(&json!(["a", "b"])), "{a,b}");
+        assert_eq!(
+            hasura_string(&json!(["a b", "", "x,y", "q\"", "null", 1, null])),
+            r#"{"a b","","x,y","q\"","null",1,NULL}"#
+        );
+        assert_eq!(hasura_string(&json!([["a"], ["b"]])), "{{a},{b}}");
+        assert_eq!(hasura_string(&json!({"a": 1})), r#"{"a":1}"#);
+    }
+
+    #[test]
+    fn pg_array_round_trip() {
+        let v = json!(["a", "b c", "d,e", "f\\g", "h\"i"]);
+        let text = hasura_string(&v);
+        let parsed = parse_pg_array(&text).unwrap();
+        assert_eq!(json!(parsed), v);
+    }
+
+    #[test]
+    fn header_value_validity() {
+        assert!(is_valid_header_value("abc déf\t"));
+        assert!(!is_valid_header_value("a\r\nx-evil: 1"));
+        assert!(!is_valid_header_value("a\0"));
+        assert!(!is_valid_header_value("a\u{7f}"));
+    }
+}
