@@ -1,0 +1,363 @@
+//! Shared test support: fixtures, token minting, a real JWKS HTTP server,
+//! an in-process authgate on 127.0.0.1:0 and an ext_authz client built from
+//! Envoy's protos (`envoy-types`).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use envoy_types::pb::envoy::config::core::v3::address::Address;
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap as PbHeaderMap, HeaderValue, SocketAddress};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request as AttrRequest};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+pub fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The PEM fixture holding the private key for `alg`.
+pub fn private_key(alg: Algorithm) -> String {
+    match alg {
+        Algorithm::ES256 => fixture("ec256.key"),
+        Algorithm::ES384 => fixture("ec384.key"),
+        Algorithm::EdDSA => fixture("ed25519.key"),
+        _ => fixture("rsa.key"),
+    }
+}
+
+pub fn encoding_key(alg: Algorithm, pem_or_secret: &str) -> EncodingKey {
+    match alg {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+            EncodingKey::from_secret(pem_or_secret.as_bytes())
+        }
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem_or_secret.as_bytes()).unwrap(),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(pem_or_secret.as_bytes()).unwrap(),
+        _ => EncodingKey::from_rsa_pem(pem_or_secret.as_bytes()).unwrap(),
+    }
+}
+
+/// Signs `claims` with `alg`; `exp` defaults to an hour from now.
+pub fn mint(alg: Algorithm, key: &str, mut claims: Value, kid: Option<&str>) -> String {
+    let obj = claims.as_object_mut().unwrap();
+    obj.entry("exp").or_insert(json!(now() + 3600));
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, &claims, &encoding_key(alg, key)).unwrap()
+}
+
+/// Hasura-style claims under the default namespace.
+pub fn hasura_claims(user: &str, roles: &[&str], default_role: &str) -> Value {
+    json!({
+        "sub": user,
+        "claims.jwt.hasura.io": {
+            "x-hasura-allowed-roles": roles,
+            "x-hasura-default-role": default_role,
+            "x-hasura-user-id": user,
+        }
+    })
+}
+
+/// A public JWK for the private key `pem` with `kid`.
+pub fn public_jwk(alg: Algorithm, pem: &str, kid: &str) -> Value {
+    let key = encoding_key(alg, pem);
+    let mut jwk = Jwk::from_encoding_key(&key, alg).unwrap();
+    jwk.common.key_id = Some(kid.to_owned());
+    serde_json::to_value(&jwk).unwrap()
+}
+
+pub fn jwks_of(keys: Vec<Value>) -> String {
+    let set: JwkSet = serde_json::from_value(json!({ "keys": keys })).unwrap();
+    serde_json::to_string(&set).unwrap()
+}
+
+/// What the JWKS server answers; tests change it between requests.
+pub struct JwksState {
+    pub status: u16,
+    pub body: String,
+    pub cache_control: Option<String>,
+    pub delay: Duration,
+}
+
+/// A real HTTP JWKS endpoint on 127.0.0.1.
+#[derive(Clone)]
+pub struct JwksServer {
+    pub addr: SocketAddr,
+    pub state: Arc<Mutex<JwksState>>,
+    pub hits: Arc<AtomicUsize>,
+}
+
+impl JwksServer {
+    pub async fn start(body: String) -> Self {
+        let state = Arc::new(Mutex::new(JwksState {
+            status: 200,
+            body,
+            cache_control: None,
+            delay: Duration::ZERO,
+        }));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let app = Router::new()
+            .route("/jwks.json", get(serve_jwks))
+            .with_state((state.clone(), hits.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        JwksServer { addr, state, hits }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/jwks.json", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn set(&self, status: u16, body: String) {
+        let mut s = self.state.lock().unwrap();
+        s.status = status;
+        s.body = body;
+    }
+}
+
+async fn serve_jwks(
+    State((state, hits)): State<(Arc<Mutex<JwksState>>, Arc<AtomicUsize>)>,
+) -> Response {
+    hits.fetch_add(1, Ordering::SeqCst);
+    let (status, body, cc, delay) = {
+        let s = state.lock().unwrap();
+        (s.status, s.body.clone(), s.cache_control.clone(), s.delay)
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let mut resp = (StatusCode::from_u16(status).unwrap(), body).into_response();
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    if let Some(cc) = cc {
+        resp.headers_mut().insert("cache-control", cc.parse().unwrap());
+    }
+    resp
+}
+
+/// authgate running in-process on 127.0.0.1:0.
+pub struct TestServer {
+    pub running: authgate::server::Running,
+}
+
+impl TestServer {
+    pub async fn start(yaml: &str) -> Self {
+        let config = authgate::config::parse(yaml, &authgate::config::ProcessEnv)
+            .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let shared = authgate::server::Shared::new(config, None).unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let running = authgate::server::start(shared, any, any).await.unwrap();
+        TestServer { running }
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.running.grpc_addr)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.running.http_addr, path)
+    }
+
+    pub async fn client(&self) -> AuthorizationClient<tonic::transport::Channel> {
+        AuthorizationClient::connect(self.grpc_url()).await.unwrap()
+    }
+
+    /// One Check with `headers` in `attributes.request.http.headers`.
+    pub async fn check(&self, headers: &[(&str, &str)]) -> CheckResponse {
+        self.check_request(check_request(headers, "/graphql")).await
+    }
+
+    pub async fn check_request(&self, req: CheckRequest) -> CheckResponse {
+        self.client().await.check(req).await.expect("Check never fails as a call").into_inner()
+    }
+
+    pub async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if self.running.shared.is_ready() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("server not ready after 5 s");
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.http_url("/metrics")).await.unwrap().text().await.unwrap()
+    }
+}
+
+pub fn check_request(headers: &[(&str, &str)], path: &str) -> CheckRequest {
+    let map: HashMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+        .collect();
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                address: Some(envoy_types::pb::envoy::config::core::v3::Address {
+                    address: Some(Address::SocketAddress(SocketAddress {
+                        address: "203.0.113.7".into(),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            }),
+            request: Some(AttrRequest {
+                http: Some(HttpRequest {
+                    method: "POST".into(),
+                    path: path.into(),
+                    headers: map,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A Check with headers only in `header_map` (Envoy's `encode_raw_headers`).
+pub fn check_request_raw(headers: &[(&str, &[u8])]) -> CheckRequest {
+    let mut req = check_request(&[], "/graphql");
+    let http = req
+        .attributes
+        .as_mut()
+        .unwrap()
+        .request
+        .as_mut()
+        .unwrap()
+        .http
+        .as_mut()
+        .unwrap();
+    http.header_map = Some(PbHeaderMap {
+        headers: headers
+            .iter()
+            .map(|(k, v)| HeaderValue {
+                key: k.to_string(),
+                value: String::new(),
+                raw_value: v.to_vec(),
+            })
+            .collect(),
+    });
+    req
+}
+
+/// What a CheckResponse says, in a shape tests can assert on.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: i32,
+    pub http_status: i32,
+    pub headers: HashMap<String, String>,
+    pub header_options: Vec<(String, String, Option<bool>, i32)>,
+    pub removed: Vec<String>,
+    pub body: String,
+    pub metadata: HashMap<String, String>,
+}
+
+impl Outcome {
+    pub fn reason(&self) -> String {
+        serde_json::from_str::<Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+#[allow(deprecated)]
+pub fn outcome(r: &CheckResponse) -> Outcome {
+    let code = r.status.as_ref().map(|s| s.code).unwrap_or(-1);
+    let mut o = Outcome {
+        code,
+        http_status: 0,
+        headers: HashMap::new(),
+        header_options: Vec::new(),
+        removed: Vec::new(),
+        body: String::new(),
+        metadata: HashMap::new(),
+    };
+    if let Some(md) = &r.dynamic_metadata {
+        for (k, v) in &md.fields {
+            use envoy_types::pb::google::protobuf::value::Kind;
+            let s = match &v.kind {
+                Some(Kind::StringValue(s)) => s.clone(),
+                Some(Kind::BoolValue(b)) => b.to_string(),
+                other => format!("{other:?}"),
+            };
+            o.metadata.insert(k.clone(), s);
+        }
+    }
+    match &r.http_response {
+        Some(HttpResponse::OkResponse(ok)) => {
+            o.http_status = 200;
+            for h in &ok.headers {
+                let hv = h.header.as_ref().unwrap();
+                o.headers.insert(hv.key.clone(), hv.value.clone());
+                o.header_options.push((
+                    hv.key.clone(),
+                    hv.value.clone(),
+                    h.append.map(|b| b.value),
+                    h.append_action,
+                ));
+            }
+            o.removed = ok.headers_to_remove.clone();
+        }
+        Some(HttpResponse::DeniedResponse(d)) => {
+            o.http_status = d.status.as_ref().map(|s| s.code).unwrap_or(0);
+            for h in &d.headers {
+                let hv = h.header.as_ref().unwrap();
+                o.headers.insert(hv.key.clone(), hv.value.clone());
+            }
+            o.body = d.body.clone();
+        }
+        _ => {}
+    }
+    o
+}
+
+pub const SECRET: &str = "a-string-secret-at-least-256-bits-long-for-tests";
+
+/// A YAML config with one HS256 jwt mode plus `extra` modes.
+pub fn hs256_config(extra: &str) -> String {
+    format!(
+        r#"
+version: v1
+kind: RelyAuth
+definition:
+  modes:
+    - id: users
+      mode: jwt
+      tokenLocation: {{in: header, name: Authorization, scheme: bearer}}
+      key: {{algorithm: HS256, key: {{value: "{SECRET}"}}}}
+      claimsConfig:
+        namespace: {{location: '"claims.jwt.hasura.io"', claimsFormat: Json}}
+{extra}
+"#
+    )
+}

@@ -1,0 +1,205 @@
+//! Remote JWKS against a real local HTTP server: readiness, rotation by
+//! unknown kid (single-flight, rate-limited), outages, algorithm pinning.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use jsonwebtoken::Algorithm;
+
+fn jwks_config(url: &str, extra_key: &str, settings: &str) -> String {
+    format!(
+        r#"
+definition:
+  settings: {{{settings}}}
+  modes:
+    - id: idp
+      mode: jwt
+      key: {{jwkFromUrl: {{value: "{url}"}}{extra_key}}}
+      claimsConfig: {{namespace: {{location: '"claims.jwt.hasura.io"'}}}}
+"#
+    )
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+#[tokio::test]
+async fn not_ready_until_keys_load_then_serves() {
+    let rsa = private_key(Algorithm::RS256);
+    let jwks = JwksServer::start(jwks_of(vec![public_jwk(Algorithm::RS256, &rsa, "k1")])).await;
+    jwks.set(500, "oops".into());
+    let server = TestServer::start(&jwks_config(&jwks.url(), "", "")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ready = reqwest::get(server.http_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let token = mint(Algorithm::RS256, &rsa, hasura_claims("u", &["user"], "user"), Some("k1"));
+    let o = outcome(&server.check(&[("authorization", &bearer(&token))]).await);
+    assert_eq!((o.code, o.http_status, o.reason().as_str()), (14, 503, "internal_error"));
+    assert!(!o.headers.contains_key("www-authenticate"));
+    // The IdP recovers: the retry (backoff <= 10 s) loads the keys.
+    jwks.set(200, jwks_of(vec![public_jwk(Algorithm::RS256, &rsa, "k1")]));
+    server.wait_ready().await;
+    let ready = reqwest::get(server.http_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let o = outcome(&server.check(&[("authorization", &bearer(&token))]).await);
+    assert_eq!(o.code, 0, "{o:?}");
+    let m = server.metrics().await;
+    assert!(m.contains(r#"authgate_jwks_fetches_total{result="error",source="idp"}"#), "{m}");
+    assert!(m.contains(r#"authgate_jwks_keys{source="idp"} 1"#), "{m}");
+    assert!(m.contains(r#"authgate_jwk_cache_lookups_total{result="hit",source="idp"} 1"#), "{m}");
+}
+
+#[tokio::test]
+async fn rotation_by_unknown_kid_refetches_once_per_cooldown() {
+    let rsa = private_key(Algorithm::RS256);
+    let rsa2 = fixture("rsa2.key");
+    let jwks = JwksServer::start(jwks_of(vec![public_jwk(Algorithm::RS256, &rsa, "old")])).await;
+    let server = TestServer::start(&jwks_config(&jwks.url(), "", "")).await;
+    server.wait_ready().await;
+    assert_eq!(jwks.hits(), 1);
+    // The IdP rotates: a token with the new kid triggers one refetch.
+    jwks.set(
+        200,
+        jwks_of(vec![
+            public_jwk(Algorithm::RS256, &rsa, "old"),
+            public_jwk(Algorithm::RS256, &rsa2, "new"),
+        ]),
+    );
+    let token = mint(Algorithm::RS256, &rsa2, hasura_claims("u", &["user"], "user"), Some("new"));
+    let o = outcome(&server.check(&[("authorization", &bearer(&token))]).await);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(jwks.hits(), 2);
+    // A burst of unknown kids inside the cooldown: no further fetch at all.
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let token = mint(Algorithm::RS256, &rsa2, hasura_claims("u", &["user"], "user"), Some(&format!("bogus-{i}")));
+        let url = server.grpc_url();
+        tasks.push(tokio::spawn(async move {
+            let mut c = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(url)
+                .await
+                .unwrap();
+            let auth = format!("Bearer {token}");
+            let r = c.check(check_request(&[("authorization", &auth)], "/")).await.unwrap().into_inner();
+            outcome(&r).reason()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), "invalid_token");
+    }
+    assert_eq!(jwks.hits(), 2, "unknown kids within the cooldown must not refetch");
+    // Known kids keep working without fetches.
+    let o = outcome(&server.check(&[("authorization", &bearer(&token))]).await);
+    assert_eq!(o.code, 0);
+    assert_eq!(jwks.hits(), 2);
+}
+
+#[tokio::test]
+async fn burst_of_unknown_kids_refetches_at_most_once() {
+    let rsa = private_key(Algorithm::RS256);
+    let jwks = JwksServer::start(jwks_of(vec![public_jwk(Algorithm::RS256, &rsa, "k1")])).await;
+    let server = TestServer::start(&jwks_config(&jwks.url(), "", "")).await;
+    server.wait_ready().await;
+    let before = jwks.hits();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let token = mint(Algorithm::RS256, &rsa, hasura_claims("u", &["user"], "user"), Some(&format!("x{i}")));
+        let url = server.grpc_url();
+        tasks.push(tokio::spawn(async move {
+            let mut c = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(url)
+                .await
+                .unwrap();
+            let auth = format!("Bearer {token}");
+            c.check(check_request(&[("authorization", &auth)], "/")).await.unwrap().into_inner()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(outcome(&t.await.unwrap()).reason(), "invalid_token");
+    }
+    assert_eq!(jwks.hits() - before, 1, "single-flight, rate-limited refetch");
+    let m = server.metrics().await;
+    assert!(m.contains(r#"authgate_jwk_cache_lookups_total{result="miss",source="idp"} 40"#), "{m}");
+}
+
+#[tokio::test]
+async fn outage_keeps_serving_the_last_good_keys() {
+    let rsa = private_key(Algorithm::RS256);
+    let jwks = JwksServer::start(jwks_of(vec![public_jwk(Algorithm::RS256, &rsa, "k1")])).await;
+    let server = TestServer::start(&jwks_config(&jwks.url(), "", "reloadInterval: 1")).await;
+    server.wait_ready().await;
+    jwks.set(500, "down".into());
+    let before = jwks.hits();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(jwks.hits() > before, "the background refresh ran");
+    jwks.set(200, "{not json".into());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let token = mint(Algorithm::RS256, &rsa, hasura_claims("u", &["user"], "user"), Some("k1"));
+    let o = outcome(&server.check(&[("authorization", &bearer(&token))]).await);
+    assert_eq!(o.code, 0, "{o:?}");
+    let ready = reqwest::get(server.http_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200, "stale keys keep the server ready");
+    let m = server.metrics().await;
+    let errors: u64 = m
+        .lines()
+        .find(|l| l.starts_with(r#"authgate_jwks_fetches_total{result="error",source="idp"}"#))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(errors >= 2, "{m}");
+}
+
+#[tokio::test]
+async fn algorithm_beside_jwk_from_url_pins_keys_and_hmac_keys_are_ignored() {
+    let rsa = private_key(Algorithm::RS256);
+    let ec = fixture("ec256.key");
+    let oct = serde_json::json!({"kty": "oct", "kid": "h", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"});
+    let jwks = JwksServer::start(jwks_of(vec![
+        public_jwk(Algorithm::RS256, &rsa, "r"),
+        public_jwk(Algorithm::ES256, &ec, "e"),
+        oct,
+    ]))
+    .await;
+    let server = TestServer::start(&jwks_config(&jwks.url(), ", algorithm: ES256", "")).await;
+    server.wait_ready().await;
+    let es = mint(Algorithm::ES256, &ec, hasura_claims("u", &["user"], "user"), Some("e"));
+    assert_eq!(outcome(&server.check(&[("authorization", &bearer(&es))]).await).code, 0);
+    let rs = mint(Algorithm::RS256, &rsa, hasura_claims("u", &["user"], "user"), Some("r"));
+    assert_eq!(outcome(&server.check(&[("authorization", &bearer(&rs))]).await).reason(), "invalid_token");
+    let hs = mint(Algorithm::HS256, "secret-secret-secret-secret-secret", hasura_claims("u", &["user"], "user"), Some("h"));
+    assert_eq!(outcome(&server.check(&[("authorization", &bearer(&hs))]).await).reason(), "invalid_token");
+    // Without a kid, each key of the pinned family is tried.
+    let es_nokid = mint(Algorithm::ES256, &ec, hasura_claims("u", &["user"], "user"), None);
+    assert_eq!(outcome(&server.check(&[("authorization", &bearer(&es_nokid))]).await).code, 0);
+}
+
+#[tokio::test]
+async fn one_cache_per_url_shared_by_modes() {
+    let rsa = private_key(Algorithm::RS256);
+    let jwks = JwksServer::start(jwks_of(vec![public_jwk(Algorithm::RS256, &rsa, "k1")])).await;
+    let url = jwks.url();
+    let cfg = format!(
+        r#"
+definition:
+  modes:
+    - id: a
+      mode: jwt
+      tokenLocation: {{in: header, name: X-A}}
+      key: {{jwkFromUrl: {{value: "{url}"}}}}
+      claimsConfig: {{namespace: {{location: a}}}}
+    - id: b
+      mode: jwt
+      tokenLocation: {{in: header, name: X-B}}
+      key: {{jwkFromUrl: {{value: "{url}"}}, algorithm: RS256}}
+      claimsConfig: {{namespace: {{location: b}}}}
+"#
+    );
+    let server = TestServer::start(&cfg).await;
+    server.wait_ready().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(jwks.hits(), 1, "one fetch for one URL");
+    let t = mint(Algorithm::RS256, &rsa, serde_json::json!({"b": {"x-hasura-role": "r"}}), Some("k1"));
+    let o = outcome(&server.check(&[("x-b", &t)]).await);
+    assert_eq!((o.code, o.metadata["mode_id"].as_str()), (0, "b"));
+}
