@@ -18,9 +18,10 @@ fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR is set by cargo"));
     let dir = envoy_types_dir();
     let bin = dir.join("src/generated/types.bin");
-    let bytes = std::fs::read(&bin)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", bin.display()));
-    let set = FileDescriptorSet::decode(bytes.as_slice()).expect("envoy-types ships a valid descriptor set");
+    let bytes =
+        std::fs::read(&bin).unwrap_or_else(|e| panic!("cannot read {}: {e}", bin.display()));
+    let set = FileDescriptorSet::decode(bytes.as_slice())
+        .expect("envoy-types ships a valid descriptor set");
     let by_name: HashMap<&str, &FileDescriptorProto> =
         set.file.iter().map(|f| (f.name(), f)).collect();
     // Transitive imports of the root, dependencies first.
@@ -35,7 +36,9 @@ fn main() {
         if !seen.insert(name.to_owned()) {
             return;
         }
-        let Some(file) = by_name.get(name) else { return };
+        let Some(file) = by_name.get(name) else {
+            return;
+        };
         for dep in &file.dependency {
             visit(dep, by_name, seen, ordered);
         }
@@ -49,8 +52,11 @@ fn main() {
         "{ROOT} not found in envoy-types' descriptor set"
     );
     let filtered = FileDescriptorSet { file: ordered };
-    std::fs::write(out.join("ext_authz_descriptors.bin"), filtered.encode_to_vec())
-        .expect("OUT_DIR is writable");
+    std::fs::write(
+        out.join("ext_authz_descriptors.bin"),
+        filtered.encode_to_vec(),
+    )
+    .expect("OUT_DIR is writable");
 }
 
 /// Where cargo unpacked `envoy-types` (registry, vendor dir or git checkout).

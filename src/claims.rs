@@ -25,9 +25,8 @@ pub enum ClaimsError {
 }
 
 pub fn extract(cfg: &ClaimsConfig, payload: &Value) -> Result<Session, ClaimsError> {
-    let data = Rcvar::new(
-        Variable::from_serializable(payload).map_err(|_| ClaimsError::Evaluation)?,
-    );
+    let data =
+        Rcvar::new(Variable::from_serializable(payload).map_err(|_| ClaimsError::Evaluation)?);
     let mut session = Session::new();
     if let Some(ns) = &cfg.namespace {
         let found = ns
@@ -88,7 +87,10 @@ mod tests {
     use crate::config::{ClaimLocation, Namespace};
     use serde_json::json;
 
-    fn cfg(ns: Option<(&str, ClaimsFormat)>, locs: &[(&str, Option<&str>, Option<Value>)]) -> ClaimsConfig {
+    fn cfg(
+        ns: Option<(&str, ClaimsFormat)>,
+        locs: &[(&str, Option<&str>, Option<Value>)],
+    ) -> ClaimsConfig {
         ClaimsConfig {
             namespace: ns.map(|(e, f)| Namespace {
                 expression: jmespath::compile(e).unwrap(),

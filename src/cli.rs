@@ -21,7 +21,11 @@ use crate::request::{Headers, Request};
 use crate::server::{self, Shared};
 
 #[derive(Parser, Debug)]
-#[command(name = "authgate", version, about = "External authorization for Envoy, Istio, nginx and Traefik in front of Hasura")]
+#[command(
+    name = "authgate",
+    version,
+    about = "External authorization for Envoy, Istio, nginx and Traefik in front of Hasura"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -101,7 +105,10 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn block_on(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt.block_on(f),
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -257,9 +264,9 @@ pub fn mint(args: &TokenArgs) -> Result<String, String> {
     };
     let now = crate::jwt::unix_now();
     claims.entry("iat").or_insert(json!(now));
-    claims
-        .entry("exp")
-        .or_insert(json!(now.saturating_add(i64::try_from(args.ttl).unwrap_or(i64::MAX / 2))));
+    claims.entry("exp").or_insert(json!(
+        now.saturating_add(i64::try_from(args.ttl).unwrap_or(i64::MAX / 2))
+    ));
     let mut header = Header::new(alg);
     header.kid = args.kid.clone();
     jsonwebtoken::encode(&header, &claims, &key).map_err(|e| format!("signing failed: {e}"))
@@ -317,6 +324,13 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let running = match server::start(shared.clone(), grpc_addr, http_addr).await {
         Ok(r) => r,
         Err(e) => {
@@ -330,7 +344,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
-    wait_for_signals(&shared).await;
+    signals.wait(&shared).await;
     tracing::info!("draining in-flight requests");
     if tokio::time::timeout(Duration::from_secs(25), running.shutdown())
         .await
@@ -342,24 +356,33 @@ async fn serve(args: ServeArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Returns on SIGTERM or SIGINT; reloads the config on SIGHUP.
-async fn wait_for_signals(shared: &Arc<Shared>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        std::future::pending::<()>().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => {
-                let _ = shared.reload();
+/// SIGTERM, SIGINT and SIGHUP, installed before the server announces itself
+/// so that no signal can arrive while the default action would still apply.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Returns on SIGTERM or SIGINT; reloads the config on SIGHUP.
+    async fn wait(&mut self, shared: &Shared) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    let _ = shared.reload();
+                }
             }
         }
     }
@@ -379,10 +402,15 @@ pub fn init_logging() {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let pretty = std::env::var("AUTHGATE_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("pretty"));
+    let pretty =
+        std::env::var("AUTHGATE_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("pretty"));
     if pretty {
         builder.init();
     } else {
-        builder.json().flatten_event(true).with_current_span(false).init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
     }
 }

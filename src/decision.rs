@@ -106,7 +106,9 @@ impl DenyReason {
             DenyReason::MissingCredentials => {
                 r#"{"error":"missing_credentials","message":"credentials required"}"#
             }
-            DenyReason::InvalidToken => r#"{"error":"invalid_token","message":"invalid credentials"}"#,
+            DenyReason::InvalidToken => {
+                r#"{"error":"invalid_token","message":"invalid credentials"}"#
+            }
             DenyReason::TokenExpired => r#"{"error":"token_expired","message":"token expired"}"#,
             DenyReason::InvalidApiKey => {
                 r#"{"error":"invalid_api_key","message":"invalid credentials"}"#
@@ -117,7 +119,9 @@ impl DenyReason {
             DenyReason::ElevationRequired => {
                 r#"{"error":"elevation_required","message":"elevated access required"}"#
             }
-            DenyReason::RoleNotAllowed => r#"{"error":"role_not_allowed","message":"access denied"}"#,
+            DenyReason::RoleNotAllowed => {
+                r#"{"error":"role_not_allowed","message":"access denied"}"#
+            }
             DenyReason::BlockedByRule => r#"{"error":"blocked_by_rule","message":"access denied"}"#,
             DenyReason::InternalError => {
                 r#"{"error":"internal_error","message":"authorization temporarily unavailable"}"#
@@ -207,7 +211,10 @@ mod tests {
 
     #[test]
     fn codes_follow_the_spec_table() {
-        assert_eq!(DenyReason::MissingCredentials.www_authenticate(), Some("Bearer"));
+        assert_eq!(
+            DenyReason::MissingCredentials.www_authenticate(),
+            Some("Bearer")
+        );
         assert_eq!(DenyReason::RoleNotAllowed.grpc_code(), 7);
         assert_eq!(DenyReason::RoleNotAllowed.http_status(), 403);
         assert_eq!(DenyReason::InternalError.grpc_code(), 14);

@@ -82,10 +82,7 @@ pub fn to_request(method: &Method, uri: &Uri, headers: &HeaderMap, peer: SocketA
         .or_else(|| h.get("x-forwarded-uri"))
         .map(str::to_owned)
         .unwrap_or_else(|| {
-            let full = uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/check");
+            let full = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/check");
             let rest = full.strip_prefix("/check").unwrap_or(full);
             if rest.is_empty() || rest.starts_with('?') {
                 format!("/{rest}")
@@ -127,9 +124,15 @@ pub fn render(decision: &Decision) -> Response {
             *resp.status_mut() =
                 StatusCode::from_u16(d.reason.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
             let headers = resp.headers_mut();
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             if let Some(challenge) = d.reason.www_authenticate() {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
             }
             resp
         }

@@ -61,16 +61,18 @@ pub struct JwksCache {
 
 impl std::fmt::Debug for JwksCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwksCache").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("JwksCache")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
 impl Drop for JwksCache {
     fn drop(&mut self) {
-        if let Ok(mut h) = self.refresher.lock() {
-            if let Some(h) = h.take() {
-                h.abort();
-            }
+        if let Ok(mut h) = self.refresher.lock()
+            && let Some(h) = h.take()
+        {
+            h.abort();
         }
     }
 }
@@ -158,10 +160,10 @@ impl JwksCache {
     }
 
     async fn fetch_inner(&self) -> Result<Fetched, FetchError> {
-        let mut req = self
-            .client
-            .get(&self.url)
-            .header(reqwest::header::ACCEPT, "application/json, application/jwk-set+json");
+        let mut req = self.client.get(&self.url).header(
+            reqwest::header::ACCEPT,
+            "application/json, application/jwk-set+json",
+        );
         let etag = self.etag.lock().ok().and_then(|e| e.clone());
         if let (Some(tag), true) = (&etag, self.is_ready()) {
             req = req.header(reqwest::header::IF_NONE_MATCH, tag.as_str());
@@ -217,10 +219,10 @@ impl JwksCache {
             return None;
         }
         let mut last = self.refetch_gate.lock().await;
-        if let Some(set) = self.current() {
-            if set.has_kid(kid) {
-                return Some(set);
-            }
+        if let Some(set) = self.current()
+            && set.has_kid(kid)
+        {
+            return Some(set);
         }
         if last.is_some_and(|t| t.elapsed() < self.cooldown) {
             self.unknown_kids.insert(kid.to_owned(), ());
@@ -278,7 +280,10 @@ fn refresh_after(headers: &reqwest::header::HeaderMap) -> Duration {
     let from_expires = || {
         let expires = headers.get(reqwest::header::EXPIRES)?.to_str().ok()?;
         let at = httpdate::parse_http_date(expires).ok()?;
-        Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+        Some(
+            at.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        )
     };
     match from_cache_control.or_else(from_expires) {
         Some(d) => d.clamp(REFRESH_FLOOR, REFRESH_CEILING),
@@ -342,10 +347,11 @@ impl JwksRegistry {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(c) = caches.get(url) {
-            if c.cooldown == cooldown && c.reload_interval == reload_interval {
-                return c.clone();
-            }
+        if let Some(c) = caches.get(url)
+            && c.cooldown == cooldown
+            && c.reload_interval == reload_interval
+        {
+            return c.clone();
         }
         let cache = Arc::new(JwksCache::new(
             url.to_owned(),
@@ -382,7 +388,10 @@ mod tests {
     fn refresh_schedule_follows_cache_headers_within_bounds() {
         let mut h = HeaderMap::new();
         assert_eq!(refresh_after(&h), REFRESH_DEFAULT);
-        h.insert("cache-control", HeaderValue::from_static("public, max-age=600"));
+        h.insert(
+            "cache-control",
+            HeaderValue::from_static("public, max-age=600"),
+        );
         assert_eq!(refresh_after(&h), Duration::from_secs(600));
         h.insert("cache-control", HeaderValue::from_static("max-age=5"));
         assert_eq!(refresh_after(&h), REFRESH_FLOOR);

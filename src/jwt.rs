@@ -84,7 +84,8 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, JwtError> {
         return Err(JwtError::TooLarge);
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(JwtError::Malformed);
     };
@@ -141,7 +142,11 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, 
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n
             .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f.floor() as i64))
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.is_finite())
+                    .map(|f| f.floor() as i64)
+            })
             .map(Some)
             .ok_or(JwtError::Claims),
         Some(_) => Err(JwtError::Claims),
@@ -161,15 +166,15 @@ pub fn check_claims(
         None if rules.require_exp => return Err(JwtError::MissingExp),
         _ => {}
     }
-    if let Some(nbf) = numeric_date(claims, "nbf")? {
-        if now.saturating_add(skew) < nbf {
-            return Err(JwtError::NotYetValid);
-        }
+    if let Some(nbf) = numeric_date(claims, "nbf")?
+        && now.saturating_add(skew) < nbf
+    {
+        return Err(JwtError::NotYetValid);
     }
-    if let Some(iat) = numeric_date(claims, "iat")? {
-        if iat > now.saturating_add(skew) {
-            return Err(JwtError::IssuedInFuture);
-        }
+    if let Some(iat) = numeric_date(claims, "iat")?
+        && iat > now.saturating_add(skew)
+    {
+        return Err(JwtError::IssuedInFuture);
     }
     if !rules.audience.is_empty() {
         let ok = match claims.get("aud") {
@@ -184,10 +189,10 @@ pub fn check_claims(
             return Err(JwtError::Audience);
         }
     }
-    if let Some(iss) = rules.issuer {
-        if claims.get("iss").and_then(Value::as_str) != Some(iss) {
-            return Err(JwtError::Issuer);
-        }
+    if let Some(iss) = rules.issuer
+        && claims.get("iss").and_then(Value::as_str) != Some(iss)
+    {
+        return Err(JwtError::Issuer);
     }
     Ok(exp)
 }
@@ -213,13 +218,25 @@ mod tests {
         let h = b64(&json!({"alg": "HS256"}));
         assert!(parse(&format!("{h}.e30.sig")).is_ok());
         assert_eq!(parse("a.b").unwrap_err(), JwtError::Malformed);
-        assert_eq!(parse(&format!("{h}.e30.sig.x.y")).unwrap_err(), JwtError::Malformed);
-        assert_eq!(parse(&format!("{h}.e30.")).unwrap_err(), JwtError::Malformed);
+        assert_eq!(
+            parse(&format!("{h}.e30.sig.x.y")).unwrap_err(),
+            JwtError::Malformed
+        );
+        assert_eq!(
+            parse(&format!("{h}.e30.")).unwrap_err(),
+            JwtError::Malformed
+        );
         assert_eq!(parse("!!.e30.sig").unwrap_err(), JwtError::Malformed);
         let none = b64(&json!({"alg": "none"}));
-        assert_eq!(parse(&format!("{none}.e30.sig")).unwrap_err(), JwtError::Algorithm);
+        assert_eq!(
+            parse(&format!("{none}.e30.sig")).unwrap_err(),
+            JwtError::Algorithm
+        );
         let crit = b64(&json!({"alg": "HS256", "crit": ["exp"]}));
-        assert_eq!(parse(&format!("{crit}.e30.sig")).unwrap_err(), JwtError::Critical);
+        assert_eq!(
+            parse(&format!("{crit}.e30.sig")).unwrap_err(),
+            JwtError::Critical
+        );
         let big = "a".repeat(MAX_TOKEN_BYTES + 1);
         assert_eq!(parse(&big).unwrap_err(), JwtError::TooLarge);
     }
@@ -233,13 +250,31 @@ mod tests {
             require_exp: true,
         };
         let c = |v: Value| v.as_object().unwrap().clone();
-        assert_eq!(check_claims(&c(json!({"exp": 100})), &rules, 99), Ok(Some(100)));
-        assert_eq!(check_claims(&c(json!({"exp": 100})), &rules, 100), Err(JwtError::Expired));
-        assert_eq!(check_claims(&c(json!({})), &rules, 100), Err(JwtError::MissingExp));
-        assert_eq!(check_claims(&c(json!({"exp": "x"})), &rules, 1), Err(JwtError::Claims));
-        let skewed = ClaimRules { skew: 60, ..rules.clone() };
+        assert_eq!(
+            check_claims(&c(json!({"exp": 100})), &rules, 99),
+            Ok(Some(100))
+        );
+        assert_eq!(
+            check_claims(&c(json!({"exp": 100})), &rules, 100),
+            Err(JwtError::Expired)
+        );
+        assert_eq!(
+            check_claims(&c(json!({})), &rules, 100),
+            Err(JwtError::MissingExp)
+        );
+        assert_eq!(
+            check_claims(&c(json!({"exp": "x"})), &rules, 1),
+            Err(JwtError::Claims)
+        );
+        let skewed = ClaimRules {
+            skew: 60,
+            ..rules.clone()
+        };
         assert!(check_claims(&c(json!({"exp": 100})), &skewed, 159).is_ok());
-        assert_eq!(check_claims(&c(json!({"exp": 100})), &skewed, 160), Err(JwtError::Expired));
+        assert_eq!(
+            check_claims(&c(json!({"exp": 100})), &skewed, 160),
+            Err(JwtError::Expired)
+        );
         assert_eq!(
             check_claims(&c(json!({"exp": 1000, "nbf": 200})), &skewed, 139),
             Err(JwtError::NotYetValid)
@@ -249,7 +284,10 @@ mod tests {
             check_claims(&c(json!({"exp": 1000, "iat": 200})), &skewed, 139),
             Err(JwtError::IssuedInFuture)
         );
-        let no_exp = ClaimRules { require_exp: false, ..rules };
+        let no_exp = ClaimRules {
+            require_exp: false,
+            ..rules
+        };
         assert_eq!(check_claims(&c(json!({})), &no_exp, 1), Ok(None));
     }
 
@@ -269,7 +307,10 @@ mod tests {
             check_claims(&c(json!({"aud": "x", "iss": "iss"})), &rules, 0),
             Err(JwtError::Audience)
         );
-        assert_eq!(check_claims(&c(json!({"iss": "iss"})), &rules, 0), Err(JwtError::Audience));
+        assert_eq!(
+            check_claims(&c(json!({"iss": "iss"})), &rules, 0),
+            Err(JwtError::Audience)
+        );
         assert_eq!(
             check_claims(&c(json!({"aud": "a", "iss": "other"})), &rules, 0),
             Err(JwtError::Issuer)

@@ -166,7 +166,9 @@ pub fn parse_fixed(alg: Algorithm, text: &str) -> Result<(KeySet, Vec<String>), 
         );
     }
     if trimmed.contains("PRIVATE KEY") {
-        return Err("this is a private key: configure the public key (or certificate) instead".into());
+        return Err(
+            "this is a private key: configure the public key (or certificate) instead".into(),
+        );
     }
     let key = match family {
         AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(trimmed.as_bytes()),
@@ -305,7 +307,8 @@ fn parse_jwk(
             ));
         }
     }
-    if family == AlgorithmFamily::Ec && pinned.is_some_and(|p| p.family() == family && p != default_alg)
+    if family == AlgorithmFamily::Ec
+        && pinned.is_some_and(|p| p.family() == family && p != default_alg)
     {
         return Ok(None);
     }

@@ -58,8 +58,13 @@ fn outcome_index(d: &Decision) -> usize {
     }
 }
 
-pub const ELEVATION_FAILURE_REASONS: [&str; 5] =
-    ["missing", "mismatch", "expired", "invalid_grant", "ceremony_failed"];
+pub const ELEVATION_FAILURE_REASONS: [&str; 5] = [
+    "missing",
+    "mismatch",
+    "expired",
+    "invalid_grant",
+    "ceremony_failed",
+];
 pub const CEREMONY_STEPS: [&str; 3] = ["begin", "verify", "register"];
 pub const RESULTS_OK_ERROR: [&str; 2] = ["ok", "error"];
 
@@ -154,7 +159,10 @@ impl Metrics {
             &["source", "result"],
         );
         let jwks_keys = IntGaugeVec::new(
-            Opts::new("authgate_jwks_keys", "Keys currently loaded, by key source."),
+            Opts::new(
+                "authgate_jwks_keys",
+                "Keys currently loaded, by key source.",
+            ),
             &["source"],
         )
         .expect("static metric definition");
@@ -260,7 +268,9 @@ impl Metrics {
             lookup_miss: self.jwk_lookups.with_label_values(&[source, "miss"]),
             fetch_ok: self.jwks_fetches.with_label_values(&[source, "ok"]),
             fetch_error: self.jwks_fetches.with_label_values(&[source, "error"]),
-            fetch_not_modified: self.jwks_fetches.with_label_values(&[source, "not_modified"]),
+            fetch_not_modified: self
+                .jwks_fetches
+                .with_label_values(&[source, "not_modified"]),
             keys: self.jwks_keys.with_label_values(&[source]),
             last_success: self.jwks_last_success.with_label_values(&[source]),
         }

@@ -11,9 +11,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::claims;
-use crate::config::{
-    ClaimsConfig, Config, KeySource, ModeKind, Secret, Settings, TokenLocation,
-};
+use crate::config::{ClaimsConfig, Config, KeySource, ModeKind, Secret, Settings, TokenLocation};
 use crate::decision::{Allow, Decision, DenyReason, ModeRef};
 use crate::jwks::{JwksCache, JwksRegistry};
 use crate::jwt::{self, ClaimRules, JwtError};
@@ -81,7 +79,12 @@ enum Outcome {
 impl Engine {
     /// Builds the engine; JWKS caches come from (and stay in) `registry`,
     /// started in the background when `start` is set.
-    pub fn new(config: Config, registry: &JwksRegistry, metrics: Arc<Metrics>, start: bool) -> Self {
+    pub fn new(
+        config: Config,
+        registry: &JwksRegistry,
+        metrics: Arc<Metrics>,
+        start: bool,
+    ) -> Self {
         let settings = config.settings.clone();
         let mut jwks: Vec<Arc<JwksCache>> = Vec::new();
         let mut modes = Vec::with_capacity(config.modes.len());
@@ -157,7 +160,11 @@ impl Engine {
             .headers
             .get(MODE_HEADER)
             .filter(|v| !v.is_empty())
-            .or_else(|| req.headers.get(HASURA_MODE_HEADER).filter(|v| !v.is_empty()));
+            .or_else(|| {
+                req.headers
+                    .get(HASURA_MODE_HEADER)
+                    .filter(|v| !v.is_empty())
+            });
         let id_filter = req.headers.get(ID_HEADER).filter(|v| !v.is_empty());
         let mut refused: Option<(DenyReason, &ModeRef)> = None;
         for (index, auth) in self.modes.iter().enumerate() {
@@ -238,7 +245,10 @@ impl Engine {
             skew: j.skew,
             require_exp: j.require_exp,
         };
-        let cache_key = self.token_cache.as_ref().map(|_| TokenCache::key(index, token));
+        let cache_key = self
+            .token_cache
+            .as_ref()
+            .map(|_| TokenCache::key(index, token));
         if let (Some(cache), Some(key)) = (&self.token_cache, &cache_key) {
             if let Some(hit) = cache.get(key) {
                 self.metrics.token_cache_hit.inc();
@@ -271,8 +281,8 @@ impl Engine {
         verified?;
         let claims = parsed.claims()?;
         let exp = jwt::check_claims(&claims, &rules, now)?;
-        let session =
-            claims::extract(&j.claims, &Value::Object(claims.clone())).map_err(|_| JwtError::Claims)?;
+        let session = claims::extract(&j.claims, &Value::Object(claims.clone()))
+            .map_err(|_| JwtError::Claims)?;
         if let (Some(cache), Some(key)) = (&self.token_cache, cache_key) {
             let nbf = claims.get("nbf").and_then(Value::as_i64);
             cache.insert(key, session.clone(), exp, nbf, now);
@@ -425,7 +435,14 @@ impl TokenCache {
         self.cache.get(key)
     }
 
-    fn insert(&self, key: [u8; 32], session: Session, exp: Option<i64>, nbf: Option<i64>, now: i64) {
+    fn insert(
+        &self,
+        key: [u8; 32],
+        session: Session,
+        exp: Option<i64>,
+        nbf: Option<i64>,
+        now: i64,
+    ) {
         let until_exp = match exp {
             Some(exp) => Duration::from_secs(u64::try_from(exp.saturating_sub(now)).unwrap_or(0)),
             None => self.ttl,

@@ -33,10 +33,7 @@ impl Headers {
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn get_all<'a, 'n>(
-        &'a self,
-        name: &'n str,
-    ) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+    pub fn get_all<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
         self.0
             .iter()
             .filter(move |(n, _)| n == name)
@@ -214,16 +211,35 @@ mod tests {
     #[test]
     fn header_with_scheme() {
         let l = loc(Place::Header, "authorization", Some("bearer"));
-        assert_eq!(req(&[("Authorization", "BEARER abc")], "/").credential(&l), Credential::Present("abc".into()));
-        assert_eq!(req(&[("authorization", "Basic abc")], "/").credential(&l), Credential::Absent);
-        assert_eq!(req(&[("authorization", "Bearer")], "/").credential(&l), Credential::Present("".into()));
-        assert_eq!(req(&[("authorization", "Bearer ")], "/").credential(&l), Credential::Present("".into()));
+        assert_eq!(
+            req(&[("Authorization", "BEARER abc")], "/").credential(&l),
+            Credential::Present("abc".into())
+        );
+        assert_eq!(
+            req(&[("authorization", "Basic abc")], "/").credential(&l),
+            Credential::Absent
+        );
+        assert_eq!(
+            req(&[("authorization", "Bearer")], "/").credential(&l),
+            Credential::Present("".into())
+        );
+        assert_eq!(
+            req(&[("authorization", "Bearer ")], "/").credential(&l),
+            Credential::Present("".into())
+        );
         assert_eq!(req(&[], "/").credential(&l), Credential::Absent);
         assert_eq!(
-            req(&[("authorization", "Bearer a"), ("authorization", "Bearer b")], "/").credential(&l),
+            req(
+                &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
+                "/"
+            )
+            .credential(&l),
             Credential::Ambiguous
         );
-        assert_eq!(req(&[("authorization", "Bearerabc")], "/").credential(&l), Credential::Absent);
+        assert_eq!(
+            req(&[("authorization", "Bearerabc")], "/").credential(&l),
+            Credential::Absent
+        );
     }
 
     #[test]
@@ -235,7 +251,10 @@ mod tests {
         assert_eq!(r.credential(&l), Credential::Present("q".into()));
         let r = req(&[("cookie", "token=1; token=2")], "/");
         assert_eq!(r.credential(&l), Credential::Ambiguous);
-        assert_eq!(req(&[("cookie", "a=1")], "/").credential(&l), Credential::Absent);
+        assert_eq!(
+            req(&[("cookie", "a=1")], "/").credential(&l),
+            Credential::Absent
+        );
     }
 
     #[test]
@@ -243,7 +262,10 @@ mod tests {
         let l = loc(Place::Query, "access_token", None);
         let r = req(&[], "/x?a=1&access_token=t%2Bk");
         assert_eq!(r.credential(&l), Credential::Present("t+k".into()));
-        assert_eq!(req(&[], "/x?Access_Token=1").credential(&l), Credential::Absent);
+        assert_eq!(
+            req(&[], "/x?Access_Token=1").credential(&l),
+            Credential::Absent
+        );
         assert_eq!(
             req(&[], "/x?access_token=1&access_token=2").credential(&l),
             Credential::Ambiguous

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -27,6 +27,7 @@ pub struct Shared {
     registry: JwksRegistry,
     config_path: Option<PathBuf>,
     draining: AtomicBool,
+    inflight: AtomicUsize,
 }
 
 impl Shared {
@@ -44,6 +45,7 @@ impl Shared {
             registry,
             config_path,
             draining: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
         }))
     }
 
@@ -59,7 +61,9 @@ impl Shared {
     /// Runs the pipeline and records the decision (metrics, one log line per denial).
     pub async fn decide(&self, frontend: Frontend, req: &Request, started: Instant) -> Decision {
         let engine = self.engine.load_full();
+        self.inflight.fetch_add(1, Ordering::AcqRel);
         let decision = engine.decide(req).await;
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
         self.metrics
             .record(frontend, &decision, started.elapsed().as_secs_f64());
         if let Decision::Deny(d) = &decision {
@@ -100,7 +104,9 @@ impl Shared {
                 for p in &e.0 {
                     tracing::error!(path = %p.path, "{}", p.message);
                 }
-                tracing::error!("configuration reload rejected; the previous configuration keeps serving");
+                tracing::error!(
+                    "configuration reload rejected; the previous configuration keeps serving"
+                );
                 Err(e)
             }
         }
@@ -124,12 +130,28 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, drains in-flight requests and waits for both listeners.
+    /// Stops accepting and drains: returns once the listeners have closed,
+    /// or once no decision is in flight (idle keep-alive connections, such
+    /// as Envoy's, are not waited for).
     pub async fn shutdown(self) {
         self.shared.draining.store(true, Ordering::Relaxed);
         let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
+        let shared = self.shared.clone();
+        let listeners = async {
+            for t in self.tasks {
+                let _ = t.await;
+            }
+        };
+        let idle = async {
+            while shared.inflight.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // Let the last responses be written.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        tokio::select! {
+            _ = listeners => {}
+            _ = idle => {}
         }
     }
 }
@@ -178,8 +200,8 @@ pub async fn start(
         }
     });
 
-    let app = crate::http::router(shared.clone())
-        .into_make_service_with_connect_info::<SocketAddr>();
+    let app =
+        crate::http::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let http_rx = rx.clone();
     let http_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(http_listener, app)

@@ -119,7 +119,7 @@ pub fn resolve_role(session: &mut Session, requested: Option<&str>) -> Result<()
                 Some(r) => r.to_owned(),
                 None => claimed.or(default).ok_or(RoleError::Missing)?,
             };
-            if !allowed.iter().any(|a| *a == role) {
+            if !allowed.contains(&role) {
                 return Err(RoleError::NotAllowed);
             }
             role
@@ -267,7 +267,8 @@ mod tests {
 
     #[test]
     fn role_from_default_header_and_claim() {
-        let base = json!({"x-hasura-allowed-roles": ["user", "admin"], "x-hasura-default-role": "user"});
+        let base =
+            json!({"x-hasura-allowed-roles": ["user", "admin"], "x-hasura-default-role": "user"});
         let mut s = session(base.clone());
         resolve_role(&mut s, None).unwrap();
         assert_eq!(s.get_str(ROLE), Some("user"));
@@ -278,17 +279,26 @@ mod tests {
         assert_eq!(s.get_str(ROLE), Some("admin"));
 
         let mut s = session(base.clone());
-        assert_eq!(resolve_role(&mut s, Some("root")), Err(RoleError::NotAllowed));
+        assert_eq!(
+            resolve_role(&mut s, Some("root")),
+            Err(RoleError::NotAllowed)
+        );
 
         // Roles are case-sensitive, as in Hasura.
         let mut s = session(base);
-        assert_eq!(resolve_role(&mut s, Some("Admin")), Err(RoleError::NotAllowed));
+        assert_eq!(
+            resolve_role(&mut s, Some("Admin")),
+            Err(RoleError::NotAllowed)
+        );
 
-        let mut s = session(json!({"x-hasura-allowed-roles": ["user"], "x-hasura-role": "user", "x-hasura-default-role": "x"}));
+        let mut s = session(
+            json!({"x-hasura-allowed-roles": ["user"], "x-hasura-role": "user", "x-hasura-default-role": "x"}),
+        );
         resolve_role(&mut s, None).unwrap();
         assert_eq!(s.get_str(ROLE), Some("user"));
 
-        let mut s = session(json!({"x-hasura-allowed-roles": ["user"], "x-hasura-default-role": "admin"}));
+        let mut s =
+            session(json!({"x-hasura-allowed-roles": ["user"], "x-hasura-default-role": "admin"}));
         assert_eq!(resolve_role(&mut s, None), Err(RoleError::NotAllowed));
 
         let mut s = session(json!({"x-hasura-allowed-roles": ["user"]}));
@@ -306,7 +316,9 @@ mod tests {
 
     #[test]
     fn allowed_roles_as_pg_literal() {
-        let mut s = session(json!({"x-hasura-allowed-roles": "{user,\"a b\"}", "x-hasura-default-role": "user"}));
+        let mut s = session(
+            json!({"x-hasura-allowed-roles": "{user,\"a b\"}", "x-hasura-default-role": "user"}),
+        );
         resolve_role(&mut s, Some("a b")).unwrap();
         assert_eq!(s.get_str(ROLE), Some("a b"));
     }

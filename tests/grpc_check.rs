@@ -32,17 +32,67 @@ async fn every_algorithm_family_with_every_fixed_key_form() {
     let rsa = private_key(Algorithm::RS256);
     let cases: Vec<(Algorithm, &str, String, String)> = vec![
         (Algorithm::HS256, "HS256", SECRET.into(), SECRET.into()),
-        (Algorithm::HS384, "HS384", SECRET.repeat(2), SECRET.repeat(2)),
-        (Algorithm::HS512, "HS512", SECRET.repeat(2), SECRET.repeat(2)),
-        (Algorithm::RS256, "RS256", rsa.clone(), fixture("rsa.pub.pem")),
-        (Algorithm::RS384, "RS384", rsa.clone(), fixture("rsa.pkcs1.pem")),
+        (
+            Algorithm::HS384,
+            "HS384",
+            SECRET.repeat(2),
+            SECRET.repeat(2),
+        ),
+        (
+            Algorithm::HS512,
+            "HS512",
+            SECRET.repeat(2),
+            SECRET.repeat(2),
+        ),
+        (
+            Algorithm::RS256,
+            "RS256",
+            rsa.clone(),
+            fixture("rsa.pub.pem"),
+        ),
+        (
+            Algorithm::RS384,
+            "RS384",
+            rsa.clone(),
+            fixture("rsa.pkcs1.pem"),
+        ),
         (Algorithm::RS512, "RS512", rsa.clone(), fixture("rsa.crt")),
-        (Algorithm::PS256, "PS256", rsa.clone(), fixture("rsa.pub.pem")),
-        (Algorithm::PS384, "PS384", rsa.clone(), fixture("rsa.pub.pem")),
-        (Algorithm::PS512, "PS512", rsa.clone(), fixture("rsa.pub.pem")),
-        (Algorithm::ES256, "ES256", fixture("ec256.key"), fixture("ec256.pub.pem")),
-        (Algorithm::ES384, "ES384", fixture("ec384.key"), fixture("ec384.pub.pem")),
-        (Algorithm::EdDSA, "EdDSA", fixture("ed25519.key"), fixture("ed25519.pub.pem")),
+        (
+            Algorithm::PS256,
+            "PS256",
+            rsa.clone(),
+            fixture("rsa.pub.pem"),
+        ),
+        (
+            Algorithm::PS384,
+            "PS384",
+            rsa.clone(),
+            fixture("rsa.pub.pem"),
+        ),
+        (
+            Algorithm::PS512,
+            "PS512",
+            rsa.clone(),
+            fixture("rsa.pub.pem"),
+        ),
+        (
+            Algorithm::ES256,
+            "ES256",
+            fixture("ec256.key"),
+            fixture("ec256.pub.pem"),
+        ),
+        (
+            Algorithm::ES384,
+            "ES384",
+            fixture("ec384.key"),
+            fixture("ec384.pub.pem"),
+        ),
+        (
+            Algorithm::EdDSA,
+            "EdDSA",
+            fixture("ed25519.key"),
+            fixture("ed25519.pub.pem"),
+        ),
         // A JWK as a fixed key.
         (
             Algorithm::RS256,
@@ -60,9 +110,18 @@ async fn every_algorithm_family_with_every_fixed_key_form() {
         assert_eq!(o.headers["x-hasura-user-id"], "u-1", "{name}");
         // Another key of the same family does not verify.
         if alg.family() == jsonwebtoken::AlgorithmFamily::Rsa {
-            let forged = mint(alg, &fixture("rsa2.key"), hasura_claims("u-1", &["user"], "user"), None);
+            let forged = mint(
+                alg,
+                &fixture("rsa2.key"),
+                hasura_claims("u-1", &["user"], "user"),
+                None,
+            );
             let o = outcome(&server.check(&[("authorization", &bearer(&forged))]).await);
-            assert_eq!((o.code, o.http_status, o.reason().as_str()), (16, 401, "invalid_token"), "{name}");
+            assert_eq!(
+                (o.code, o.http_status, o.reason().as_str()),
+                (16, 401, "invalid_token"),
+                "{name}"
+            );
         }
         server.running.shutdown().await;
     }
@@ -111,10 +170,26 @@ definition:
     assert_eq!(o.metadata["mode_id"], "q");
     // A header with a scheme: another scheme is skipped (absent), so missing.
     let server2 = TestServer::start(&hs256_config("")).await;
-    let o = outcome(&server2.check(&[("authorization", "Basic dXNlcjpwYXNz")]).await);
-    assert_eq!((o.http_status, o.reason().as_str()), (401, "missing_credentials"));
-    let token = mint(Algorithm::HS256, SECRET, hasura_claims("u", &["user"], "user"), None);
-    let o = outcome(&server2.check(&[("authorization", &format!("bEaReR {token}"))]).await);
+    let o = outcome(
+        &server2
+            .check(&[("authorization", "Basic dXNlcjpwYXNz")])
+            .await,
+    );
+    assert_eq!(
+        (o.http_status, o.reason().as_str()),
+        (401, "missing_credentials")
+    );
+    let token = mint(
+        Algorithm::HS256,
+        SECRET,
+        hasura_claims("u", &["user"], "user"),
+        None,
+    );
+    let o = outcome(
+        &server2
+            .check(&[("authorization", &format!("bEaReR {token}"))])
+            .await,
+    );
     assert_eq!(o.code, 0, "scheme is case-insensitive: {o:?}");
 }
 
@@ -164,15 +239,34 @@ definition:
 #[tokio::test]
 async fn role_override_allowed_and_refused() {
     let server = TestServer::start(&hs256_config("")).await;
-    let token = mint(Algorithm::HS256, SECRET, hasura_claims("u", &["user", "editor"], "user"), None);
+    let token = mint(
+        Algorithm::HS256,
+        SECRET,
+        hasura_claims("u", &["user", "editor"], "user"),
+        None,
+    );
     let auth = bearer(&token);
-    let o = outcome(&server.check(&[("authorization", &auth), ("x-hasura-role", "editor")]).await);
+    let o = outcome(
+        &server
+            .check(&[("authorization", &auth), ("x-hasura-role", "editor")])
+            .await,
+    );
     assert_eq!((o.code, o.headers["x-hasura-role"].as_str()), (0, "editor"));
-    let o = outcome(&server.check(&[("authorization", &auth), ("x-hasura-role", "admin")]).await);
-    assert_eq!((o.code, o.http_status, o.reason().as_str()), (7, 403, "role_not_allowed"));
+    let o = outcome(
+        &server
+            .check(&[("authorization", &auth), ("x-hasura-role", "admin")])
+            .await,
+    );
+    assert_eq!(
+        (o.code, o.http_status, o.reason().as_str()),
+        (7, 403, "role_not_allowed")
+    );
     assert!(!o.headers.contains_key("www-authenticate"));
     assert_eq!(o.headers["content-type"], "application/json");
-    assert_eq!(o.body, r#"{"error":"role_not_allowed","message":"access denied"}"#);
+    assert_eq!(
+        o.body,
+        r#"{"error":"role_not_allowed","message":"access denied"}"#
+    );
 }
 
 #[tokio::test]
@@ -181,7 +275,10 @@ async fn missing_token_is_401_with_bearer_challenge() {
     let o = outcome(&server.check(&[("x-other", "1")]).await);
     assert_eq!((o.code, o.http_status), (16, 401));
     assert_eq!(o.headers["www-authenticate"], "Bearer");
-    assert_eq!(o.body, r#"{"error":"missing_credentials","message":"credentials required"}"#);
+    assert_eq!(
+        o.body,
+        r#"{"error":"missing_credentials","message":"credentials required"}"#
+    );
 }
 
 #[tokio::test]
@@ -211,63 +308,152 @@ definition:
         c
     };
     let ok = mint(Algorithm::RS256, &rsa, base(json!({})), None);
-    let aud_list = mint(Algorithm::RS256, &rsa, base(json!({"aud": ["x", "app-1"]})), None);
+    let aud_list = mint(
+        Algorithm::RS256,
+        &rsa,
+        base(json!({"aud": ["x", "app-1"]})),
+        None,
+    );
     let n = now();
     let cases: Vec<(&str, String, &str)> = vec![
         ("valid", ok.clone(), "allow"),
         ("aud any-of", aud_list, "allow"),
-        ("expired", mint(Algorithm::RS256, &rsa, base(json!({"exp": n - 31})), None), "token_expired"),
-        ("expired within skew", mint(Algorithm::RS256, &rsa, base(json!({"exp": n - 10})), None), "allow"),
-        ("wrong aud", mint(Algorithm::RS256, &rsa, base(json!({"aud": "other"})), None), "invalid_token"),
-        ("no aud", {
-            let mut c = base(json!({}));
-            c.as_object_mut().unwrap().remove("aud");
-            mint(Algorithm::RS256, &rsa, c, None)
-        }, "invalid_token"),
-        ("wrong iss", mint(Algorithm::RS256, &rsa, base(json!({"iss": "https://evil"})), None), "invalid_token"),
-        ("nbf future", mint(Algorithm::RS256, &rsa, base(json!({"nbf": n + 120})), None), "invalid_token"),
-        ("nbf within skew", mint(Algorithm::RS256, &rsa, base(json!({"nbf": n + 10})), None), "allow"),
-        ("iat future", mint(Algorithm::RS256, &rsa, base(json!({"iat": n + 120})), None), "invalid_token"),
-        ("no exp", {
-            let mut c = base(json!({}));
-            c["exp"] = serde_json::Value::Null;
-            let t = mint(Algorithm::RS256, &rsa, json!({}), None);
-            let _ = t;
-            let mut obj = c.as_object().unwrap().clone();
-            obj.remove("exp");
-            let header = jsonwebtoken::Header::new(Algorithm::RS256);
-            jsonwebtoken::encode(&header, &obj, &encoding_key(Algorithm::RS256, &rsa)).unwrap()
-        }, "invalid_token"),
-        ("bad signature", {
-            let mut parts: Vec<String> = ok.split('.').map(str::to_owned).collect();
-            let mut sig = URL_SAFE_NO_PAD.decode(&parts[2]).unwrap();
-            sig[10] ^= 1;
-            parts[2] = URL_SAFE_NO_PAD.encode(sig);
-            parts.join(".")
-        }, "invalid_token"),
-        ("alg none", {
-            let h = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
-            let p = ok.split('.').nth(1).unwrap().to_owned();
-            format!("{h}.{p}.")
-        }, "invalid_token"),
-        ("alg None with sig", {
-            let h = URL_SAFE_NO_PAD.encode(r#"{"alg":"None"}"#);
-            let p = ok.split('.').nth(1).unwrap().to_owned();
-            format!("{h}.{p}.c2ln")
-        }, "invalid_token"),
+        (
+            "expired",
+            mint(Algorithm::RS256, &rsa, base(json!({"exp": n - 31})), None),
+            "token_expired",
+        ),
+        (
+            "expired within skew",
+            mint(Algorithm::RS256, &rsa, base(json!({"exp": n - 10})), None),
+            "allow",
+        ),
+        (
+            "wrong aud",
+            mint(Algorithm::RS256, &rsa, base(json!({"aud": "other"})), None),
+            "invalid_token",
+        ),
+        (
+            "no aud",
+            {
+                let mut c = base(json!({}));
+                c.as_object_mut().unwrap().remove("aud");
+                mint(Algorithm::RS256, &rsa, c, None)
+            },
+            "invalid_token",
+        ),
+        (
+            "wrong iss",
+            mint(
+                Algorithm::RS256,
+                &rsa,
+                base(json!({"iss": "https://evil"})),
+                None,
+            ),
+            "invalid_token",
+        ),
+        (
+            "nbf future",
+            mint(Algorithm::RS256, &rsa, base(json!({"nbf": n + 120})), None),
+            "invalid_token",
+        ),
+        (
+            "nbf within skew",
+            mint(Algorithm::RS256, &rsa, base(json!({"nbf": n + 10})), None),
+            "allow",
+        ),
+        (
+            "iat future",
+            mint(Algorithm::RS256, &rsa, base(json!({"iat": n + 120})), None),
+            "invalid_token",
+        ),
+        (
+            "no exp",
+            {
+                let mut c = base(json!({}));
+                c["exp"] = serde_json::Value::Null;
+                let t = mint(Algorithm::RS256, &rsa, json!({}), None);
+                let _ = t;
+                let mut obj = c.as_object().unwrap().clone();
+                obj.remove("exp");
+                let header = jsonwebtoken::Header::new(Algorithm::RS256);
+                jsonwebtoken::encode(&header, &obj, &encoding_key(Algorithm::RS256, &rsa)).unwrap()
+            },
+            "invalid_token",
+        ),
+        (
+            "bad signature",
+            {
+                let mut parts: Vec<String> = ok.split('.').map(str::to_owned).collect();
+                let mut sig = URL_SAFE_NO_PAD.decode(&parts[2]).unwrap();
+                sig[10] ^= 1;
+                parts[2] = URL_SAFE_NO_PAD.encode(sig);
+                parts.join(".")
+            },
+            "invalid_token",
+        ),
+        (
+            "alg none",
+            {
+                let h = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
+                let p = ok.split('.').nth(1).unwrap().to_owned();
+                format!("{h}.{p}.")
+            },
+            "invalid_token",
+        ),
+        (
+            "alg None with sig",
+            {
+                let h = URL_SAFE_NO_PAD.encode(r#"{"alg":"None"}"#);
+                let p = ok.split('.').nth(1).unwrap().to_owned();
+                format!("{h}.{p}.c2ln")
+            },
+            "invalid_token",
+        ),
         // HS256 keyed with the RSA public key PEM: classic alg confusion.
-        ("alg confusion", mint(Algorithm::HS256, &fixture("rsa.pub.pem"), base(json!({})), None), "invalid_token"),
-        ("other RSA key", mint(Algorithm::RS256, &fixture("rsa2.key"), base(json!({})), None), "invalid_token"),
-        ("PS256 instead of RS256", mint(Algorithm::PS256, &rsa, base(json!({})), None), "invalid_token"),
+        (
+            "alg confusion",
+            mint(
+                Algorithm::HS256,
+                &fixture("rsa.pub.pem"),
+                base(json!({})),
+                None,
+            ),
+            "invalid_token",
+        ),
+        (
+            "other RSA key",
+            mint(
+                Algorithm::RS256,
+                &fixture("rsa2.key"),
+                base(json!({})),
+                None,
+            ),
+            "invalid_token",
+        ),
+        (
+            "PS256 instead of RS256",
+            mint(Algorithm::PS256, &rsa, base(json!({})), None),
+            "invalid_token",
+        ),
         ("empty bearer", String::new(), "invalid_token"),
         ("20 KB token", "a".repeat(20 * 1024), "invalid_token"),
         ("5 segments", format!("{ok}.a.b"), "invalid_token"),
         ("garbage", "not-a-jwt".into(), "invalid_token"),
-        ("jku ignored", {
-            let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
-            header.jku = Some("https://evil.example/jwks".into());
-            jsonwebtoken::encode(&header, &base(json!({})), &encoding_key(Algorithm::RS256, &fixture("rsa2.key"))).unwrap()
-        }, "invalid_token"),
+        (
+            "jku ignored",
+            {
+                let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
+                header.jku = Some("https://evil.example/jwks".into());
+                jsonwebtoken::encode(
+                    &header,
+                    &base(json!({})),
+                    &encoding_key(Algorithm::RS256, &fixture("rsa2.key")),
+                )
+                .unwrap()
+            },
+            "invalid_token",
+        ),
     ];
     for (name, token, expected) in cases {
         let o = outcome(&server.check(&[("authorization", &bearer(&token))]).await);
@@ -276,9 +462,17 @@ definition:
         } else {
             assert_eq!(o.reason(), expected, "{name}: {o:?}");
             assert_eq!((o.code, o.http_status), (16, 401), "{name}");
-            assert_eq!(o.headers["www-authenticate"], "Bearer error=\"invalid_token\"", "{name}");
-            let message = serde_json::from_str::<serde_json::Value>(&o.body).unwrap()["message"].clone();
-            let expect_msg = if expected == "token_expired" { "token expired" } else { "invalid credentials" };
+            assert_eq!(
+                o.headers["www-authenticate"], "Bearer error=\"invalid_token\"",
+                "{name}"
+            );
+            let message =
+                serde_json::from_str::<serde_json::Value>(&o.body).unwrap()["message"].clone();
+            let expect_msg = if expected == "token_expired" {
+                "token expired"
+            } else {
+                "invalid credentials"
+            };
             assert_eq!(message, expect_msg, "{name}: the message stays generic");
         }
     }
@@ -291,11 +485,23 @@ async fn invalid_token_is_denied_even_with_no_auth() {
     ))
     .await;
     let o = outcome(&server.check(&[]).await);
-    assert_eq!((o.code, o.headers["x-hasura-role"].as_str()), (0, "anonymous"));
+    assert_eq!(
+        (o.code, o.headers["x-hasura-role"].as_str()),
+        (0, "anonymous")
+    );
     assert_eq!(o.metadata["mode"], "noAuth");
-    let bad = mint(Algorithm::HS256, "another-secret-of-sufficient-length!!", hasura_claims("u", &["user"], "user"), None);
+    let bad = mint(
+        Algorithm::HS256,
+        "another-secret-of-sufficient-length!!",
+        hasura_claims("u", &["user"], "user"),
+        None,
+    );
     let o = outcome(&server.check(&[("authorization", &bearer(&bad))]).await);
-    assert_eq!((o.code, o.reason().as_str()), (16, "invalid_token"), "{o:?}");
+    assert_eq!(
+        (o.code, o.reason().as_str()),
+        (16, "invalid_token"),
+        "{o:?}"
+    );
     let expired = mint(Algorithm::HS256, SECRET, json!({"exp": now() - 3600}), None);
     let o = outcome(&server.check(&[("authorization", &bearer(&expired))]).await);
     assert_eq!(o.reason(), "token_expired");
@@ -311,28 +517,56 @@ async fn last_invalid_mode_wins_and_api_key_reads_the_same_header() {
     ))
     .await;
     let o = outcome(&server.check(&[("authorization", "service-key-123")]).await);
-    assert_eq!((o.code, o.headers["x-hasura-role"].as_str()), (0, "service"));
+    assert_eq!(
+        (o.code, o.headers["x-hasura-role"].as_str()),
+        (0, "service")
+    );
     // The apiKey session ignores a role request.
-    let o = outcome(&server.check(&[("authorization", "service-key-123"), ("x-hasura-role", "admin")]).await);
-    assert_eq!((o.code, o.headers["x-hasura-role"].as_str()), (0, "service"));
+    let o = outcome(
+        &server
+            .check(&[
+                ("authorization", "service-key-123"),
+                ("x-hasura-role", "admin"),
+            ])
+            .await,
+    );
+    assert_eq!(
+        (o.code, o.headers["x-hasura-role"].as_str()),
+        (0, "service")
+    );
     let expired = mint(Algorithm::HS256, SECRET, json!({"exp": now() - 3600}), None);
     let o = outcome(&server.check(&[("authorization", &bearer(&expired))]).await);
-    assert_eq!(o.reason(), "token_expired", "jwt comes after apiKey, so its reason wins");
+    assert_eq!(
+        o.reason(),
+        "token_expired",
+        "jwt comes after apiKey, so its reason wins"
+    );
     let o = outcome(&server.check(&[("authorization", "wrong-key")]).await);
     assert_eq!(o.reason(), "invalid_api_key");
-    let valid = mint(Algorithm::HS256, SECRET, hasura_claims("u", &["user"], "user"), None);
+    let valid = mint(
+        Algorithm::HS256,
+        SECRET,
+        hasura_claims("u", &["user"], "user"),
+        None,
+    );
     let o = outcome(&server.check(&[("authorization", &bearer(&valid))]).await);
     assert_eq!((o.code, o.metadata["mode"].as_str()), (0, "jwt"));
     // Selection headers.
     let o = outcome(
         &server
-            .check(&[("authorization", "service-key-123"), ("x-rely-auth-mode", "jwt")])
+            .check(&[
+                ("authorization", "service-key-123"),
+                ("x-rely-auth-mode", "jwt"),
+            ])
             .await,
     );
     assert_eq!(o.reason(), "missing_credentials", "{o:?}");
     let o = outcome(
         &server
-            .check(&[("authorization", &bearer(&valid)), ("x-rely-auth-id", "users")])
+            .check(&[
+                ("authorization", &bearer(&valid)),
+                ("x-rely-auth-id", "users"),
+            ])
             .await,
     );
     assert_eq!(o.code, 0);
@@ -342,7 +576,12 @@ async fn last_invalid_mode_wins_and_api_key_reads_the_same_header() {
 #[tokio::test]
 async fn spoofed_session_headers_are_overwritten_or_removed() {
     let server = TestServer::start(&hs256_config("")).await;
-    let token = mint(Algorithm::HS256, SECRET, hasura_claims("u-1", &["user"], "user"), None);
+    let token = mint(
+        Algorithm::HS256,
+        SECRET,
+        hasura_claims("u-1", &["user"], "user"),
+        None,
+    );
     let r = server
         .check(&[
             ("authorization", &bearer(&token)),
@@ -366,7 +605,11 @@ async fn spoofed_session_headers_are_overwritten_or_removed() {
         "x-hasura-auth-elevated",
         "x-rely-auth-mode",
     ] {
-        assert!(o.removed.contains(&h.to_string()), "{h} not removed: {:?}", o.removed);
+        assert!(
+            o.removed.contains(&h.to_string()),
+            "{h} not removed: {:?}",
+            o.removed
+        );
     }
     for (k, ..) in &o.header_options {
         assert!(!o.removed.contains(k), "{k} both set and removed");
@@ -397,7 +640,12 @@ async fn elevated_claim_passes_only_when_it_equals_the_user_id() {
 #[tokio::test]
 async fn header_map_input_and_non_utf8() {
     let server = TestServer::start(&hs256_config("")).await;
-    let token = mint(Algorithm::HS256, SECRET, hasura_claims("u", &["user", "x"], "user"), None);
+    let token = mint(
+        Algorithm::HS256,
+        SECRET,
+        hasura_claims("u", &["user", "x"], "user"),
+        None,
+    );
     let auth = bearer(&token);
     let req = check_request_raw(&[
         (":path", b"/graphql"),
@@ -406,13 +654,20 @@ async fn header_map_input_and_non_utf8() {
         ("x-hasura-role-extra", b"1"),
     ]);
     let o = outcome(&server.check_request(req).await);
-    assert_eq!((o.code, o.headers["x-hasura-role"].as_str()), (0, "x"), "{o:?}");
+    assert_eq!(
+        (o.code, o.headers["x-hasura-role"].as_str()),
+        (0, "x"),
+        "{o:?}"
+    );
     assert!(o.removed.contains(&"x-hasura-role-extra".to_string()));
     let req = check_request_raw(&[("authorization", b"Bearer \xff\xfe\x00abc")]);
     let o = outcome(&server.check_request(req).await);
     assert_eq!(o.reason(), "invalid_token");
     // Two Authorization headers are ambiguous, not guessed.
-    let req = check_request_raw(&[("authorization", auth.as_bytes()), ("authorization", b"Bearer x")]);
+    let req = check_request_raw(&[
+        ("authorization", auth.as_bytes()),
+        ("authorization", b"Bearer x"),
+    ]);
     let o = outcome(&server.check_request(req).await);
     assert_eq!(o.reason(), "invalid_token");
 }
@@ -461,8 +716,16 @@ async fn health_and_metrics_on_both_addresses() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(status.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
-    let token = mint(Algorithm::HS256, SECRET, hasura_claims("u", &["user"], "user"), None);
+    assert_eq!(
+        status.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let token = mint(
+        Algorithm::HS256,
+        SECRET,
+        hasura_claims("u", &["user"], "user"),
+        None,
+    );
     server.check(&[("authorization", &bearer(&token))]).await;
     server.check(&[]).await;
     let m = server.metrics().await;
@@ -470,4 +733,61 @@ async fn health_and_metrics_on_both_addresses() {
     assert!(m.contains(r#"authgate_check_requests_total{decision="deny",frontend="grpc",mode="none",reason="missing_credentials"} 1"#));
     assert!(m.contains("authgate_check_duration_seconds_count{frontend=\"grpc\"} 2"));
     assert!(m.contains(r#"authgate_build_info{version=""#));
+}
+
+#[tokio::test]
+async fn reflection_lists_and_describes_ext_authz() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let server = TestServer::start(&hs256_config("")).await;
+    let channel = tonic::transport::Channel::from_shared(server.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let requests = vec![
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        },
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(
+                "envoy.service.auth.v3.Authorization".into(),
+            )),
+        },
+    ];
+    let mut stream = client
+        .server_reflection_info(tokio_stream_iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
+        panic!("{first:?}")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"envoy.service.auth.v3.Authorization".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+    let second = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::FileDescriptorResponse(files)) = second.message_response else {
+        panic!("{second:?}")
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
+
+fn tokio_stream_iter<T: Send + 'static>(
+    items: Vec<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::iter(items)
 }

@@ -35,9 +35,17 @@ async fn not_ready_until_keys_load_then_serves() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ready = reqwest::get(server.http_url("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 503);
-    let token = mint(Algorithm::RS256, &rsa, hasura_claims("u", &["user"], "user"), Some("k1"));
+    let token = mint(
+        Algorithm::RS256,
+        &rsa,
+        hasura_claims("u", &["user"], "user"),
+        Some("k1"),
+    );
     let o = outcome(&server.check(&[("authorization", &bearer(&token))]).await);
-    assert_eq!((o.code, o.http_status, o.reason().as_str()), (14, 503, "internal_error"));
+    assert_eq!(
+        (o.code, o.http_status, o.reason().as_str()),
+        (14, 503, "internal_error")
+    );
     assert!(!o.headers.contains_key("www-authenticate"));
     // The IdP recovers: the retry (backoff <= 10 s) loads the keys.
     jwks.set(200, jwks_of(vec![public_jwk(Algorithm::RS256, &rsa, "k1")]));
@@ -47,9 +55,15 @@ async fn not_ready_until_keys_load_then_serves() {
     let o = outcome(&server.check(&[("authorization", &bearer(&token))]).await);
     assert_eq!(o.code, 0, "{o:?}");
     let m = server.metrics().await;
-    assert!(m.contains(r#"authgate_jwks_fetches_total{result="error",source="idp"}"#), "{m}");
+    assert!(
+        m.contains(r#"authgate_jwks_fetches_total{result="error",source="idp"}"#),
+        "{m}"
+    );
     assert!(m.contains(r#"authgate_jwks_keys{source="idp"} 1"#), "{m}");
-    assert!(m.contains(r#"authgate_jwk_cache_lookups_total{result="hit",source="idp"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"authgate_jwk_cache_lookups_total{result="hit",source="idp"} 1"#),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -68,14 +82,24 @@ async fn rotation_by_unknown_kid_refetches_once_per_cooldown() {
             public_jwk(Algorithm::RS256, &rsa2, "new"),
         ]),
     );
-    let token = mint(Algorithm::RS256, &rsa2, hasura_claims("u", &["user"], "user"), Some("new"));
+    let token = mint(
+        Algorithm::RS256,
+        &rsa2,
+        hasura_claims("u", &["user"], "user"),
+        Some("new"),
+    );
     let o = outcome(&server.check(&[("authorization", &bearer(&token))]).await);
     assert_eq!(o.code, 0, "{o:?}");
     assert_eq!(jwks.hits(), 2);
     // A burst of unknown kids inside the cooldown: no further fetch at all.
     let mut tasks = Vec::new();
     for i in 0..50 {
-        let token = mint(Algorithm::RS256, &rsa2, hasura_claims("u", &["user"], "user"), Some(&format!("bogus-{i}")));
+        let token = mint(
+            Algorithm::RS256,
+            &rsa2,
+            hasura_claims("u", &["user"], "user"),
+            Some(&format!("bogus-{i}")),
+        );
         let url = server.grpc_url();
         tasks.push(tokio::spawn(async move {
             let mut c = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(url)
@@ -89,7 +113,11 @@ async fn rotation_by_unknown_kid_refetches_once_per_cooldown() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), "invalid_token");
     }
-    assert_eq!(jwks.hits(), 2, "unknown kids within the cooldown must not refetch");
+    assert_eq!(
+        jwks.hits(),
+        2,
+        "unknown kids within the cooldown must not refetch"
+    );
     // Known kids keep working without fetches.
     let o = outcome(&server.check(&[("authorization", &bearer(&token))]).await);
     assert_eq!(o.code, 0);
@@ -105,7 +133,12 @@ async fn burst_of_unknown_kids_refetches_at_most_once() {
     let before = jwks.hits();
     let mut tasks = Vec::new();
     for i in 0..40 {
-        let token = mint(Algorithm::RS256, &rsa, hasura_claims("u", &["user"], "user"), Some(&format!("x{i}")));
+        let token = mint(
+            Algorithm::RS256,
+            &rsa,
+            hasura_claims("u", &["user"], "user"),
+            Some(&format!("x{i}")),
+        );
         let url = server.grpc_url();
         tasks.push(tokio::spawn(async move {
             let mut c = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(url)
@@ -118,9 +151,16 @@ async fn burst_of_unknown_kids_refetches_at_most_once() {
     for t in tasks {
         assert_eq!(outcome(&t.await.unwrap()).reason(), "invalid_token");
     }
-    assert_eq!(jwks.hits() - before, 1, "single-flight, rate-limited refetch");
+    assert_eq!(
+        jwks.hits() - before,
+        1,
+        "single-flight, rate-limited refetch"
+    );
     let m = server.metrics().await;
-    assert!(m.contains(r#"authgate_jwk_cache_lookups_total{result="miss",source="idp"} 40"#), "{m}");
+    assert!(
+        m.contains(r#"authgate_jwk_cache_lookups_total{result="miss",source="idp"} 40"#),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -135,7 +175,12 @@ async fn outage_keeps_serving_the_last_good_keys() {
     assert!(jwks.hits() > before, "the background refresh ran");
     jwks.set(200, "{not json".into());
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let token = mint(Algorithm::RS256, &rsa, hasura_claims("u", &["user"], "user"), Some("k1"));
+    let token = mint(
+        Algorithm::RS256,
+        &rsa,
+        hasura_claims("u", &["user"], "user"),
+        Some("k1"),
+    );
     let o = outcome(&server.check(&[("authorization", &bearer(&token))]).await);
     assert_eq!(o.code, 0, "{o:?}");
     let ready = reqwest::get(server.http_url("/readyz")).await.unwrap();
@@ -163,15 +208,47 @@ async fn algorithm_beside_jwk_from_url_pins_keys_and_hmac_keys_are_ignored() {
     .await;
     let server = TestServer::start(&jwks_config(&jwks.url(), ", algorithm: ES256", "")).await;
     server.wait_ready().await;
-    let es = mint(Algorithm::ES256, &ec, hasura_claims("u", &["user"], "user"), Some("e"));
-    assert_eq!(outcome(&server.check(&[("authorization", &bearer(&es))]).await).code, 0);
-    let rs = mint(Algorithm::RS256, &rsa, hasura_claims("u", &["user"], "user"), Some("r"));
-    assert_eq!(outcome(&server.check(&[("authorization", &bearer(&rs))]).await).reason(), "invalid_token");
-    let hs = mint(Algorithm::HS256, "secret-secret-secret-secret-secret", hasura_claims("u", &["user"], "user"), Some("h"));
-    assert_eq!(outcome(&server.check(&[("authorization", &bearer(&hs))]).await).reason(), "invalid_token");
+    let es = mint(
+        Algorithm::ES256,
+        &ec,
+        hasura_claims("u", &["user"], "user"),
+        Some("e"),
+    );
+    assert_eq!(
+        outcome(&server.check(&[("authorization", &bearer(&es))]).await).code,
+        0
+    );
+    let rs = mint(
+        Algorithm::RS256,
+        &rsa,
+        hasura_claims("u", &["user"], "user"),
+        Some("r"),
+    );
+    assert_eq!(
+        outcome(&server.check(&[("authorization", &bearer(&rs))]).await).reason(),
+        "invalid_token"
+    );
+    let hs = mint(
+        Algorithm::HS256,
+        "secret-secret-secret-secret-secret",
+        hasura_claims("u", &["user"], "user"),
+        Some("h"),
+    );
+    assert_eq!(
+        outcome(&server.check(&[("authorization", &bearer(&hs))]).await).reason(),
+        "invalid_token"
+    );
     // Without a kid, each key of the pinned family is tried.
-    let es_nokid = mint(Algorithm::ES256, &ec, hasura_claims("u", &["user"], "user"), None);
-    assert_eq!(outcome(&server.check(&[("authorization", &bearer(&es_nokid))]).await).code, 0);
+    let es_nokid = mint(
+        Algorithm::ES256,
+        &ec,
+        hasura_claims("u", &["user"], "user"),
+        None,
+    );
+    assert_eq!(
+        outcome(&server.check(&[("authorization", &bearer(&es_nokid))]).await).code,
+        0
+    );
 }
 
 #[tokio::test]
@@ -199,7 +276,47 @@ definition:
     server.wait_ready().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(jwks.hits(), 1, "one fetch for one URL");
-    let t = mint(Algorithm::RS256, &rsa, serde_json::json!({"b": {"x-hasura-role": "r"}}), Some("k1"));
+    let t = mint(
+        Algorithm::RS256,
+        &rsa,
+        serde_json::json!({"b": {"x-hasura-role": "r"}}),
+        Some("k1"),
+    );
     let o = outcome(&server.check(&[("x-b", &t)]).await);
     assert_eq!((o.code, o.metadata["mode_id"].as_str()), (0, "b"));
+}
+
+#[tokio::test]
+async fn shutdown_drains_a_decision_in_flight() {
+    let rsa = private_key(Algorithm::RS256);
+    let jwks = JwksServer::start(jwks_of(vec![public_jwk(Algorithm::RS256, &rsa, "k1")])).await;
+    let server = TestServer::start(&jwks_config(&jwks.url(), "", "")).await;
+    server.wait_ready().await;
+    // An unknown kid makes the decision wait for a slow refetch.
+    jwks.state.lock().unwrap().delay = Duration::from_millis(800);
+    let token = mint(
+        Algorithm::RS256,
+        &rsa,
+        hasura_claims("u", &["user"], "user"),
+        Some("new"),
+    );
+    let mut client = server.client().await;
+    let inflight = tokio::spawn(async move {
+        let auth = format!("Bearer {token}");
+        client
+            .check(check_request(&[("authorization", &auth)], "/"))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    server.running.shutdown().await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "shutdown waited for the decision"
+    );
+    let r = inflight
+        .await
+        .unwrap()
+        .expect("the in-flight call completes");
+    assert_eq!(outcome(&r.into_inner()).reason(), "invalid_token");
 }

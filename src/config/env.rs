@@ -50,10 +50,16 @@ fn resolve<'a>(
             Some(val) if !val.is_empty() => return Some(Resolved::FromEnv(name.to_owned(), val)),
             found => {
                 if literal.is_none() {
-                    let state = if found.is_some() { "is empty" } else { "is not set" };
+                    let state = if found.is_some() {
+                        "is empty"
+                    } else {
+                        "is not set"
+                    };
                     d.error(
                         path,
-                        format!("environment variable `{name}` {state} and no `value` fallback is given"),
+                        format!(
+                            "environment variable `{name}` {state} and no `value` fallback is given"
+                        ),
                     );
                     return None;
                 }
@@ -165,14 +171,21 @@ mod tests {
         assert!(d.errors[0].message.contains("`UNSET` is not set"));
         assert_eq!(env_string(&mut d, &env, &p, &json!({})), None);
         assert_eq!(env_string(&mut d, &env, &p, &json!({"valu": "x"})), None);
-        assert!(d.errors.iter().any(|e| e.message.contains("unknown key `valu`")));
+        assert!(
+            d.errors
+                .iter()
+                .any(|e| e.message.contains("unknown key `valu`"))
+        );
     }
 
     #[test]
     fn env_any_parses_json() {
         let mut d = Diagnostics::default();
         let p = YamlPath::root();
-        assert_eq!(env_any(&mut d, &env, &p, &json!({"env": "JSON"})), Some(json!([1, 2])));
+        assert_eq!(
+            env_any(&mut d, &env, &p, &json!({"env": "JSON"})),
+            Some(json!([1, 2]))
+        );
         assert_eq!(env_any(&mut d, &env, &p, &json!({"env": "SET"})), None);
         assert!(d.errors[0].message.contains("must hold JSON"));
         assert!(!d.errors[0].message.contains("secret"));

@@ -251,15 +251,21 @@ fn compile(d: &mut Diagnostics, env: &dyn Env, root: &Value) -> Option<Config> {
         return None;
     }
     let mut top = Obj::open(d, YamlPath::root(), root)?;
-    if let Some(v) = top.str(d, "version") {
-        if v != "v1" {
-            d.error(&top.path.key("version"), format!("unsupported version `{v}`; expected `v1`"));
-        }
+    if let Some(v) = top.str(d, "version")
+        && v != "v1"
+    {
+        d.error(
+            &top.path.key("version"),
+            format!("unsupported version `{v}`; expected `v1`"),
+        );
     }
     if let Some(k) = top.str(d, "kind") {
         // RelyAuth's own test fixtures say `AuthConfig`; accept it as an alias.
         if k != "RelyAuth" && k != "AuthConfig" {
-            d.error(&top.path.key("kind"), format!("unsupported kind `{k}`; expected `RelyAuth`"));
+            d.error(
+                &top.path.key("kind"),
+                format!("unsupported kind `{k}`; expected `RelyAuth`"),
+            );
         }
     }
     let definition = top.require(d, "definition");
@@ -375,7 +381,9 @@ fn mode(
     if let Some((p, _)) = o.get("securityRules") {
         d.error(&p, "securityRules are not supported yet in this version");
     }
-    let name = o.require(d, "mode").and_then(|(p, v)| as_str(d, &p, v).map(|s| (p, s)));
+    let name = o
+        .require(d, "mode")
+        .and_then(|(p, v)| as_str(d, &p, v).map(|s| (p, s)));
     let Some((mode_path, name)) = name else {
         o.read_all();
         return None;
@@ -385,7 +393,10 @@ fn mode(
         "jwt" => jwt(d, env, o).map(ModeKind::Jwt),
         "noAuth" => no_auth(d, env, o).map(ModeKind::NoAuth),
         "webhook" => {
-            d.error(&mode_path, "mode `webhook` is not supported yet in this version");
+            d.error(
+                &mode_path,
+                "mode `webhook` is not supported yet in this version",
+            );
             o.read_all();
             None
         }
@@ -407,7 +418,9 @@ fn finish_mode(d: &mut Diagnostics, o: Obj<'_>, own: &[&str]) {
 }
 
 fn api_key(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Option<ApiKeyMode> {
-    let location = o.require(d, "tokenLocation").and_then(|(p, v)| token_location(d, p, v, None));
+    let location = o
+        .require(d, "tokenLocation")
+        .and_then(|(p, v)| token_location(d, p, v, None));
     let value = o.require(d, "value").and_then(|(p, v)| {
         let s = env_string(d, env, &p, v)?;
         if s.is_empty() {
@@ -449,7 +462,10 @@ fn session_variables(
             continue;
         };
         if !is_session_key(k) {
-            d.warn(&kp, "ignored: only x-hasura-* session variables are passed on");
+            d.warn(
+                &kp,
+                "ignored: only x-hasura-* session variables are passed on",
+            );
             continue;
         }
         s.insert(k, value);
@@ -512,7 +528,10 @@ fn token_location(
     };
     let name = if place == Place::Header {
         if !name.bytes().all(is_header_name_byte) {
-            d.error(&path.key("name"), format!("`{name}` is not a valid header name"));
+            d.error(
+                &path.key("name"),
+                format!("`{name}` is not a valid header name"),
+            );
         }
         name.to_ascii_lowercase()
     } else {
@@ -544,7 +563,9 @@ fn jwt(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Option<JwtMode> {
         Some((p, v)) => token_location(d, p, v, Some("bearer")),
         None => Some(default_location),
     };
-    let keys = o.require(d, "key").and_then(|(p, v)| key_source(d, env, p, v));
+    let keys = o
+        .require(d, "key")
+        .and_then(|(p, v)| key_source(d, env, p, v));
     let audience = match o.get("audience") {
         Some((p, v)) => as_str_list(d, &p, v).unwrap_or_default(),
         None => Vec::new(),
@@ -552,7 +573,9 @@ fn jwt(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Option<JwtMode> {
     let issuer = o.str(d, "issuer").map(str::to_owned);
     let allowed_skew = o.u64(d, "allowedSkew").unwrap_or(60);
     let require_exp = o.bool(d, "requireExp").unwrap_or(true);
-    let claims = o.require(d, "claimsConfig").and_then(|(p, v)| claims_config(d, env, p, v));
+    let claims = o
+        .require(d, "claimsConfig")
+        .and_then(|(p, v)| claims_config(d, env, p, v));
     finish_mode(
         d,
         o,
@@ -600,12 +623,18 @@ fn key_source(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> 
             None
         }
         (None, None) => {
-            d.error(&path, "missing `key` (a fixed key) or `jwkFromUrl` (a JWKS URL)");
+            d.error(
+                &path,
+                "missing `key` (a fixed key) or `jwkFromUrl` (a JWKS URL)",
+            );
             None
         }
         (Some((kp, kv)), None) => {
             let Some(alg) = algorithm else {
-                d.error(&path, "missing required key `algorithm` (required with a fixed `key`)");
+                d.error(
+                    &path,
+                    "missing required key `algorithm` (required with a fixed `key`)",
+                );
                 return None;
             };
             let text = env_string(d, env, &kp, kv)?;
@@ -623,14 +652,14 @@ fn key_source(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> 
             }
         }
         (None, Some((up, uv))) => {
-            if let Some(a) = algorithm {
-                if a.family() == jsonwebtoken::AlgorithmFamily::Hmac {
-                    d.error(
+            if let Some(a) = algorithm
+                && a.family() == jsonwebtoken::AlgorithmFamily::Hmac
+            {
+                d.error(
                         &path.key("algorithm"),
                         "HMAC algorithms cannot be used with a remote JWKS (anyone could read the secret)",
                     );
-                    return None;
-                }
+                return None;
             }
             let url = env_string(d, env, &up, uv)?;
             match reqwest::Url::parse(&url) {
@@ -638,7 +667,10 @@ fn key_source(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> 
                     if u.scheme() == "http"
                         && !matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"))
                     {
-                        d.warn(&up, "JWKS fetched over plain http can be tampered with; use https");
+                        d.warn(
+                            &up,
+                            "JWKS fetched over plain http can be tampered with; use https",
+                        );
                     }
                     Some(KeySource::Remote { url, algorithm })
                 }
@@ -694,10 +726,16 @@ fn claims_config(
             for (k, v) in lo.entries() {
                 let kp = p.key(k);
                 if !seen.insert(k.to_ascii_lowercase()) {
-                    d.error(&kp, "duplicate session variable (names are case-insensitive)");
+                    d.error(
+                        &kp,
+                        "duplicate session variable (names are case-insensitive)",
+                    );
                 }
                 if !is_session_key(k) {
-                    d.warn(&kp, "ignored: only x-hasura-* session variables are passed on");
+                    d.warn(
+                        &kp,
+                        "ignored: only x-hasura-* session variables are passed on",
+                    );
                 }
                 match location(d, env, kp, k, v) {
                     Some(l) => locations.push(l),
@@ -710,7 +748,10 @@ fn claims_config(
     }
     o.finish(d, &["namespace", "locations"]);
     if namespace.is_none() && locations.is_empty() && ok {
-        d.error(&path, "set `namespace` or at least one entry in `locations`");
+        d.error(
+            &path,
+            "set `namespace` or at least one entry in `locations`",
+        );
         return None;
     }
     ok.then_some(ClaimsConfig {
@@ -772,11 +813,14 @@ fn location(
         },
         None => None,
     };
-    if let Some(t) = o.str(d, "type") {
-        if t != "field" {
-            d.error(&path.key("type"), format!("unknown type `{t}`; expected `field`"));
-            ok = false;
-        }
+    if let Some(t) = o.str(d, "type")
+        && t != "field"
+    {
+        d.error(
+            &path.key("type"),
+            format!("unknown type `{t}`; expected `field`"),
+        );
+        ok = false;
     }
     o.finish(d, &["path", "default", "type"]);
     if expr.is_none() && default.is_none() && ok {

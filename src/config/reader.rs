@@ -157,7 +157,10 @@ impl<'a> Obj<'a> {
         match v {
             Value::Bool(b) => Some(*b),
             other => {
-                d.error(&p, format!("expected true or false, found {}", type_name(other)));
+                d.error(
+                    &p,
+                    format!("expected true or false, found {}", type_name(other)),
+                );
                 None
             }
         }
@@ -238,7 +241,10 @@ pub fn as_str_list(d: &mut Diagnostics, p: &YamlPath, v: &Value) -> Option<Vec<S
             ok.then_some(out)
         }
         other => {
-            d.error(p, format!("expected a list of strings, found {}", type_name(other)));
+            d.error(
+                p,
+                format!("expected a list of strings, found {}", type_name(other)),
+            );
             None
         }
     }
@@ -286,7 +292,10 @@ mod tests {
             p.to_string(),
             "definition.modes[2].claimsConfig.locations.x-hasura-user-id"
         );
-        assert_eq!(YamlPath::root().key("a").key("b.c").to_string(), "a[\"b.c\"]");
+        assert_eq!(
+            YamlPath::root().key("a").key("b.c").to_string(),
+            "a[\"b.c\"]"
+        );
     }
 
     #[test]

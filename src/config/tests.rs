@@ -51,13 +51,20 @@ definition:
     let ids: Vec<&str> = c.modes.iter().map(|m| &*m.id).collect();
     assert_eq!(ids, ["0", "users", "2"]);
     assert_eq!(c.settings.reload_interval, Some(Duration::from_secs(300)));
-    let ModeKind::Jwt(j) = &c.modes[1].kind else { panic!() };
+    let ModeKind::Jwt(j) = &c.modes[1].kind else {
+        panic!()
+    };
     assert_eq!(j.allowed_skew, 60);
     assert!(j.require_exp);
     assert_eq!(j.claims.locations[0].key, "x-hasura-user-id");
-    let ModeKind::ApiKey(a) = &c.modes[0].kind else { panic!() };
+    let ModeKind::ApiKey(a) = &c.modes[0].kind else {
+        panic!()
+    };
     assert_eq!(a.location.name, "x-api-key");
-    assert!(!format!("{a:?}").contains("svc"), "secrets are redacted in Debug");
+    assert!(
+        !format!("{a:?}").contains("svc"),
+        "secrets are redacted in Debug"
+    );
 }
 
 #[test]
@@ -104,7 +111,10 @@ definition:
         "definition.modes[2].mode: unknown mode `magic`",
     ];
     for e in expect {
-        assert!(errs.iter().any(|x| x.starts_with(e)), "missing `{e}` in {errs:#?}");
+        assert!(
+            errs.iter().any(|x| x.starts_with(e)),
+            "missing `{e}` in {errs:#?}"
+        );
     }
 }
 
@@ -157,9 +167,21 @@ definition:
       claimsConfig: {namespace: {location: x}}
 "#,
     );
-    assert!(errs.iter().any(|e| e.contains("modes[0].key.algorithm: HMAC algorithms cannot")), "{errs:?}");
-    assert!(errs.iter().any(|e| e.contains("modes[1].key.jwkFromUrl: the JWKS URL must be http or https")), "{errs:?}");
-    assert!(errs.iter().any(|e| e.contains("modes[2].key: missing `key`")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("modes[0].key.algorithm: HMAC algorithms cannot")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("modes[1].key.jwkFromUrl: the JWKS URL must be http or https")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("modes[2].key: missing `key`")),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -174,9 +196,18 @@ definition:
     - {mode: apiKey, id: k, tokenLocation: {name: B}, value: {value: w}, sessionVariables: {x-hasura-role: {value: r}}}
 "#,
     );
-    assert!(errs.iter().any(|e| e.contains("only one noAuth")), "{errs:?}");
-    assert!(errs.iter().any(|e| e.contains("must set `x-hasura-role`")), "{errs:?}");
-    assert!(errs.iter().any(|e| e.contains("duplicate mode id `k`")), "{errs:?}");
+    assert!(
+        errs.iter().any(|e| e.contains("only one noAuth")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.contains("must set `x-hasura-role`")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.contains("duplicate mode id `k`")),
+        "{errs:?}"
+    );
     assert!(!errors("").is_empty());
     assert!(!errors("definition: {modes: []}").is_empty());
     assert!(errors("[1, 2").iter().any(|e| e.contains("not valid YAML")));

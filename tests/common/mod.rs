@@ -15,8 +15,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use envoy_types::pb::envoy::config::core::v3::address::Address;
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap as PbHeaderMap, HeaderValue, SocketAddress};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request as AttrRequest};
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderMap as PbHeaderMap, HeaderValue, SocketAddress,
+};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Peer, Request as AttrRequest,
+};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
@@ -25,8 +29,11 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 pub fn fixture(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR")))
-        .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+    std::fs::read_to_string(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
 }
 
 pub fn now() -> i64 {
@@ -51,7 +58,9 @@ pub fn encoding_key(alg: Algorithm, pem_or_secret: &str) -> EncodingKey {
         Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
             EncodingKey::from_secret(pem_or_secret.as_bytes())
         }
-        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem_or_secret.as_bytes()).unwrap(),
+        Algorithm::ES256 | Algorithm::ES384 => {
+            EncodingKey::from_ec_pem(pem_or_secret.as_bytes()).unwrap()
+        }
         Algorithm::EdDSA => EncodingKey::from_ed_pem(pem_or_secret.as_bytes()).unwrap(),
         _ => EncodingKey::from_rsa_pem(pem_or_secret.as_bytes()).unwrap(),
     }
@@ -157,7 +166,8 @@ async fn serve_jwks(
     resp.headers_mut()
         .insert("content-type", "application/json".parse().unwrap());
     if let Some(cc) = cc {
-        resp.headers_mut().insert("cache-control", cc.parse().unwrap());
+        resp.headers_mut()
+            .insert("cache-control", cc.parse().unwrap());
     }
     resp
 }
@@ -195,7 +205,12 @@ impl TestServer {
     }
 
     pub async fn check_request(&self, req: CheckRequest) -> CheckResponse {
-        self.client().await.check(req).await.expect("Check never fails as a call").into_inner()
+        self.client()
+            .await
+            .check(req)
+            .await
+            .expect("Check never fails as a call")
+            .into_inner()
     }
 
     pub async fn wait_ready(&self) {
@@ -209,7 +224,12 @@ impl TestServer {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(self.http_url("/metrics")).await.unwrap().text().await.unwrap()
+        reqwest::get(self.http_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 }
 

@@ -1,0 +1,356 @@
+//! The `authgate` binary as a user runs it: validate, check, token, serve,
+//! signals and exit codes.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn authgate() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_authgate"));
+    c.env_remove("AUTHGATE_CONFIG")
+        .env_remove("RELY_AUTH_CONFIG_PATH")
+        .env_remove("AUTHGATE_GRPC_ADDR")
+        .env_remove("AUTHGATE_HTTP_ADDR")
+        .env_remove("PORT")
+        .env_remove("RUST_LOG");
+    c
+}
+
+fn write_config(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn version() {
+    let (code, out, _) = run(authgate().arg("--version"));
+    assert_eq!(code, 0);
+    assert!(out.contains(env!("CARGO_PKG_VERSION")), "{out}");
+}
+
+#[test]
+fn validate_prints_a_summary_or_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_config(&dir, "good.yaml", &hs256_config(""));
+    let (code, out, err) = run(authgate().args(["validate", "--config", &good]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("configuration OK: 1 mode: jwt (users)"),
+        "{out}"
+    );
+    let bad = write_config(
+        &dir,
+        "bad.yaml",
+        r#"
+version: v1
+kind: RelyAuth
+definition:
+  modes:
+    - mode: jwt
+      key: {algorithm: RS256, key: {value: "hunter2-very-secret"}}
+      claimsConfig: {namespace: {location: "a[", claimsFormat: Json}}
+      tokenLocaton: {in: header}
+    - mode: apiKey
+      tokenLocation: {in: header, name: X-Key}
+      value: {env: AUTHGATE_TEST_UNSET_VAR}
+      sessionVariables: {x-hasura-role: {value: svc}}
+"#,
+    );
+    let (code, out, err) = run(authgate().args(["validate", "--config", &bad]));
+    assert_eq!(code, 1);
+    assert!(out.is_empty(), "problems go to stderr: {out}");
+    for expected in [
+        "definition.modes[0].key.key:",
+        "definition.modes[0].claimsConfig.namespace.location: invalid JMESPath",
+        "definition.modes[0].tokenLocaton: unknown key `tokenLocaton` (did you mean `tokenLocation`?)",
+        "definition.modes[1].value: environment variable `AUTHGATE_TEST_UNSET_VAR` is not set",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(!err.contains("hunter2"), "secret leaked:\n{err}");
+    // Environment fallbacks for the config path.
+    let (code, _, _) = run(authgate().arg("validate").env("AUTHGATE_CONFIG", &good));
+    assert_eq!(code, 0);
+    let (code, _, _) = run(authgate()
+        .arg("validate")
+        .env("RELY_AUTH_CONFIG_PATH", &good));
+    assert_eq!(code, 0);
+    let (code, _, err) = run(authgate().args(["validate", "--config", "/nonexistent/auth.yaml"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn token_then_check_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(&dir, "auth.yaml", &hs256_config(""));
+    let claims = r#"{"sub":"u-7","claims.jwt.hasura.io":{"x-hasura-allowed-roles":["user","editor"],"x-hasura-default-role":"user","x-hasura-user-id":"u-7"}}"#;
+    let (code, token, err) = run(authgate().args([
+        "token", "--alg", "HS256", "--key", SECRET, "--claims", claims,
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_owned();
+    assert_eq!(token.split('.').count(), 3);
+    let auth = format!("Authorization: Bearer {token}");
+    let (code, out, err) = run(authgate().args([
+        "check",
+        "--config",
+        &cfg,
+        "-H",
+        &auth,
+        "-H",
+        "x-hasura-role: editor",
+    ]));
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["allowed"], true);
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["headers"]["x-hasura-role"], "editor");
+    assert_eq!(v["session"]["x-hasura-user-id"], "u-7");
+    let (code, out, _) = run(authgate().args([
+        "check",
+        "--config",
+        &cfg,
+        "-H",
+        &auth,
+        "-H",
+        "x-hasura-role: admin",
+    ]));
+    assert_eq!(code, 1);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            v["allowed"].clone(),
+            v["status"].clone(),
+            v["reason"].clone()
+        ),
+        (
+            Value::Bool(false),
+            Value::from(403),
+            Value::from("role_not_allowed")
+        )
+    );
+    let (code, out, _) = run(authgate().args(["check", "--config", &cfg]));
+    assert_eq!(code, 1);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["reason"], "missing_credentials");
+    assert_eq!(v["headers"]["www-authenticate"], "Bearer");
+    // iat and exp are set from --ttl.
+    let (_, short, _) = run(authgate().args([
+        "token", "--alg", "HS256", "--key", SECRET, "--claims", "{}", "--ttl", "60",
+    ]));
+    let payload = short.trim().split('.').nth(1).unwrap().to_owned();
+    use base64::Engine as _;
+    let p: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(p["exp"].as_i64().unwrap() - p["iat"].as_i64().unwrap(), 60);
+}
+
+#[test]
+fn token_with_private_key_files() {
+    let dir = tempfile::tempdir().unwrap();
+    for (alg, key, public) in [
+        ("RS256", "rsa.key", "rsa.pub.pem"),
+        ("ES256", "ec256.key", "ec256.pub.pem"),
+        ("EdDSA", "ed25519.key", "ed25519.pub.pem"),
+    ] {
+        let key_path = format!("@{}/tests/fixtures/{key}", env!("CARGO_MANIFEST_DIR"));
+        let (code, token, err) = run(authgate().args([
+            "token",
+            "--alg",
+            alg,
+            "--key",
+            &key_path,
+            "--kid",
+            "k1",
+            "--claims",
+            r#"{"h":{"x-hasura-role":"r"}}"#,
+        ]));
+        assert_eq!(code, 0, "{alg}: {err}");
+        let cfg = write_config(
+            &dir,
+            &format!("{alg}.yaml"),
+            &format!(
+                "definition:\n  modes:\n    - mode: jwt\n      key: {{algorithm: {alg}, key: {{value: {}}}}}\n      claimsConfig: {{namespace: {{location: h}}}}\n",
+                serde_json::to_string(&fixture(public)).unwrap()
+            ),
+        );
+        let auth = format!("authorization: Bearer {}", token.trim());
+        let (code, out, err) = run(authgate().args(["check", "--config", &cfg, "-H", &auth]));
+        assert_eq!(code, 0, "{alg}: {out}{err}");
+    }
+    let (code, _, err) = run(authgate().args([
+        "token",
+        "--alg",
+        "RS256",
+        "--key",
+        "not a pem",
+        "--claims",
+        "{}",
+    ]));
+    assert_ne!(code, 0);
+    assert!(err.contains("not a private key PEM"), "{err}");
+    let (code, _, err) =
+        run(authgate().args(["token", "--alg", "none", "--key", "x", "--claims", "{}"]));
+    assert_ne!(code, 0);
+    assert!(err.contains("unsupported algorithm"), "{err}");
+}
+
+/// Starts `authgate serve` on free ports; returns the child and its addresses.
+fn serve(config: &str, extra_env: &[(&str, &str)]) -> (std::process::Child, String, String) {
+    let mut cmd = authgate();
+    cmd.args([
+        "serve",
+        "--config",
+        config,
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let (mut grpc, mut http) = (String::new(), String::new());
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Ok(v) = serde_json::from_str::<Value>(&line)
+            && v["message"] == "listening"
+        {
+            grpc = v["grpc_addr"].as_str().unwrap().to_owned();
+            http = v["http_addr"].as_str().unwrap().to_owned();
+            break;
+        }
+    }
+    assert!(!http.is_empty(), "server did not report its addresses");
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, grpc, http)
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+fn wait_exit(child: &mut std::process::Child) -> i32 {
+    for _ in 0..200 {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code().unwrap_or(-1);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("authgate did not exit");
+}
+
+#[tokio::test]
+async fn serve_answers_reloads_on_sighup_and_drains_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        &dir,
+        "auth.yaml",
+        "definition:\n  modes:\n    - {mode: noAuth, sessionVariables: {x-hasura-role: {value: anonymous}}}\n",
+    );
+    let (mut child, grpc, http) = serve(&cfg, &[]);
+    let health = reqwest::get(format!("http://{http}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let check = reqwest::get(format!("http://{http}/check")).await.unwrap();
+    assert_eq!(check.headers()["x-hasura-role"], "anonymous");
+    let mut client = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let r = client
+        .check(check_request(&[], "/"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(outcome(&r).headers["x-hasura-role"], "anonymous");
+
+    // SIGHUP with a broken file keeps the old config.
+    std::fs::write(&cfg, "definition: {modes: [{mode: nope}]}").unwrap();
+    signal(&child, "-HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let check = reqwest::get(format!("http://{http}/check")).await.unwrap();
+    assert_eq!(check.headers()["x-hasura-role"], "anonymous");
+    // SIGHUP with a valid change swaps it in.
+    std::fs::write(&cfg, "definition:\n  modes:\n    - {mode: noAuth, sessionVariables: {x-hasura-role: {value: guest}}}\n").unwrap();
+    signal(&child, "-HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let check = reqwest::get(format!("http://{http}/check")).await.unwrap();
+    assert_eq!(check.headers()["x-hasura-role"], "guest");
+    let m = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(r#"authgate_config_reloads_total{result="error"} 1"#),
+        "{m}"
+    );
+
+    signal(&child, "-TERM");
+    assert_eq!(wait_exit(&mut child), 0);
+}
+
+#[test]
+fn serve_refuses_an_invalid_config_and_sigint_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write_config(
+        &dir,
+        "bad.yaml",
+        "definition: {modes: [{mode: jwt}], extra: 1}",
+    );
+    let (code, out, err) = run(authgate().args([
+        "serve",
+        "--config",
+        &bad,
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]));
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(err.contains("definition.extra: unknown key"), "{err}");
+    assert!(
+        err.contains("definition.modes[0]: missing required key `key`"),
+        "{err}"
+    );
+
+    let good = write_config(&dir, "good.yaml", &hs256_config(""));
+    let (mut child, _, _) = serve(&good, &[("AUTHGATE_LOG_FORMAT", "json")]);
+    signal(&child, "-INT");
+    assert_eq!(wait_exit(&mut child), 0);
+}
