@@ -79,66 +79,18 @@ impl Drop for Envoy {
     }
 }
 
+/// `envoy/envoy.yaml` with its addresses pointed at this test's processes.
 fn bootstrap(listen: u16, admin: u16, authz: SocketAddr, upstream: SocketAddr) -> String {
-    format!(
-        r#"
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: ingress
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: upstream}}
-          http_filters:
-          - name: envoy.filters.http.ext_authz
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
-              transport_api_version: V3
-              failure_mode_allow: false
-              encode_raw_headers: true
-              grpc_service:
-                envoy_grpc: {{cluster_name: authgate}}
-                timeout: 2s
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: authgate
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: authgate
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {authz_port}}}}}}}
-  - name: upstream
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: upstream
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {up_port}}}}}}}
-"#,
-        authz_port = authz.port(),
-        up_port = upstream.port()
-    )
+    let path = format!("{}/envoy/envoy.yaml", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(path).unwrap();
+    let replaced = text
+        .replace("port_value: 9901", &format!("port_value: {admin}"))
+        .replace("address: 0.0.0.0, port_value: 8000", &format!("address: 127.0.0.1, port_value: {listen}"))
+        .replace("address: authgate, port_value: 50051", &format!("address: 127.0.0.1, port_value: {}", authz.port()))
+        .replace("address: hasura, port_value: 8080", &format!("address: 127.0.0.1, port_value: {}", upstream.port()))
+        .replace("timeout: 0.25s", "timeout: 2s");
+    assert!(!replaced.contains("address: authgate") && !replaced.contains("address: hasura"));
+    replaced
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
