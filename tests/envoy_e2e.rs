@@ -85,9 +85,18 @@ fn bootstrap(listen: u16, admin: u16, authz: SocketAddr, upstream: SocketAddr) -
     let text = std::fs::read_to_string(path).unwrap();
     let replaced = text
         .replace("port_value: 9901", &format!("port_value: {admin}"))
-        .replace("address: 0.0.0.0, port_value: 8000", &format!("address: 127.0.0.1, port_value: {listen}"))
-        .replace("address: authgate, port_value: 50051", &format!("address: 127.0.0.1, port_value: {}", authz.port()))
-        .replace("address: hasura, port_value: 8080", &format!("address: 127.0.0.1, port_value: {}", upstream.port()))
+        .replace(
+            "address: 0.0.0.0, port_value: 8000",
+            &format!("address: 127.0.0.1, port_value: {listen}"),
+        )
+        .replace(
+            "address: authgate, port_value: 50051",
+            &format!("address: 127.0.0.1, port_value: {}", authz.port()),
+        )
+        .replace(
+            "address: hasura, port_value: 8080",
+            &format!("address: 127.0.0.1, port_value: {}", upstream.port()),
+        )
         .replace("timeout: 0.25s", "timeout: 2s");
     assert!(!replaced.contains("address: authgate") && !replaced.contains("address: hasura"));
     replaced
