@@ -177,6 +177,7 @@ async fn check(args: CheckArgs) -> ExitCode {
         path: args.path,
         source_ip: args.source_ip,
         context: Default::default(),
+        body: None,
     };
     let decision = engine.decide(&req).await;
     println!("{}", decision_json(&decision));

@@ -26,6 +26,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/check", any(check))
         .route("/check/", any(check))
         .route("/check/{*rest}", any(check))
+        .route("/auth/ddn", get(hasura_ddn_get).post(hasura_ddn_post))
+        .route("/auth/hasura", get(hasura_v2_get).post(hasura_v2_post))
         .with_state(shared)
 }
 
@@ -101,6 +103,7 @@ pub fn to_request(method: &Method, uri: &Uri, headers: &HeaderMap, peer: SocketA
         path,
         source_ip: Some(peer.ip()),
         context: Default::default(),
+        body: None,
     }
 }
 
@@ -137,4 +140,131 @@ pub fn render(decision: &Decision) -> Response {
             resp
         }
     }
+}
+
+/// Output dialect of the Hasura auth webhook endpoints.
+#[derive(Clone, Copy)]
+enum Dialect {
+    /// `/auth/ddn`: typed JSON values.
+    Ddn,
+    /// `/auth/hasura`: every value a string (Hasura v2).
+    Strings,
+}
+
+/// RelyAuth's POST body: `{headers, url?, request?}`.
+#[derive(serde::Deserialize)]
+struct HookBody {
+    #[serde(default)]
+    headers: std::collections::HashMap<String, serde_json::Value>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    request: Option<serde_json::Value>,
+}
+
+async fn hasura_ddn_get(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let req = to_request(&Method::GET, &uri, &headers, peer);
+    hook_answer(&shared, req, Dialect::Ddn).await
+}
+
+async fn hasura_v2_get(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let req = to_request(&Method::GET, &uri, &headers, peer);
+    hook_answer(&shared, req, Dialect::Strings).await
+}
+
+async fn hasura_ddn_post(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: axum::body::Bytes,
+) -> Response {
+    match hook_request(&body, peer) {
+        Some(req) => hook_answer(&shared, req, Dialect::Ddn).await,
+        None => {
+            tracing::debug!("malformed Hasura webhook body");
+            empty_401()
+        }
+    }
+}
+
+async fn hasura_v2_post(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: axum::body::Bytes,
+) -> Response {
+    match hook_request(&body, peer) {
+        Some(req) => hook_answer(&shared, req, Dialect::Strings).await,
+        None => {
+            tracing::debug!("malformed Hasura webhook body");
+            empty_401()
+        }
+    }
+}
+
+/// The request described by a POST body; `None` when the body is not one.
+fn hook_request(body: &[u8], peer: SocketAddr) -> Option<Request> {
+    let parsed: HookBody = serde_json::from_slice(body).ok()?;
+    let mut headers = Headers::with_capacity(parsed.headers.len());
+    for (k, v) in parsed.headers {
+        match v {
+            serde_json::Value::String(s) => headers.push(&k, s),
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    if let serde_json::Value::String(s) = item {
+                        headers.push(&k, s);
+                    }
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(Request {
+        headers,
+        method: "POST".into(),
+        path: parsed.url.unwrap_or_else(|| "/".into()),
+        source_ip: Some(peer.ip()),
+        context: Default::default(),
+        body: parsed.request,
+    })
+}
+
+fn empty_401() -> Response {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::UNAUTHORIZED;
+    resp
+}
+
+/// 200 with the session as JSON, or an empty 401: Hasura understands only these.
+async fn hook_answer(shared: &Shared, req: Request, dialect: Dialect) -> Response {
+    let started = Instant::now();
+    let decision = shared.decide(Frontend::Webhook, &req, started).await;
+    let Decision::Allow(a) = decision else {
+        return empty_401();
+    };
+    let body = match dialect {
+        Dialect::Ddn => a.session.to_json(),
+        Dialect::Strings => serde_json::Value::Object(
+            a.headers
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect(),
+        ),
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
 }

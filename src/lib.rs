@@ -14,5 +14,7 @@ pub mod keys;
 pub mod metrics;
 pub mod pipeline;
 pub mod request;
+pub mod rules;
 pub mod server;
 pub mod session;
+pub mod webhook;

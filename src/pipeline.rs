@@ -18,7 +18,9 @@ use crate::jwt::{self, ClaimRules, JwtError};
 use crate::keys::KeySet;
 use crate::metrics::Metrics;
 use crate::request::{Credential, Request};
+use crate::rules::SecurityRules;
 use crate::session::{self, RoleError, Session};
+use crate::webhook::WebhookAuth;
 
 /// Selection headers (RelyAuth): restrict mode types, or pick one mode id.
 pub const MODE_HEADER: &str = "x-rely-auth-mode";
@@ -37,6 +39,7 @@ pub struct Engine {
 struct Authenticator {
     mode: ModeRef,
     kind: AuthKind,
+    rules: SecurityRules,
 }
 
 enum AuthKind {
@@ -46,6 +49,7 @@ enum AuthKind {
         session: Session,
     },
     Jwt(Box<JwtAuth>),
+    Webhook(Box<WebhookAuth>),
     NoAuth {
         session: Session,
     },
@@ -100,6 +104,7 @@ impl Engine {
                     session: a.session,
                 },
                 ModeKind::NoAuth(n) => AuthKind::NoAuth { session: n.session },
+                ModeKind::Webhook(w) => AuthKind::Webhook(Box::new(WebhookAuth::new(*w))),
                 ModeKind::Jwt(j) => {
                     let pinned = j.keys.pinned();
                     let keys = match j.keys {
@@ -131,7 +136,11 @@ impl Engine {
                     }))
                 }
             };
-            modes.push(Authenticator { mode, kind });
+            modes.push(Authenticator {
+                mode,
+                kind,
+                rules: m.rules,
+            });
         }
         let token_cache = (settings.token_cache_max_entries > 0)
             .then(|| TokenCache::new(settings.token_cache_max_entries, settings.token_cache_ttl));
@@ -201,8 +210,16 @@ impl Engine {
         req: &Request,
         now: i64,
     ) -> Outcome {
+        // Security rules apply once a mode has something to authenticate:
+        // a mode whose credential is absent is skipped, rules or not.
+        let blocked = || !auth.rules.is_empty() && !auth.rules.allows(req);
         match &auth.kind {
-            AuthKind::NoAuth { session } => Outcome::Verified(session.clone()),
+            AuthKind::NoAuth { session } => {
+                if blocked() {
+                    return Outcome::Invalid(DenyReason::BlockedByRule);
+                }
+                Outcome::Verified(session.clone())
+            }
             AuthKind::ApiKey {
                 location,
                 value,
@@ -210,6 +227,7 @@ impl Engine {
             } => match req.credential(location) {
                 Credential::Absent => Outcome::Absent,
                 Credential::Ambiguous => Outcome::Invalid(DenyReason::InvalidApiKey),
+                Credential::Present(_) if blocked() => Outcome::Invalid(DenyReason::BlockedByRule),
                 Credential::Present(given) => {
                     if bool::from(given.as_bytes().ct_eq(value.0.as_bytes())) {
                         Outcome::Verified(session.clone())
@@ -218,9 +236,19 @@ impl Engine {
                     }
                 }
             },
+            AuthKind::Webhook(w) => {
+                if blocked() {
+                    return Outcome::Invalid(DenyReason::BlockedByRule);
+                }
+                match w.authenticate(req).await {
+                    Ok(session) => Outcome::Verified(session),
+                    Err(reason) => Outcome::Invalid(reason),
+                }
+            }
             AuthKind::Jwt(j) => match req.credential(&j.location) {
                 Credential::Absent => Outcome::Absent,
                 Credential::Ambiguous => Outcome::Invalid(DenyReason::InvalidToken),
+                Credential::Present(_) if blocked() => Outcome::Invalid(DenyReason::BlockedByRule),
                 Credential::Present(token) => match self.verify_jwt(index, j, &token, now).await {
                     Ok(session) => Outcome::Verified(session),
                     Err(e) => {

@@ -73,6 +73,9 @@ pub struct Request {
     pub source_ip: Option<IpAddr>,
     /// Envoy per-route `context_extensions`.
     pub context: HashMap<String, String>,
+    /// The original request body when a front door has it (Hasura's POST
+    /// webhook sends the GraphQL request), for webhook mode.
+    pub body: Option<serde_json::Value>,
 }
 
 /// What a mode found at its token location.

@@ -8,6 +8,7 @@
 
 pub mod env;
 pub mod reader;
+pub mod webhook;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -19,11 +20,12 @@ use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
 pub use env::{Env, ProcessEnv};
-use env::{env_any, env_string};
+use env::{env_any, env_string, env_string_list};
 pub use reader::{Diagnostics, Problem, YamlPath};
 use reader::{Obj, as_str, as_str_list};
 
 use crate::keys::{self, KeySet};
+use crate::rules::{self, HeaderRule, IpLocation, IpRule, SecurityRules};
 use crate::session::{self, Session};
 
 /// The validated configuration.
@@ -64,12 +66,14 @@ impl Default for Settings {
 pub struct Mode {
     pub id: Arc<str>,
     pub kind: ModeKind,
+    pub rules: SecurityRules,
 }
 
 #[derive(Debug)]
 pub enum ModeKind {
     ApiKey(ApiKeyMode),
     Jwt(JwtMode),
+    Webhook(Box<webhook::WebhookMode>),
     NoAuth(NoAuthMode),
 }
 
@@ -79,6 +83,7 @@ impl ModeKind {
         match self {
             ModeKind::ApiKey(_) => "apiKey",
             ModeKind::Jwt(_) => "jwt",
+            ModeKind::Webhook(_) => "webhook",
             ModeKind::NoAuth(_) => "noAuth",
         }
     }
@@ -378,9 +383,10 @@ fn mode(
         None => Arc::from(sorted_index.to_string()),
     };
     let _ = o.str(d, "description");
-    if let Some((p, _)) = o.get("securityRules") {
-        d.error(&p, "securityRules are not supported yet in this version");
-    }
+    let rules = match o.get("securityRules") {
+        Some((p, v)) => security_rules(d, env, p, v),
+        None => Some(SecurityRules::default()),
+    };
     let name = o
         .require(d, "mode")
         .and_then(|(p, v)| as_str(d, &p, v).map(|s| (p, s)));
@@ -392,14 +398,7 @@ fn mode(
         "apiKey" => api_key(d, env, o).map(ModeKind::ApiKey),
         "jwt" => jwt(d, env, o).map(ModeKind::Jwt),
         "noAuth" => no_auth(d, env, o).map(ModeKind::NoAuth),
-        "webhook" => {
-            d.error(
-                &mode_path,
-                "mode `webhook` is not supported yet in this version",
-            );
-            o.read_all();
-            None
-        }
+        "webhook" => webhook::webhook(d, env, o).map(|w| ModeKind::Webhook(Box::new(w))),
         other => {
             d.error(
                 &mode_path,
@@ -409,7 +408,191 @@ fn mode(
             None
         }
     };
-    Some(Mode { id, kind: kind? })
+    Some(Mode {
+        id,
+        kind: kind?,
+        rules: rules?,
+    })
+}
+
+fn security_rules(
+    d: &mut Diagnostics,
+    env: &dyn Env,
+    path: YamlPath,
+    v: &Value,
+) -> Option<SecurityRules> {
+    let mut o = Obj::open(d, path, v)?;
+    let mut ok = true;
+    let allowed_ips = match o.get("allowedIPs") {
+        Some((p, v)) => {
+            let r = ip_rule(d, env, p, v);
+            ok &= r.is_some();
+            r
+        }
+        None => None,
+    };
+    let mut headers = Vec::new();
+    if let Some((p, v)) = o.get("headerRules") {
+        match Obj::open(d, p.clone(), v) {
+            Some(mut map) => {
+                map.read_all();
+                for (name, rule) in map.entries() {
+                    let rp = p.key(name);
+                    if !name.bytes().all(is_header_name_byte) || name.is_empty() {
+                        d.error(&rp, format!("`{name}` is not a valid header name"));
+                        ok = false;
+                        continue;
+                    }
+                    let Some(mut ro) = Obj::open(d, rp.clone(), rule) else {
+                        ok = false;
+                        continue;
+                    };
+                    let patterns = |key: &str, ro: &mut Obj<'_>, d: &mut Diagnostics| {
+                        let Some((kp, kv)) = ro.get(key) else {
+                            return Some(Vec::new());
+                        };
+                        let list = env_string_list(d, env, &kp, kv)?;
+                        let mut out = Vec::new();
+                        for (i, pat) in list.iter().enumerate() {
+                            match rules::compile_pattern(pat) {
+                                Ok(r) => out.push(r),
+                                Err(e) => d.error(&kp.index(i), e),
+                            }
+                        }
+                        (out.len() == list.len()).then_some(out)
+                    };
+                    let include = patterns("include", &mut ro, d);
+                    let exclude = patterns("exclude", &mut ro, d);
+                    ro.finish(d, &["include", "exclude"]);
+                    match (include, exclude) {
+                        (Some(include), Some(exclude)) => headers.push(HeaderRule {
+                            name: name.to_ascii_lowercase(),
+                            include,
+                            exclude,
+                        }),
+                        _ => ok = false,
+                    }
+                }
+            }
+            None => ok = false,
+        }
+    }
+    o.finish(d, &["allowedIPs", "headerRules"]);
+    ok.then_some(SecurityRules {
+        allowed_ips,
+        headers,
+    })
+}
+
+fn ip_rule(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> Option<IpRule> {
+    let mut o = Obj::open(d, path.clone(), v)?;
+    let mut ok = true;
+    let nets = |key: &str, o: &mut Obj<'_>, d: &mut Diagnostics| {
+        let Some((kp, kv)) = o.get(key) else {
+            return Some(Vec::new());
+        };
+        let list = env_string_list(d, env, &kp, kv)?;
+        let mut out = Vec::new();
+        for (i, s) in list.iter().enumerate() {
+            match rules::parse_net(s) {
+                Ok(n) => {
+                    if !out.contains(&n) {
+                        out.push(n);
+                    }
+                }
+                Err(e) => d.error(&kp.index(i), e),
+            }
+        }
+        let bad = list.iter().any(|s| rules::parse_net(s).is_err());
+        (!bad).then_some(out)
+    };
+    let include = nets("include", &mut o, d);
+    let exclude = nets("exclude", &mut o, d);
+    let public_only = o.bool(d, "publicOnly").unwrap_or(false);
+    let location = o.str(d, "location").unwrap_or("x_forwarded_for");
+    let proxies = o.u64(d, "numTrustedProxies").unwrap_or(0);
+    let prefixes = match o.get("trustedProxyIpPrefixes") {
+        Some((p, v)) => as_str_list(d, &p, v).map(|list| {
+            list.iter()
+                .filter(|s| !s.trim().is_empty())
+                .filter_map(|s| match rules::parse_net(s) {
+                    Ok(n) => Some(n),
+                    Err(e) => {
+                        d.error(&p, e);
+                        ok = false;
+                        None
+                    }
+                })
+                .collect::<Vec<_>>()
+        }),
+        None => Some(Vec::new()),
+    };
+    let headers = match o.get("headers") {
+        Some((p, v)) => as_str_list(d, &p, v),
+        None => Some(Vec::new()),
+    };
+    o.finish(
+        d,
+        &[
+            "include",
+            "exclude",
+            "publicOnly",
+            "location",
+            "numTrustedProxies",
+            "trustedProxyIpPrefixes",
+            "headers",
+        ],
+    );
+    let location = match location {
+        "x_forwarded_for" => IpLocation::ForwardedFor {
+            trusted_proxies: u32::try_from(proxies).unwrap_or(u32::MAX),
+            trusted_prefixes: prefixes.clone().unwrap_or_default(),
+        },
+        "header" => {
+            let mut names: Vec<String> = headers
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect();
+            names.sort();
+            names.dedup();
+            if names.is_empty() && headers.is_some() {
+                d.error(
+                    &path,
+                    "`headers` must name at least one header when `location: header`",
+                );
+                ok = false;
+            }
+            IpLocation::Headers(names)
+        }
+        "remote_addr" => IpLocation::RemoteAddr,
+        other => {
+            d.error(
+                &path.key("location"),
+                format!(
+                    "unknown location `{other}`; expected x_forwarded_for, header or remote_addr"
+                ),
+            );
+            ok = false;
+            IpLocation::RemoteAddr
+        }
+    };
+    let (include, exclude) = (include?, exclude?);
+    if include.is_empty() && exclude.is_empty() && !public_only && ok {
+        d.error(
+            &path,
+            "allowedIPs needs `include`, `exclude` or `publicOnly`",
+        );
+        return None;
+    }
+    (ok && prefixes.is_some() && headers.is_some()).then_some(IpRule {
+        include,
+        exclude,
+        public_only,
+        location,
+    })
 }
 
 fn finish_mode(d: &mut Diagnostics, o: Obj<'_>, own: &[&str]) {

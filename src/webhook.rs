@@ -1,0 +1,520 @@
+//! The `webhook` mode at run time: ask an HTTP hook who the caller is
+//! (RelyAuth semantics, with safe defaults where RelyAuth does nothing).
+//!
+//! The hook's 401/403 (any 4xx) is a refusal (`webhook_denied`); a 5xx, a
+//! timeout, an unreachable hook or an unreadable answer is `internal_error`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use jmespath::{Rcvar, Variable};
+use serde_json::{Map, Value, json};
+use tokio::sync::Mutex;
+
+use crate::config::webhook::{
+    FieldMapping, Forward, HookAuth, HookMethod, HttpClientOptions, Transform, WebhookMode,
+};
+use crate::config::{Place, is_session_key};
+use crate::decision::DenyReason;
+use crate::request::Request;
+use crate::session::Session;
+
+/// Largest hook answer read.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// Headers never forwarded with `forward: "*"` (RelyAuth's list, plus
+/// hop-by-hop headers that must not cross a proxy).
+const EXCLUDED: [&str; 20] = [
+    "content-length",
+    "content-type",
+    "content-md5",
+    "user-agent",
+    "host",
+    "origin",
+    "referer",
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "accept-datetime",
+    "cache-control",
+    "connection",
+    "dnt",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+pub struct WebhookAuth {
+    cfg: WebhookMode,
+    oauth: Mutex<Option<(String, Instant)>>,
+}
+
+#[derive(Debug)]
+enum Failure {
+    Denied,
+    Unavailable(&'static str),
+}
+
+impl Failure {
+    fn reason(&self) -> DenyReason {
+        match self {
+            Failure::Denied => DenyReason::WebhookDenied,
+            Failure::Unavailable(_) => DenyReason::InternalError,
+        }
+    }
+}
+
+/// Builds the HTTP client for a hook from RelyAuth's `httpClient` options.
+pub fn build_client(o: &HttpClientOptions) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
+        .timeout(o.timeout)
+        .connect_timeout(o.connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("authgate/", env!("CARGO_PKG_VERSION")));
+    if let Some(t) = o.pool_idle_timeout {
+        b = b.pool_idle_timeout(t);
+    }
+    if let Some(n) = o.pool_max_idle_per_host {
+        b = b.pool_max_idle_per_host(n);
+    }
+    let mut roots = Vec::new();
+    for pem in &o.tls.root_certs {
+        roots.extend(
+            reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|_| "a root CA is not a valid PEM certificate".to_string())?,
+        );
+    }
+    if !roots.is_empty() {
+        b = if o.tls.include_system_roots {
+            b.tls_certs_merge(roots)
+        } else {
+            b.tls_certs_only(roots)
+        };
+    }
+    if let Some(identity) = &o.tls.identity {
+        let id = reqwest::Identity::from_pem(identity.as_bytes())
+            .map_err(|_| "the client certificate or key is not valid PEM".to_string())?;
+        b = b.identity(id);
+    }
+    if o.tls.insecure_skip_verify {
+        b = b.tls_danger_accept_invalid_certs(true);
+    }
+    let version = |v: &str| match v {
+        "1.0" => reqwest::tls::Version::TLS_1_0,
+        "1.1" => reqwest::tls::Version::TLS_1_1,
+        "1.2" => reqwest::tls::Version::TLS_1_2,
+        _ => reqwest::tls::Version::TLS_1_3,
+    };
+    if let Some(v) = &o.tls.min_version {
+        b = b.tls_version_min(version(v));
+    }
+    if let Some(v) = &o.tls.max_version {
+        b = b.tls_version_max(version(v));
+    }
+    b.build()
+        .map_err(|e| format!("cannot build the webhook HTTP client: {e}"))
+}
+
+impl WebhookAuth {
+    pub fn new(cfg: WebhookMode) -> Self {
+        WebhookAuth {
+            cfg,
+            oauth: Mutex::new(None),
+        }
+    }
+
+    pub async fn authenticate(&self, req: &Request) -> Result<Session, DenyReason> {
+        self.call(req).await.map_err(|f| {
+            if let Failure::Unavailable(why) = &f {
+                tracing::warn!(url = %redact_url(&self.cfg.url), problem = why, "webhook unavailable");
+            }
+            f.reason()
+        })
+    }
+
+    async fn call(&self, req: &Request) -> Result<Session, Failure> {
+        let headers: Map<String, Value> = req
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_owned(), Value::String(v.to_owned())))
+            .collect();
+        let doc = json!({
+            "url": req.path,
+            "headers": headers,
+            "body": req.body.clone().unwrap_or(Value::Null),
+        });
+        let mut out: Vec<(String, String)> = Vec::new();
+        let set = |out: &mut Vec<(String, String)>, k: &str, v: String| {
+            out.retain(|(n, _)| n != k);
+            out.push((k.to_owned(), v));
+        };
+        for h in &self.cfg.additional {
+            let found = match &h.path {
+                Some(expr) => search(expr, &doc).and_then(|v| match v {
+                    Value::String(s) if !s.is_empty() => Some(s),
+                    Value::Number(n) => Some(n.to_string()),
+                    Value::Bool(b) => Some(b.to_string()),
+                    _ => None,
+                }),
+                None => None,
+            };
+            if let Some(v) = found.or_else(|| h.default.clone()) {
+                set(&mut out, &h.name, v);
+            }
+        }
+        let forward = match (&self.cfg.forward, self.cfg.method) {
+            (Some(f), _) => Some(f.clone()),
+            (None, HookMethod::Get) => Some(Forward::All),
+            (None, HookMethod::Post) => None,
+        };
+        match forward {
+            Some(Forward::All) => {
+                for (k, v) in req.headers.iter() {
+                    if !k.starts_with(':') && !EXCLUDED.contains(&k) {
+                        set(&mut out, k, v.to_owned());
+                    }
+                }
+            }
+            Some(Forward::Names(names)) => {
+                for n in &names {
+                    if let Some(v) = req.headers.get(n) {
+                        set(&mut out, n, v.to_owned());
+                    }
+                }
+            }
+            None => {}
+        }
+        if let Some(auth) = &self.cfg.client.auth {
+            let (name, value) = self.auth_header(auth).await?;
+            set(&mut out, &name, value);
+        }
+        let body = match self.cfg.method {
+            HookMethod::Get => None,
+            HookMethod::Post => Some(match &self.cfg.body {
+                None => {
+                    let request = req.body.clone().unwrap_or(Value::Null);
+                    (
+                        serde_json::to_vec(&json!({"headers": doc["headers"], "request": request}))
+                            .unwrap_or_default(),
+                        "application/json".to_owned(),
+                    )
+                }
+                Some(t) => render_transform(t, &doc)?,
+            }),
+        };
+        let (status, resp_headers, bytes) = self.send(&out, body).await?;
+        match status {
+            200..=299 => {}
+            400..=499 => return Err(Failure::Denied),
+            _ => {
+                return Err(Failure::Unavailable(
+                    "the hook answered with an error status",
+                ));
+            }
+        }
+        let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+        let object = match &self.cfg.response {
+            None => parsed,
+            Some(t) => {
+                let input = json!({"headers": resp_headers, "body": parsed.unwrap_or(Value::Null)});
+                let (rendered, _) = render_transform(t, &input)?;
+                serde_json::from_slice(&rendered).ok()
+            }
+        };
+        let Some(Value::Object(map)) = object else {
+            return Err(Failure::Unavailable(
+                "the hook's answer is not a JSON object",
+            ));
+        };
+        let mut session = Session::new();
+        for (k, v) in map {
+            if is_session_key(&k) {
+                session.insert(&k, v);
+            }
+        }
+        Ok(session)
+    }
+
+    /// Sends with the configured retry policy; returns status, lower-case
+    /// response headers and the (capped) body.
+    async fn send(
+        &self,
+        headers: &[(String, String)],
+        body: Option<(Vec<u8>, String)>,
+    ) -> Result<(u16, Map<String, Value>, Vec<u8>), Failure> {
+        let retry = &self.cfg.client.retry;
+        let mut delay = retry.delay;
+        let mut attempt = 1;
+        loop {
+            let mut rb = match self.cfg.method {
+                HookMethod::Get => self.cfg.http.get(&self.cfg.url),
+                HookMethod::Post => self.cfg.http.post(&self.cfg.url),
+            };
+            for (k, v) in headers {
+                rb = rb.header(k.as_str(), v.as_str());
+            }
+            if let Some((b, ct)) = &body {
+                rb = rb
+                    .header(reqwest::header::CONTENT_TYPE, ct.as_str())
+                    .body(b.clone());
+            }
+            let result = rb.send().await;
+            let retryable = match &result {
+                Err(e) => !e.is_builder(),
+                Ok(r) => retry.statuses.contains(&r.status().as_u16()),
+            };
+            if !retryable || attempt >= retry.max_attempts {
+                let mut resp = result.map_err(|e| {
+                    Failure::Unavailable(if e.is_timeout() {
+                        "the hook timed out"
+                    } else {
+                        "the hook is unreachable"
+                    })
+                })?;
+                let status = resp.status().as_u16();
+                let resp_headers: Map<String, Value> = resp
+                    .headers()
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((
+                            k.as_str().to_owned(),
+                            Value::String(v.to_str().ok()?.to_owned()),
+                        ))
+                    })
+                    .collect();
+                let mut bytes = Vec::new();
+                while let Some(chunk) = resp
+                    .chunk()
+                    .await
+                    .map_err(|_| Failure::Unavailable("reading the hook's answer failed"))?
+                {
+                    if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                        return Err(Failure::Unavailable("the hook's answer is too large"));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                return Ok((status, resp_headers, bytes));
+            }
+            tokio::time::sleep(delay).await;
+            delay = Duration::from_secs_f64(
+                (delay.as_secs_f64() * retry.multiplier).min(retry.max_delay.as_secs_f64()),
+            );
+            attempt += 1;
+        }
+    }
+
+    async fn auth_header(&self, auth: &HookAuth) -> Result<(String, String), Failure> {
+        match auth {
+            HookAuth::Basic { header, value } => Ok((header.clone(), value.clone())),
+            HookAuth::Token { location, value } => {
+                let v = match &location.scheme {
+                    Some(s) => format!("{} {value}", capitalize(s)),
+                    None => value.clone(),
+                };
+                match location.place {
+                    Place::Header => Ok((location.name.clone(), v)),
+                    _ => Ok(("authorization".into(), v)),
+                }
+            }
+            HookAuth::OAuth2 {
+                token_url,
+                client_id,
+                client_secret,
+                scopes,
+                params,
+            } => {
+                let mut cached = self.oauth.lock().await;
+                if let Some((token, until)) = cached.as_ref() {
+                    if Instant::now() < *until {
+                        return Ok(("authorization".into(), format!("Bearer {token}")));
+                    }
+                }
+                let mut form: Vec<(String, String)> = vec![
+                    ("grant_type".into(), "client_credentials".into()),
+                    ("client_id".into(), client_id.clone()),
+                    ("client_secret".into(), client_secret.clone()),
+                ];
+                if !scopes.is_empty() {
+                    form.push(("scope".into(), scopes.join(" ")));
+                }
+                form.extend(params.iter().cloned());
+                let body = form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(form.iter())
+                    .finish();
+                let resp = self
+                    .cfg
+                    .http
+                    .post(token_url)
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        "application/x-www-form-urlencoded",
+                    )
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|_| {
+                        Failure::Unavailable("the OAuth2 token endpoint is unreachable")
+                    })?;
+                if !resp.status().is_success() {
+                    return Err(Failure::Unavailable("the OAuth2 token endpoint refused"));
+                }
+                let bytes = resp
+                    .bytes()
+                    .await
+                    .map_err(|_| Failure::Unavailable("reading the OAuth2 token answer failed"))?;
+                let v: Value = serde_json::from_slice(&bytes)
+                    .map_err(|_| Failure::Unavailable("the OAuth2 token answer is not JSON"))?;
+                let token = v["access_token"]
+                    .as_str()
+                    .ok_or(Failure::Unavailable(
+                        "the OAuth2 answer has no access_token",
+                    ))?
+                    .to_owned();
+                let ttl = v["expires_in"]
+                    .as_u64()
+                    .unwrap_or(300)
+                    .saturating_sub(30)
+                    .max(1);
+                *cached = Some((token.clone(), Instant::now() + Duration::from_secs(ttl)));
+                Ok(("authorization".into(), format!("Bearer {token}")))
+            }
+        }
+    }
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// The URL without credentials or query, for logs.
+fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            let _ = u.set_username("");
+            u.set_query(None);
+            u.to_string()
+        }
+        Err(_) => "<invalid url>".into(),
+    }
+}
+
+fn search(expr: &jmespath::Expression<'static>, doc: &Value) -> Option<Value> {
+    let data = Rcvar::new(Variable::from_serializable(doc).ok()?);
+    let found = expr.search(&data).ok()?;
+    if found.is_null() {
+        return None;
+    }
+    serde_json::to_value(&*found).ok()
+}
+
+fn apply_mapping(m: &FieldMapping, data: &Rcvar) -> Value {
+    match m {
+        FieldMapping::Object(props) => Value::Object(
+            props
+                .iter()
+                .map(|(k, m)| (k.clone(), apply_mapping(m, data)))
+                .collect(),
+        ),
+        FieldMapping::Field { path, default } => {
+            let found = path.as_ref().and_then(|e| {
+                let v = e.search(data).ok()?;
+                if v.is_null() {
+                    return None;
+                }
+                serde_json::to_value(&*v).ok()
+            });
+            found.or_else(|| default.clone()).unwrap_or(Value::Null)
+        }
+    }
+}
+
+/// Applies a transformer; returns the bytes and their content type.
+fn render_transform(t: &Transform, doc: &Value) -> Result<(Vec<u8>, String), Failure> {
+    match t {
+        Transform::Jmespath(m) => {
+            let data = Rcvar::new(
+                Variable::from_serializable(doc)
+                    .map_err(|_| Failure::Unavailable("cannot evaluate the mapping"))?,
+            );
+            let v = apply_mapping(m, &data);
+            Ok((
+                serde_json::to_vec(&v).unwrap_or_default(),
+                "application/json".into(),
+            ))
+        }
+        Transform::GoTemplate {
+            template,
+            content_type,
+        } => {
+            let ctx = gtmpl::Context::from(to_gtmpl(doc));
+            let text = template
+                .0
+                .render(&ctx)
+                .map_err(|_| Failure::Unavailable("the Go template failed"))?;
+            Ok((
+                text.into_bytes(),
+                content_type
+                    .clone()
+                    .unwrap_or_else(|| "application/json".into()),
+            ))
+        }
+    }
+}
+
+fn to_gtmpl(v: &Value) -> gtmpl_value::Value {
+    use gtmpl_value::Value as G;
+    match v {
+        Value::Null => G::Nil,
+        Value::Bool(b) => G::Bool(*b),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                G::from(i)
+            } else if let Some(u) = n.as_u64() {
+                G::from(u)
+            } else {
+                G::from(n.as_f64().unwrap_or(0.0))
+            }
+        }
+        Value::String(s) => G::String(s.clone()),
+        Value::Array(a) => G::Array(a.iter().map(to_gtmpl).collect()),
+        Value::Object(m) => G::Map(
+            m.iter()
+                .map(|(k, v)| (k.clone(), to_gtmpl(v)))
+                .collect::<HashMap<_, _>>(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_templates_see_the_document() {
+        let mut t = gtmpl::Template::default();
+        t.parse(r#"{"role": "{{ index .headers "x-role" }}", "n": {{ len .list }}}"#)
+            .unwrap();
+        let doc = json!({"headers": {"x-role": "admin"}, "list": [1, 2]});
+        let out = t.render(&gtmpl::Context::from(to_gtmpl(&doc))).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&out).unwrap(),
+            json!({"role": "admin", "n": 2})
+        );
+    }
+
+    #[test]
+    fn urls_are_redacted_for_logs() {
+        assert_eq!(
+            redact_url("https://u:p@hook.test/x?token=1"),
+            "https://hook.test/x"
+        );
+    }
+}
