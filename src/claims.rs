@@ -8,7 +8,7 @@
 use jmespath::{Rcvar, Variable};
 use serde_json::Value;
 
-use crate::config::{ClaimsConfig, ClaimsFormat, is_session_key};
+use crate::config::{ClaimsConfig, ClaimsFormat, is_hasura_name, is_session_key};
 use crate::session::Session;
 
 /// Why claims could not be mapped; all are `invalid_token` to the client.
@@ -48,8 +48,14 @@ pub fn extract(cfg: &ClaimsConfig, payload: &Value) -> Result<Session, ClaimsErr
                 return Err(ClaimsError::NamespaceNotStringifiedObject);
             }
         };
+        // From the token: only x-hasura-* variables, as Hasura reads them.
         for (k, v) in object {
-            put(&mut session, &k, v)?;
+            if is_hasura_name(&k) {
+                if !is_session_key(&k) {
+                    return Err(ClaimsError::InvalidName);
+                }
+                session.insert(&k, v);
+            }
         }
     }
     for loc in &cfg.locations {
@@ -62,19 +68,10 @@ pub fn extract(cfg: &ClaimsConfig, payload: &Value) -> Result<Session, ClaimsErr
         };
         // No match and no default overrides with null (RelyAuth), i.e. removes.
         let value = found.or_else(|| loc.default.clone()).unwrap_or(Value::Null);
-        put(&mut session, &loc.key, value)?;
+        // Configured names were checked at load.
+        session.insert(&loc.key, value);
     }
     Ok(session)
-}
-
-fn put(session: &mut Session, key: &str, value: Value) -> Result<(), ClaimsError> {
-    if key.len() >= 9 && key[..9].eq_ignore_ascii_case("x-hasura-") {
-        if !is_session_key(key) {
-            return Err(ClaimsError::InvalidName);
-        }
-        session.insert(key, value);
-    }
-    Ok(())
 }
 
 fn to_json(v: &Rcvar) -> Result<Value, ClaimsError> {

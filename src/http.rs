@@ -18,6 +18,9 @@ use crate::metrics::Frontend;
 use crate::request::{Headers, Request};
 use crate::server::Shared;
 
+/// The denial reason on `/check` answers, so nginx can rebuild the body.
+pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-authgate-reason");
+
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -131,6 +134,8 @@ pub fn render(decision: &Decision) -> Response {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
+            // For proxies that cannot pass the body on (nginx auth_request).
+            headers.insert(REASON_HEADER, HeaderValue::from_static(d.reason.as_str()));
             if let Some(challenge) = d.reason.www_authenticate() {
                 headers.insert(
                     header::WWW_AUTHENTICATE,

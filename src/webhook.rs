@@ -14,7 +14,7 @@ use tokio::sync::Mutex;
 use crate::config::webhook::{
     FieldMapping, Forward, HookAuth, HookMethod, HttpClientOptions, Transform, WebhookMode,
 };
-use crate::config::{Place, is_session_key};
+use crate::config::{Place, check_variable_name};
 use crate::decision::DenyReason;
 use crate::request::Request;
 use crate::session::Session;
@@ -231,9 +231,12 @@ impl WebhookAuth {
         };
         let mut session = Session::new();
         for (k, v) in map {
-            if is_session_key(&k) {
-                session.insert(&k, v);
+            if check_variable_name(&k).is_err() {
+                return Err(Failure::Unavailable(
+                    "the hook's answer names an invalid session variable",
+                ));
             }
+            session.insert(&k, v);
         }
         Ok(session)
     }
@@ -327,10 +330,10 @@ impl WebhookAuth {
                 params,
             } => {
                 let mut cached = self.oauth.lock().await;
-                if let Some((token, until)) = cached.as_ref() {
-                    if Instant::now() < *until {
-                        return Ok(("authorization".into(), format!("Bearer {token}")));
-                    }
+                if let Some((token, until)) = cached.as_ref()
+                    && Instant::now() < *until
+                {
+                    return Ok(("authorization".into(), format!("Bearer {token}")));
                 }
                 let mut form: Vec<(String, String)> = vec![
                     ("grant_type".into(), "client_credentials".into()),

@@ -644,11 +644,9 @@ fn session_variables(
             ok = false;
             continue;
         };
-        if !is_session_key(k) {
-            d.warn(
-                &kp,
-                "ignored: only x-hasura-* session variables are passed on",
-            );
+        if let Err(e) = check_variable_name(k) {
+            d.error(&kp, e);
+            ok = false;
             continue;
         }
         s.insert(k, value);
@@ -662,12 +660,49 @@ fn session_variables(
     ok.then_some(s)
 }
 
-/// Only `x-hasura-*` variables reach Hasura (and upstream headers); the
-/// name must also be a valid header name.
+/// An `x-hasura-*` name that is a valid header name: what a token's claims
+/// namespace may contribute (Hasura reads nothing else from a token).
 pub fn is_session_key(k: &str) -> bool {
-    k.len() > "x-hasura-".len()
-        && k[.."x-hasura-".len()].eq_ignore_ascii_case("x-hasura-")
-        && k.bytes().all(is_header_name_byte)
+    is_hasura_name(k) && k.bytes().all(is_header_name_byte)
+}
+
+pub fn is_hasura_name(k: &str) -> bool {
+    k.len() > "x-hasura-".len() && k[.."x-hasura-".len()].eq_ignore_ascii_case("x-hasura-")
+}
+
+/// Headers no session variable may set: framing, routing and hop-by-hop
+/// headers belong to the proxy, not to an authorization answer.
+const FORBIDDEN_VARIABLES: [&str; 12] = [
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-connection",
+    "cookie",
+];
+
+/// Whether `k` may be a session variable named by the operator (config
+/// `sessionVariables`, claim `locations`, webhook answers): any valid header
+/// name except the proxy's own headers.
+pub fn check_variable_name(k: &str) -> Result<(), String> {
+    if k.is_empty() || !k.bytes().all(is_header_name_byte) {
+        return Err(format!("`{k}` is not a valid header name"));
+    }
+    if FORBIDDEN_VARIABLES
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case(k))
+    {
+        return Err(format!(
+            "`{k}` cannot be a session variable: it is a header of the proxy"
+        ));
+    }
+    Ok(())
 }
 
 pub fn is_header_name_byte(b: u8) -> bool {
@@ -914,11 +949,10 @@ fn claims_config(
                         "duplicate session variable (names are case-insensitive)",
                     );
                 }
-                if !is_session_key(k) {
-                    d.warn(
-                        &kp,
-                        "ignored: only x-hasura-* session variables are passed on",
-                    );
+                if let Err(e) = check_variable_name(k) {
+                    d.error(&kp, e);
+                    ok = false;
+                    continue;
                 }
                 match location(d, env, kp, k, v) {
                     Some(l) => locations.push(l),

@@ -201,44 +201,44 @@ pub(super) fn webhook(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Opt
     let mut additional = Vec::new();
     let mut body = None;
     let mut ok = true;
-    if let Some((p, v)) = o.get("customRequest") {
-        if let Some(mut cr) = Obj::open(d, p.clone(), v) {
-            if let Some((hp, hv)) = cr.get("headers") {
-                if let Some(mut ho) = Obj::open(d, hp.clone(), hv) {
-                    if let Some((fp, fv)) = ho.get("forward") {
-                        forward = match fv {
-                            Value::String(s) if s == "*" => Some(Forward::All),
-                            other => as_str_list(d, &fp, other).map(|names| {
-                                Forward::Names(
-                                    names
-                                        .iter()
-                                        .map(|n| n.trim().to_ascii_lowercase())
-                                        .collect(),
-                                )
-                            }),
-                        };
-                        ok &= forward.is_some();
+    if let Some((p, v)) = o.get("customRequest")
+        && let Some(mut cr) = Obj::open(d, p.clone(), v)
+    {
+        if let Some((hp, hv)) = cr.get("headers")
+            && let Some(mut ho) = Obj::open(d, hp.clone(), hv)
+        {
+            if let Some((fp, fv)) = ho.get("forward") {
+                forward = match fv {
+                    Value::String(s) if s == "*" => Some(Forward::All),
+                    other => as_str_list(d, &fp, other).map(|names| {
+                        Forward::Names(
+                            names
+                                .iter()
+                                .map(|n| n.trim().to_ascii_lowercase())
+                                .collect(),
+                        )
+                    }),
+                };
+                ok &= forward.is_some();
+            }
+            if let Some((ap, av)) = ho.get("additional")
+                && let Some(mut ao) = Obj::open(d, ap.clone(), av)
+            {
+                ao.read_all();
+                for (name, spec) in ao.entries() {
+                    match additional_header(d, env, ap.key(name), name, spec) {
+                        Some(h) => additional.push(h),
+                        None => ok = false,
                     }
-                    if let Some((ap, av)) = ho.get("additional") {
-                        if let Some(mut ao) = Obj::open(d, ap.clone(), av) {
-                            ao.read_all();
-                            for (name, spec) in ao.entries() {
-                                match additional_header(d, env, ap.key(name), name, spec) {
-                                    Some(h) => additional.push(h),
-                                    None => ok = false,
-                                }
-                            }
-                        }
-                    }
-                    ho.finish(d, &["forward", "additional"]);
                 }
             }
-            if let Some((bp, bv)) = cr.get("body") {
-                body = transform(d, env, bp, bv);
-                ok &= body.is_some();
-            }
-            cr.finish(d, &["headers", "body"]);
+            ho.finish(d, &["forward", "additional"]);
         }
+        if let Some((bp, bv)) = cr.get("body") {
+            body = transform(d, env, bp, bv);
+            ok &= body.is_some();
+        }
+        cr.finish(d, &["headers", "body"]);
     }
     if matches!(method, Some(HookMethod::Get)) && body.is_some() {
         d.error(
@@ -248,14 +248,14 @@ pub(super) fn webhook(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Opt
         ok = false;
     }
     let mut response = None;
-    if let Some((p, v)) = o.get("customResponse") {
-        if let Some(mut cr) = Obj::open(d, p.clone(), v) {
-            if let Some((rp, rv)) = cr.get("response") {
-                response = transform(d, env, rp, rv);
-                ok &= response.is_some();
-            }
-            cr.finish(d, &["response"]);
+    if let Some((p, v)) = o.get("customResponse")
+        && let Some(mut cr) = Obj::open(d, p.clone(), v)
+    {
+        if let Some((rp, rv)) = cr.get("response") {
+            response = transform(d, env, rp, rv);
+            ok &= response.is_some();
         }
+        cr.finish(d, &["response"]);
     }
     let client_path = o.path.key("httpClient");
     let client = match o.get("httpClient") {
@@ -335,7 +335,8 @@ fn transform(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> O
     let kind = o
         .require(d, "type")
         .and_then(|(p, v)| as_str(d, &p, v).map(|s| (p, s)));
-    let result = match kind {
+
+    match kind {
         Some((_, "jmespath")) => {
             let mapping = o
                 .require(d, "template")
@@ -347,6 +348,10 @@ fn transform(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> O
             let content_type = o.str(d, "contentType").map(str::to_owned);
             let template = o.require(d, "template").and_then(|(p, v)| {
                 let text = as_str(d, &p, v)?;
+                if let Err(e) = check_delimiters(text) {
+                    d.error(&p, format!("invalid Go template: {e}"));
+                    return None;
+                }
                 let mut t = gtmpl::Template::default();
                 match t.parse(text) {
                     Ok(()) => Some(GoTemplate(Arc::new(t))),
@@ -374,8 +379,7 @@ fn transform(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> O
             o.read_all();
             None
         }
-    };
-    result
+    }
 }
 
 fn field_mapping(
@@ -439,6 +443,47 @@ fn field_mapping(
             None
         }
     }
+}
+
+/// Every `{{` must be closed by `}}` (quotes inside actions respected).
+/// gtmpl's lexer loops forever on an unterminated action, so this is checked
+/// before parsing.
+fn check_delimiters(text: &str) -> Result<(), String> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i + 1 < b.len() {
+        if b[i] == b'{' && b[i + 1] == b'{' {
+            let start = i;
+            i += 2;
+            let mut quote: Option<u8> = None;
+            loop {
+                if i >= b.len() {
+                    return Err(format!("unclosed action starting at byte {start}"));
+                }
+                let c = b[i];
+                match quote {
+                    Some(q) => {
+                        if c == b'\\' && q != b'`' {
+                            i += 1;
+                        } else if c == q {
+                            quote = None;
+                        }
+                    }
+                    None => {
+                        if c == b'"' || c == b'`' || c == b'\'' {
+                            quote = Some(c);
+                        } else if c == b'}' && b.get(i + 1) == Some(&b'}') {
+                            i += 1;
+                            break;
+                        }
+                    }
+                }
+                i += 1;
+            }
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// A duration as seconds (number) or Go-style text (`1m30s`, `500ms`).
@@ -582,220 +627,220 @@ fn http_client(
             None => ok = false,
         }
     }
-    if let Some((p, v)) = o.get("transport") {
-        if let Some(mut t) = Obj::open(d, p.clone(), v) {
-            if let Some((dp, dv)) = t.get("dialer") {
-                if let Some(mut dialer) = Obj::open(d, dp, dv) {
-                    if let Some((tp, tv)) = dialer.get("timeout") {
-                        match duration(d, &tp, tv) {
-                            Some(x) if !x.is_zero() => opts.connect_timeout = x,
-                            Some(_) => {}
-                            None => ok = false,
-                        }
-                    }
-                    dialer.finish(
-                        d,
-                        &[
-                            "timeout",
-                            "keepAlive",
-                            "keepAliveEnabled",
-                            "keepAliveInterval",
-                            "keepAliveIdle",
-                            "keepAliveCount",
-                            "fallbackDelay",
-                        ],
-                    );
-                }
-            }
-            if let Some((ip, iv)) = t.get("idleConnTimeout") {
-                opts.pool_idle_timeout = duration(d, &ip, iv);
-            }
-            if let Some(n) = t.u64(d, "maxIdleConnsPerHost") {
-                opts.pool_max_idle_per_host = Some(usize::try_from(n).unwrap_or(usize::MAX));
-            }
-            if t.bool(d, "disableKeepAlives") == Some(true) {
-                opts.pool_max_idle_per_host = Some(0);
-            }
-            let no_effect = [
-                "responseHeaderTimeout",
-                "tlsHandshakeTimeout",
-                "expectContinueTimeout",
-                "maxIdleConns",
-                "maxConnsPerHost",
-                "maxResponseHeaderBytes",
-                "readBufferSize",
-                "writeBufferSize",
-                "forceAttemptHTTP2",
-            ];
-            for key in no_effect {
-                if let Some((kp, _)) = t.get(key) {
-                    d.warn(
-                        &kp,
-                        "accepted for RelyAuth compatibility; it has no effect in authgate",
-                    );
-                }
-            }
-            let mut known = vec![
-                "dialer",
-                "idleConnTimeout",
-                "maxIdleConnsPerHost",
-                "disableKeepAlives",
-            ];
-            known.extend(no_effect);
-            t.finish(d, &known);
-        }
-    }
-    if let Some((p, v)) = o.get("tls") {
-        if let Some(mut t) = Obj::open(d, p.clone(), v) {
-            ok &= pem_sources(
-                d,
-                env,
-                &mut t,
-                "rootCAFile",
-                "rootCAPem",
-                &mut opts.tls.root_certs,
-            );
-            ok &= pem_sources(d, env, &mut t, "caFile", "caPem", &mut opts.tls.root_certs);
-            if let Some((cp, cv)) = t.get("certificates") {
-                let items: Vec<&Value> = match cv {
-                    Value::Array(a) => a.iter().collect(),
-                    other => vec![other],
-                };
-                for (i, item) in items.into_iter().enumerate() {
-                    let ip = cp.index(i);
-                    let Some(mut c) = Obj::open(d, ip.clone(), item) else {
-                        ok = false;
-                        continue;
-                    };
-                    let mut cert = Vec::new();
-                    let mut key = Vec::new();
-                    ok &= pem_sources(d, env, &mut c, "certFile", "certPem", &mut cert);
-                    ok &= pem_sources(d, env, &mut c, "keyFile", "keyPem", &mut key);
-                    c.finish(d, &["certFile", "certPem", "keyFile", "keyPem"]);
-                    if cert.len() != 1 || key.len() != 1 {
-                        d.error(&ip, "a certificate needs one certificate and one key");
-                        ok = false;
-                    } else {
-                        opts.tls.identity = Some(format!("{}\n{}", cert[0], key[0]));
-                    }
-                }
-            }
-            if let Some((bp, bv)) = t.get("insecureSkipVerify") {
-                match env_bool(d, env, &bp, bv) {
-                    Some(true) => {
-                        d.warn(&bp, "TLS certificates of the webhook are not verified");
-                        opts.tls.insecure_skip_verify = true;
-                    }
-                    Some(false) => {}
+    if let Some((p, v)) = o.get("transport")
+        && let Some(mut t) = Obj::open(d, p.clone(), v)
+    {
+        if let Some((dp, dv)) = t.get("dialer")
+            && let Some(mut dialer) = Obj::open(d, dp, dv)
+        {
+            if let Some((tp, tv)) = dialer.get("timeout") {
+                match duration(d, &tp, tv) {
+                    Some(x) if !x.is_zero() => opts.connect_timeout = x,
+                    Some(_) => {}
                     None => ok = false,
                 }
             }
-            opts.tls.include_system_roots = true;
-            if let Some((bp, bv)) = t.get("includeSystemCACertsPool") {
-                match env_bool(d, env, &bp, bv) {
-                    Some(b) => opts.tls.include_system_roots = b || opts.tls.root_certs.is_empty(),
-                    None => ok = false,
-                }
-            }
-            for (key, slot) in [
-                ("minVersion", &mut opts.tls.min_version),
-                ("maxVersion", &mut opts.tls.max_version),
-            ] {
-                if let Some((vp, vv)) = t.get(key) {
-                    match as_str(d, &vp, vv) {
-                        Some(s @ ("1.0" | "1.1" | "1.2" | "1.3")) => *slot = Some(s.to_owned()),
-                        Some(other) => {
-                            d.error(
-                                &vp,
-                                format!("unknown TLS version `{other}`; expected 1.2 or 1.3"),
-                            );
-                            ok = false;
-                        }
-                        None => ok = false,
-                    }
-                }
-            }
-            for key in ["cipherSuites", "serverName"] {
-                if let Some((kp, _)) = t.get(key) {
-                    d.warn(
-                        &kp,
-                        "accepted for RelyAuth compatibility; it has no effect in authgate",
-                    );
-                }
-            }
-            t.finish(
+            dialer.finish(
                 d,
                 &[
-                    "rootCAFile",
-                    "rootCAPem",
-                    "caFile",
-                    "caPem",
-                    "certificates",
-                    "insecureSkipVerify",
-                    "includeSystemCACertsPool",
-                    "minVersion",
-                    "maxVersion",
-                    "cipherSuites",
-                    "serverName",
+                    "timeout",
+                    "keepAlive",
+                    "keepAliveEnabled",
+                    "keepAliveInterval",
+                    "keepAliveIdle",
+                    "keepAliveCount",
+                    "fallbackDelay",
                 ],
             );
         }
+        if let Some((ip, iv)) = t.get("idleConnTimeout") {
+            opts.pool_idle_timeout = duration(d, &ip, iv);
+        }
+        if let Some(n) = t.u64(d, "maxIdleConnsPerHost") {
+            opts.pool_max_idle_per_host = Some(usize::try_from(n).unwrap_or(usize::MAX));
+        }
+        if t.bool(d, "disableKeepAlives") == Some(true) {
+            opts.pool_max_idle_per_host = Some(0);
+        }
+        let no_effect = [
+            "responseHeaderTimeout",
+            "tlsHandshakeTimeout",
+            "expectContinueTimeout",
+            "maxIdleConns",
+            "maxConnsPerHost",
+            "maxResponseHeaderBytes",
+            "readBufferSize",
+            "writeBufferSize",
+            "forceAttemptHTTP2",
+        ];
+        for key in no_effect {
+            if let Some((kp, _)) = t.get(key) {
+                d.warn(
+                    &kp,
+                    "accepted for RelyAuth compatibility; it has no effect in authgate",
+                );
+            }
+        }
+        let mut known = vec![
+            "dialer",
+            "idleConnTimeout",
+            "maxIdleConnsPerHost",
+            "disableKeepAlives",
+        ];
+        known.extend(no_effect);
+        t.finish(d, &known);
     }
-    if let Some((p, v)) = o.get("retry") {
-        if let Some(mut r) = Obj::open(d, p.clone(), v) {
-            if let Some(n) = r.u64(d, "maxAttempts") {
-                opts.retry.max_attempts = u32::try_from(n.clamp(1, 10)).unwrap_or(1);
-            }
-            // RelyAuth: delays in milliseconds.
-            if let Some(n) = r.u64(d, "delay") {
-                opts.retry.delay = Duration::from_millis(n);
-            }
-            if let Some(n) = r.u64(d, "maxDelay") {
-                opts.retry.max_delay = Duration::from_millis(n);
-            }
-            if let Some((mp, mv)) = r.get("multiplier") {
-                match mv.as_f64() {
-                    Some(m) if m >= 1.0 => opts.retry.multiplier = m,
-                    _ => {
-                        d.error(&mp, "expected a number >= 1");
-                        ok = false;
-                    }
+    if let Some((p, v)) = o.get("tls")
+        && let Some(mut t) = Obj::open(d, p.clone(), v)
+    {
+        ok &= pem_sources(
+            d,
+            env,
+            &mut t,
+            "rootCAFile",
+            "rootCAPem",
+            &mut opts.tls.root_certs,
+        );
+        ok &= pem_sources(d, env, &mut t, "caFile", "caPem", &mut opts.tls.root_certs);
+        if let Some((cp, cv)) = t.get("certificates") {
+            let items: Vec<&Value> = match cv {
+                Value::Array(a) => a.iter().collect(),
+                other => vec![other],
+            };
+            for (i, item) in items.into_iter().enumerate() {
+                let ip = cp.index(i);
+                let Some(mut c) = Obj::open(d, ip.clone(), item) else {
+                    ok = false;
+                    continue;
+                };
+                let mut cert = Vec::new();
+                let mut key = Vec::new();
+                ok &= pem_sources(d, env, &mut c, "certFile", "certPem", &mut cert);
+                ok &= pem_sources(d, env, &mut c, "keyFile", "keyPem", &mut key);
+                c.finish(d, &["certFile", "certPem", "keyFile", "keyPem"]);
+                if cert.len() != 1 || key.len() != 1 {
+                    d.error(&ip, "a certificate needs one certificate and one key");
+                    ok = false;
+                } else {
+                    opts.tls.identity = Some(format!("{}\n{}", cert[0], key[0]));
                 }
             }
-            if let Some((sp, sv)) = r.get("httpStatus") {
-                match sv.as_array() {
-                    Some(items) => {
-                        opts.retry.statuses = items
-                            .iter()
-                            .filter_map(|s| s.as_u64().and_then(|n| u16::try_from(n).ok()))
-                            .collect();
-                        if opts.retry.statuses.len() != items.len() {
-                            d.error(&sp, "expected a list of HTTP status codes");
-                            ok = false;
-                        }
+        }
+        if let Some((bp, bv)) = t.get("insecureSkipVerify") {
+            match env_bool(d, env, &bp, bv) {
+                Some(true) => {
+                    d.warn(&bp, "TLS certificates of the webhook are not verified");
+                    opts.tls.insecure_skip_verify = true;
+                }
+                Some(false) => {}
+                None => ok = false,
+            }
+        }
+        opts.tls.include_system_roots = true;
+        if let Some((bp, bv)) = t.get("includeSystemCACertsPool") {
+            match env_bool(d, env, &bp, bv) {
+                Some(b) => opts.tls.include_system_roots = b || opts.tls.root_certs.is_empty(),
+                None => ok = false,
+            }
+        }
+        for (key, slot) in [
+            ("minVersion", &mut opts.tls.min_version),
+            ("maxVersion", &mut opts.tls.max_version),
+        ] {
+            if let Some((vp, vv)) = t.get(key) {
+                match as_str(d, &vp, vv) {
+                    Some(s @ ("1.0" | "1.1" | "1.2" | "1.3")) => *slot = Some(s.to_owned()),
+                    Some(other) => {
+                        d.error(
+                            &vp,
+                            format!("unknown TLS version `{other}`; expected 1.2 or 1.3"),
+                        );
+                        ok = false;
                     }
-                    None => {
+                    None => ok = false,
+                }
+            }
+        }
+        for key in ["cipherSuites", "serverName"] {
+            if let Some((kp, _)) = t.get(key) {
+                d.warn(
+                    &kp,
+                    "accepted for RelyAuth compatibility; it has no effect in authgate",
+                );
+            }
+        }
+        t.finish(
+            d,
+            &[
+                "rootCAFile",
+                "rootCAPem",
+                "caFile",
+                "caPem",
+                "certificates",
+                "insecureSkipVerify",
+                "includeSystemCACertsPool",
+                "minVersion",
+                "maxVersion",
+                "cipherSuites",
+                "serverName",
+            ],
+        );
+    }
+    if let Some((p, v)) = o.get("retry")
+        && let Some(mut r) = Obj::open(d, p.clone(), v)
+    {
+        if let Some(n) = r.u64(d, "maxAttempts") {
+            opts.retry.max_attempts = u32::try_from(n.clamp(1, 10)).unwrap_or(1);
+        }
+        // RelyAuth: delays in milliseconds.
+        if let Some(n) = r.u64(d, "delay") {
+            opts.retry.delay = Duration::from_millis(n);
+        }
+        if let Some(n) = r.u64(d, "maxDelay") {
+            opts.retry.max_delay = Duration::from_millis(n);
+        }
+        if let Some((mp, mv)) = r.get("multiplier") {
+            match mv.as_f64() {
+                Some(m) if m >= 1.0 => opts.retry.multiplier = m,
+                _ => {
+                    d.error(&mp, "expected a number >= 1");
+                    ok = false;
+                }
+            }
+        }
+        if let Some((sp, sv)) = r.get("httpStatus") {
+            match sv.as_array() {
+                Some(items) => {
+                    opts.retry.statuses = items
+                        .iter()
+                        .filter_map(|s| s.as_u64().and_then(|n| u16::try_from(n).ok()))
+                        .collect();
+                    if opts.retry.statuses.len() != items.len() {
                         d.error(&sp, "expected a list of HTTP status codes");
                         ok = false;
                     }
                 }
+                None => {
+                    d.error(&sp, "expected a list of HTTP status codes");
+                    ok = false;
+                }
             }
-            for key in ["jitter", "jitterFactor"] {
-                let _ = r.get(key);
-            }
-            r.finish(
-                d,
-                &[
-                    "maxAttempts",
-                    "delay",
-                    "maxDelay",
-                    "httpStatus",
-                    "multiplier",
-                    "jitter",
-                    "jitterFactor",
-                ],
-            );
         }
+        for key in ["jitter", "jitterFactor"] {
+            let _ = r.get(key);
+        }
+        r.finish(
+            d,
+            &[
+                "maxAttempts",
+                "delay",
+                "maxDelay",
+                "httpStatus",
+                "multiplier",
+                "jitter",
+                "jitterFactor",
+            ],
+        );
     }
     if let Some((p, v)) = o.get("authentication") {
         match hook_auth(d, env, p, v) {
@@ -815,7 +860,8 @@ fn hook_auth(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> O
     let kind = o
         .require(d, "type")
         .and_then(|(p, v)| as_str(d, &p, v).map(|s| (p, s)));
-    let auth = match kind {
+
+    match kind {
         Some((_, "basic")) => {
             let header = o
                 .str(d, "header")
@@ -894,17 +940,17 @@ fn hook_auth(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> O
                 None => Vec::new(),
             };
             let mut params = Vec::new();
-            if let Some((pp, pv)) = c.get("endpointParams") {
-                if let Some(mut po) = Obj::open(d, pp.clone(), pv) {
-                    po.read_all();
-                    for (k, v) in po.entries() {
-                        let value = match v {
-                            Value::String(s) => Some(s.clone()),
-                            other => env_string(d, env, &pp.key(k), other),
-                        };
-                        if let Some(value) = value {
-                            params.push((k.clone(), value));
-                        }
+            if let Some((pp, pv)) = c.get("endpointParams")
+                && let Some(mut po) = Obj::open(d, pp.clone(), pv)
+            {
+                po.read_all();
+                for (k, v) in po.entries() {
+                    let value = match v {
+                        Value::String(s) => Some(s.clone()),
+                        other => env_string(d, env, &pp.key(k), other),
+                    };
+                    if let Some(value) = value {
+                        params.push((k.clone(), value));
                     }
                 }
             }
@@ -939,13 +985,21 @@ fn hook_auth(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> O
             o.read_all();
             None
         }
-    };
-    auth
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unclosed_actions_are_caught_before_gtmpl() {
+        assert!(check_delimiters("{{ .x }} and {{ index .h \"}}\" }}").is_ok());
+        assert!(check_delimiters("{{ .x ").is_err());
+        assert!(check_delimiters("{{ \"}} ").is_err());
+        assert!(check_delimiters("{{").is_err());
+        assert!(check_delimiters("plain { text }").is_ok());
+    }
 
     #[test]
     fn go_durations() {

@@ -179,7 +179,22 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(yaml: &str) -> Self {
-        let config = authgate::config::parse(yaml, &authgate::config::ProcessEnv)
+        Self::start_with_env(yaml, &[]).await
+    }
+
+    /// Starts with `{env: NAME}` resolved from `vars` (then the process).
+    pub async fn start_with_env(yaml: &str, vars: &[(&str, &str)]) -> Self {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let env = move |name: &str| {
+            vars.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .or_else(|| std::env::var(name).ok())
+        };
+        let config = authgate::config::parse(yaml, &env)
             .unwrap_or_else(|e| panic!("test config invalid: {e}"));
         let shared = authgate::server::Shared::new(config, None).unwrap();
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
