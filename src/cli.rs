@@ -165,7 +165,14 @@ async fn check(args: CheckArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let engine = Engine::new(config, &registry, Arc::new(Metrics::new()), true);
+    let elevation = match server::open_elevation(&config, None).await {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let engine = Engine::new(config, &registry, Arc::new(Metrics::new()), true, elevation);
     // Remote keys are fetched once before deciding.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !engine.is_ready() && tokio::time::Instant::now() < deadline {
@@ -318,7 +325,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Err(code) => return code,
     };
     tracing::info!(config = %path.display(), "{}", config::summary(&config));
-    let shared = match Shared::new(config, Some(path)) {
+    let shared = match Shared::new(config, Some(path)).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -382,7 +389,7 @@ impl Signals {
                 _ = self.term.recv() => return,
                 _ = self.int.recv() => return,
                 _ = self.hup.recv() => {
-                    let _ = shared.reload();
+                    let _ = shared.reload().await;
                 }
             }
         }

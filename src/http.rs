@@ -31,6 +31,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/check/{*rest}", any(check))
         .route("/auth/ddn", get(hasura_ddn_get).post(hasura_ddn_post))
         .route("/auth/hasura", get(hasura_v2_get).post(hasura_v2_post))
+        .merge(crate::webauthn_api::router())
         .with_state(shared)
 }
 

@@ -13,6 +13,7 @@ use subtle::ConstantTimeEq;
 use crate::claims;
 use crate::config::{ClaimsConfig, Config, KeySource, ModeKind, Secret, Settings, TokenLocation};
 use crate::decision::{Allow, Decision, DenyReason, ModeRef};
+use crate::elevation::{Elevation, GrantError};
 use crate::jwks::{JwksCache, JwksRegistry};
 use crate::jwt::{self, ClaimRules, JwtError};
 use crate::keys::KeySet;
@@ -33,6 +34,7 @@ pub struct Engine {
     jwks: Vec<Arc<JwksCache>>,
     token_cache: Option<TokenCache>,
     metrics: Arc<Metrics>,
+    elevation: Option<Arc<Elevation>>,
     pub settings: Settings,
 }
 
@@ -77,7 +79,24 @@ enum Outcome {
     Absent,
     /// A credential was there and was refused.
     Invalid(DenyReason),
-    Verified(Session),
+    Verified(Session, Option<AccessToken>),
+}
+
+/// The verified bearer token behind a JWT session, for elevation grants.
+#[derive(Debug, Clone)]
+pub struct AccessToken {
+    pub raw: String,
+    pub exp: Option<i64>,
+}
+
+/// Who is calling, for authgate's own endpoints (WebAuthn).
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub session: Session,
+    pub user_id: Option<String>,
+    pub token: Option<AccessToken>,
+    pub elevated: bool,
+    pub mode: ModeRef,
 }
 
 impl Engine {
@@ -88,6 +107,7 @@ impl Engine {
         registry: &JwksRegistry,
         metrics: Arc<Metrics>,
         start: bool,
+        elevation: Option<Arc<Elevation>>,
     ) -> Self {
         let settings = config.settings.clone();
         let mut jwks: Vec<Arc<JwksCache>> = Vec::new();
@@ -149,6 +169,7 @@ impl Engine {
             jwks,
             token_cache,
             metrics,
+            elevation,
             settings,
         }
     }
@@ -165,6 +186,38 @@ impl Engine {
     /// Decides one request.
     pub async fn decide(&self, req: &Request) -> Decision {
         let now = jwt::unix_now();
+        match self.first_verified(req, now).await {
+            Ok((auth, session, token)) => self.finish(auth, session, token, req, now).await,
+            Err(deny) => deny,
+        }
+    }
+
+    /// Authenticates a call to authgate's own endpoints: modes and role as
+    /// for a Check, elevation computed but not enforced.
+    pub async fn identify(&self, req: &Request) -> Result<Identity, Decision> {
+        let now = jwt::unix_now();
+        let (auth, mut session, token) = self.first_verified(req, now).await?;
+        self.resolve_role(auth, &mut session, req)?;
+        let (elevated, _) = self.elevation_state(&mut session, token.as_ref(), req, now);
+        Ok(Identity {
+            user_id: session.user_id(),
+            session,
+            token,
+            elevated,
+            mode: auth.mode.clone(),
+        })
+    }
+
+    pub fn elevation(&self) -> Option<&Arc<Elevation>> {
+        self.elevation.as_ref()
+    }
+
+    /// Modes in order; the first verified session wins (SPEC 3.1-3.2).
+    async fn first_verified<'s>(
+        &'s self,
+        req: &Request,
+        now: i64,
+    ) -> Result<(&'s Authenticator, Session, Option<AccessToken>), Decision> {
         let mode_filter = req
             .headers
             .get(MODE_HEADER)
@@ -194,13 +247,15 @@ impl Engine {
                         break;
                     }
                 }
-                Outcome::Verified(session) => return self.finish(auth, session, req),
+                Outcome::Verified(session, token) => {
+                    return Ok((auth, session, token));
+                }
             }
         }
-        match refused {
+        Err(match refused {
             Some((reason, mode)) => Decision::deny(reason, Some(mode.clone())),
             None => Decision::deny(DenyReason::MissingCredentials, None),
-        }
+        })
     }
 
     async fn authenticate(
@@ -218,7 +273,7 @@ impl Engine {
                 if blocked() {
                     return Outcome::Invalid(DenyReason::BlockedByRule);
                 }
-                Outcome::Verified(session.clone())
+                Outcome::Verified(session.clone(), None)
             }
             AuthKind::ApiKey {
                 location,
@@ -230,7 +285,7 @@ impl Engine {
                 Credential::Present(_) if blocked() => Outcome::Invalid(DenyReason::BlockedByRule),
                 Credential::Present(given) => {
                     if bool::from(given.as_bytes().ct_eq(value.0.as_bytes())) {
-                        Outcome::Verified(session.clone())
+                        Outcome::Verified(session.clone(), None)
                     } else {
                         Outcome::Invalid(DenyReason::InvalidApiKey)
                     }
@@ -241,7 +296,7 @@ impl Engine {
                     return Outcome::Invalid(DenyReason::BlockedByRule);
                 }
                 match w.authenticate(req).await {
-                    Ok(session) => Outcome::Verified(session),
+                    Ok(session) => Outcome::Verified(session, None),
                     Err(reason) => Outcome::Invalid(reason),
                 }
             }
@@ -250,7 +305,13 @@ impl Engine {
                 Credential::Ambiguous => Outcome::Invalid(DenyReason::InvalidToken),
                 Credential::Present(_) if blocked() => Outcome::Invalid(DenyReason::BlockedByRule),
                 Credential::Present(token) => match self.verify_jwt(index, j, &token, now).await {
-                    Ok(session) => Outcome::Verified(session),
+                    Ok((session, exp)) => Outcome::Verified(
+                        session,
+                        Some(AccessToken {
+                            raw: token.into_owned(),
+                            exp,
+                        }),
+                    ),
                     Err(e) => {
                         tracing::debug!(mode = %auth.mode.id, error = %e, "token refused");
                         Outcome::Invalid(e.reason())
@@ -266,7 +327,7 @@ impl Engine {
         j: &JwtAuth,
         token: &str,
         now: i64,
-    ) -> Result<Session, JwtError> {
+    ) -> Result<(Session, Option<i64>), JwtError> {
         let rules = ClaimRules {
             audience: &j.audience,
             issuer: j.issuer.as_deref(),
@@ -281,7 +342,7 @@ impl Engine {
             if let Some(hit) = cache.get(key) {
                 self.metrics.token_cache_hit.inc();
                 hit.check_time(now, &rules)?;
-                return Ok(hit.session.clone());
+                return Ok((hit.session.clone(), hit.exp));
             }
             self.metrics.token_cache_miss.inc();
         }
@@ -315,33 +376,99 @@ impl Engine {
             let nbf = claims.get("nbf").and_then(Value::as_i64);
             cache.insert(key, session.clone(), exp, nbf, now);
         }
-        Ok(session)
+        Ok((session, exp))
     }
 
-    /// Role, elevation and rendering, once a mode has verified a session.
-    fn finish(&self, auth: &Authenticator, mut session: Session, req: &Request) -> Decision {
-        let invalid = match auth.kind {
-            AuthKind::Jwt(_) => DenyReason::InvalidToken,
-            _ => DenyReason::InternalError,
-        };
+    fn resolve_role(
+        &self,
+        auth: &Authenticator,
+        session: &mut Session,
+        req: &Request,
+    ) -> Result<(), Decision> {
         let requested = req.headers.get(session::ROLE);
-        if let Err(e) = session::resolve_role(&mut session, requested) {
+        session::resolve_role(session, requested).map_err(|e| {
             let reason = match e {
                 RoleError::NotAllowed => DenyReason::RoleNotAllowed,
-                RoleError::Missing => invalid,
+                RoleError::Missing => invalid_reason(auth),
             };
-            return Decision::deny(reason, Some(auth.mode.clone()));
-        }
-        // Only authgate decides `x-hasura-auth-elevated`: kept when it equals
-        // the user id (an nhost elevated token), dropped otherwise.
+            Decision::deny(reason, Some(auth.mode.clone()))
+        })
+    }
+
+    /// Whether the session is elevated: the token's claim equals the user id
+    /// (nhost), or the request carries a valid grant for this user and this
+    /// access token. Only authgate decides the upstream's elevation variable:
+    /// set to the user id when elevated, removed otherwise.
+    fn elevation_state(
+        &self,
+        session: &mut Session,
+        token: Option<&AccessToken>,
+        req: &Request,
+        now: i64,
+    ) -> (bool, Option<GrantError>) {
+        let claim = self
+            .elevation
+            .as_ref()
+            .map(|e| e.cfg.claim.as_str())
+            .unwrap_or(session::ELEVATED);
         let user_id = session.user_id();
-        let elevated = match (session.get(session::ELEVATED), &user_id) {
+        let by_claim = match (session.get(claim), &user_id) {
             (Some(Value::String(e)), Some(u)) => e == u,
             _ => false,
         };
-        if !elevated {
-            session.remove(session::ELEVATED);
+        if by_claim {
+            return (true, None);
         }
+        session.remove(claim);
+        let (Some(el), Some(user)) = (&self.elevation, &user_id) else {
+            return (false, Some(GrantError::Missing));
+        };
+        let Some(grant) = el.grant_of(req) else {
+            return (false, Some(GrantError::Missing));
+        };
+        let Some(token) = token else {
+            return (false, Some(GrantError::Mismatch));
+        };
+        match el.grants.verify(&grant, user, &token.raw, now) {
+            Ok(()) => {
+                session.insert(claim, Value::String(user.clone()));
+                (true, None)
+            }
+            Err(e) => (false, Some(e)),
+        }
+    }
+
+    /// Role, elevation and rendering, once a mode has verified a session.
+    async fn finish(
+        &self,
+        auth: &Authenticator,
+        mut session: Session,
+        token: Option<AccessToken>,
+        req: &Request,
+        now: i64,
+    ) -> Decision {
+        if let Err(deny) = self.resolve_role(auth, &mut session, req) {
+            return deny;
+        }
+        let (elevated, grant_error) = self.elevation_state(&mut session, token.as_ref(), req, now);
+        if let Some(el) = &self.elevation
+            && !elevated
+            && el.route_requires(req)
+        {
+            match el.must_elevate(session.user_id().as_deref()).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    let label = grant_error.unwrap_or(GrantError::Missing).label();
+                    self.metrics
+                        .elevation_failures
+                        .with_label_values(&[label])
+                        .inc();
+                    return Decision::deny(DenyReason::ElevationRequired, Some(auth.mode.clone()));
+                }
+                Err(reason) => return Decision::deny(reason, Some(auth.mode.clone())),
+            }
+        }
+        let invalid = invalid_reason(auth);
         let mut headers = Vec::with_capacity(session.len());
         for (k, v) in session.iter() {
             let value = session::hasura_string(v);
@@ -367,6 +494,14 @@ impl Engine {
             elevated,
             headers_to_remove,
         })
+    }
+}
+
+/// What a broken session from this mode is reported as.
+fn invalid_reason(auth: &Authenticator) -> DenyReason {
+    match auth.kind {
+        AuthKind::Jwt(_) => DenyReason::InvalidToken,
+        _ => DenyReason::InternalError,
     }
 }
 

@@ -12,8 +12,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
+use crate::config::elevation::ElevationMode;
 use crate::config::{self, Config, ConfigErrors};
 use crate::decision::Decision;
+use crate::elevation::Elevation;
 use crate::jwks::JwksRegistry;
 use crate::metrics::{Frontend, Metrics};
 use crate::pipeline::Engine;
@@ -31,12 +33,13 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Builds the shared state from a validated config; JWKS fetches start
-    /// in the background (so this needs a Tokio runtime).
-    pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Self>, String> {
+    /// Builds the shared state from a validated config: opens the elevation
+    /// store, starts JWKS fetches in the background.
+    pub async fn new(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Self>, String> {
         let metrics = Arc::new(Metrics::new());
         let registry = JwksRegistry::new()?;
-        let engine = Engine::new(config, &registry, metrics.clone(), true);
+        let elevation = open_elevation(&config, None).await?;
+        let engine = Engine::new(config, &registry, metrics.clone(), true, elevation);
         metrics.config_reload_ok.inc();
         metrics.config_last_reload_success.set(unix_seconds());
         Ok(Arc::new(Shared {
@@ -81,16 +84,34 @@ impl Shared {
 
     /// Re-reads the config file; on success swaps the engine in, keeping
     /// JWKS caches whose URL is unchanged. On error the old config serves.
-    pub fn reload(&self) -> Result<(), ConfigErrors> {
+    pub async fn reload(&self) -> Result<(), ConfigErrors> {
         let Some(path) = &self.config_path else {
             return Ok(());
         };
-        match config::load_file(path) {
-            Ok(config) => {
+        let loaded = config::load_file(path);
+        let current = self.engine.load_full();
+        let loaded = match loaded {
+            Ok(config) => match open_elevation(&config, current.elevation().map(|e| &**e)).await {
+                Ok(elevation) => Ok((config, elevation)),
+                Err(e) => Err(ConfigErrors(vec![config::Problem {
+                    path: config::YamlPath::root().key("definition").key("elevation"),
+                    message: e,
+                }])),
+            },
+            Err(e) => Err(e),
+        };
+        match loaded {
+            Ok((config, elevation)) => {
                 for w in &config.warnings {
                     tracing::warn!(path = %w.path, "{}", w.message);
                 }
-                let engine = Engine::new(config, &self.registry, self.metrics.clone(), true);
+                let engine = Engine::new(
+                    config,
+                    &self.registry,
+                    self.metrics.clone(),
+                    true,
+                    elevation,
+                );
                 let urls: Vec<&str> = engine.jwks().iter().map(|c| c.url()).collect();
                 self.registry.retain(&urls);
                 self.engine.store(Arc::new(engine));
@@ -110,6 +131,20 @@ impl Shared {
                 Err(e)
             }
         }
+    }
+}
+
+/// Opens the elevation stage when the config asks for it (a mode other than
+/// disabled, or WebAuthn settings for voluntary step-up).
+pub async fn open_elevation(
+    config: &Config,
+    previous: Option<&Elevation>,
+) -> Result<Option<Arc<Elevation>>, String> {
+    match &config.elevation {
+        Some(cfg) if cfg.mode != ElevationMode::Disabled || cfg.webauthn.is_some() => Ok(Some(
+            Arc::new(Elevation::open(cfg.clone(), previous).await?),
+        )),
+        _ => Ok(None),
     }
 }
 

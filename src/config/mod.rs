@@ -6,6 +6,7 @@
 //! expressions compile, keys parse, URLs parse, environment references
 //! resolve. A `Config` that exists is one that can serve.
 
+pub mod elevation;
 pub mod env;
 pub mod reader;
 pub mod webhook;
@@ -34,6 +35,8 @@ pub struct Config {
     pub settings: Settings,
     /// Modes in RelyAuth's fixed order: apiKey, jwt, webhook, noAuth.
     pub modes: Vec<Mode>,
+    /// `definition.elevation`, when present.
+    pub elevation: Option<elevation::ElevationConfig>,
     /// Non-fatal findings (weak secrets, ignored variables), for the log.
     pub warnings: Vec<Problem>,
 }
@@ -285,13 +288,14 @@ fn compile(d: &mut Diagnostics, env: &dyn Env, root: &Value) -> Option<Config> {
         Some((p, v)) => modes(d, env, p, v),
         None => Vec::new(),
     };
-    if let Some((p, _)) = def.get("elevation") {
-        d.error(&p, "elevated access is not supported yet in this version");
-    }
+    let elevation = def
+        .get("elevation")
+        .and_then(|(p, v)| elevation::elevation(d, env, p, v));
     def.finish(d, &["settings", "modes", "elevation"]);
     Some(Config {
         settings,
         modes,
+        elevation,
         warnings: Vec::new(),
     })
 }
@@ -1069,8 +1073,18 @@ pub fn summary(c: &Config) -> String {
             _ => None,
         })
         .collect();
+    let elevation = match &c.elevation {
+        Some(e) => format!(
+            "; elevation {:?} ({} route{})",
+            e.mode,
+            e.routes.len(),
+            if e.routes.len() == 1 { "" } else { "s" }
+        )
+        .to_ascii_lowercase(),
+        None => String::new(),
+    };
     format!(
-        "configuration OK: {} mode{}: {}; {} JWKS URL{}; {} warning{}",
+        "configuration OK: {} mode{}: {}; {} JWKS URL{}{elevation}; {} warning{}",
         c.modes.len(),
         if c.modes.len() == 1 { "" } else { "s" },
         modes.join(", "),

@@ -196,7 +196,7 @@ impl TestServer {
         };
         let config = authgate::config::parse(yaml, &env)
             .unwrap_or_else(|e| panic!("test config invalid: {e}"));
-        let shared = authgate::server::Shared::new(config, None).unwrap();
+        let shared = authgate::server::Shared::new(config, None).await.unwrap();
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let running = authgate::server::start(shared, any, any).await.unwrap();
         TestServer { running }

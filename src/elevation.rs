@@ -1,0 +1,470 @@
+//! Elevated access (SPEC 7): which requests need it, whether a request has
+//! it (an nhost token claim or an authgate grant), and the grants themselves.
+//!
+//! A grant is a short JWT signed by authgate, bound to the user (`sub`) and
+//! to the exact access token (`ath`, base64url SHA-256 of it, as in DPoP), so
+//! it dies with that token: renewing the access token ends the elevation, as
+//! nhost's claim does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::{Jwk, ThumbprintHash};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::config::elevation::{ElevationConfig, ElevationMode, RoutePath};
+use crate::decision::DenyReason;
+use crate::request::Request;
+use crate::store::{CredentialStore, StoreOptions};
+
+/// `aud` of every grant, so no other token of ours can pass for one.
+pub const GRANT_AUDIENCE: &str = "authgate-elevation";
+/// Header (and cookie) carrying a grant.
+pub const GRANT_HEADER: &str = "x-elevation-token";
+
+/// Decodes `%XX` for unreserved characters (and `/`, `\`, which must not
+/// hide a segment), turns `\` into `/`, collapses `//`, resolves `.` and
+/// `..`, and drops the query and fragment. Matching on this form means no
+/// spelling of a protected path escapes its rule.
+pub fn normalize_path(raw: &str) -> String {
+    let raw = raw.split(['?', '#']).next().unwrap_or("");
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                let c = (h * 16 + l) as u8;
+                if c.is_ascii_alphanumeric() || b"-._~/\\".contains(&c) {
+                    decoded.push(c);
+                    i += 3;
+                    continue;
+                }
+                // Keep other escapes, in upper case.
+                decoded.push(b'%');
+                decoded.extend(format!("{c:02X}").bytes());
+                i += 3;
+                continue;
+            }
+        }
+        decoded.push(bytes[i]);
+        i += 1;
+    }
+    let text = String::from_utf8_lossy(&decoded).replace('\\', "/");
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in text.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(text.len() + 1);
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() || (text.ends_with('/') && !segments.is_empty()) {
+        out.push('/');
+    }
+    out
+}
+
+/// A prefix keeps its trailing slash (`/v1/user/` covers `/v1/user/x`).
+pub fn normalize_prefix(raw: &str) -> String {
+    normalize_path(raw)
+}
+
+fn route_matches(prefix_or_path: &RoutePath, path: &str) -> bool {
+    match prefix_or_path {
+        RoutePath::Exact(p) => path == p || path.strip_suffix('/') == Some(p.as_str()),
+        RoutePath::Prefix(p) => {
+            path.starts_with(p.as_str()) || (p.ends_with('/') && path == &p[..p.len() - 1])
+        }
+    }
+}
+
+/// authgate's grant signing keys and their public JWKS.
+pub struct GrantKeys {
+    alg: Algorithm,
+    kid: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    jwks: Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantError {
+    Missing,
+    Invalid,
+    Expired,
+    Mismatch,
+}
+
+impl GrantError {
+    /// `authgate_elevation_failures_total{reason}`.
+    pub fn label(self) -> &'static str {
+        match self {
+            GrantError::Missing => "missing",
+            GrantError::Invalid => "invalid_grant",
+            GrantError::Expired => "expired",
+            GrantError::Mismatch => "mismatch",
+        }
+    }
+}
+
+/// base64url SHA-256 of an access token (`ath`).
+pub fn token_hash(token: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()))
+}
+
+impl GrantKeys {
+    /// From a private key PEM (PKCS#8 for EC and Ed25519; RSA PKCS#1 or #8).
+    pub fn from_pem(alg: Algorithm, pem: &str) -> Result<Self, String> {
+        let encoding = match alg.family() {
+            AlgorithmFamily::Ec => EncodingKey::from_ec_pem(pem.as_bytes()),
+            AlgorithmFamily::Rsa => EncodingKey::from_rsa_pem(pem.as_bytes()),
+            AlgorithmFamily::Ed => EncodingKey::from_ed_pem(pem.as_bytes()),
+            _ => return Err("grants need an asymmetric algorithm".into()),
+        }
+        .map_err(|_| {
+            "not a private key PEM for this algorithm (EC and Ed25519 keys must be PKCS#8)"
+                .to_string()
+        })?;
+        Self::from_encoding_key(alg, encoding)
+    }
+
+    /// A fresh ES256 key; grants signed with it die with the process.
+    pub fn generate() -> Result<Self, String> {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
+            .map_err(|_| "cannot generate a key".to_string())?;
+        let der = pair
+            .to_pkcs8v1()
+            .map_err(|_| "cannot encode the key".to_string())?;
+        Self::from_encoding_key(Algorithm::ES256, EncodingKey::from_ec_der(der.as_ref()))
+    }
+
+    fn from_encoding_key(alg: Algorithm, encoding: EncodingKey) -> Result<Self, String> {
+        let mut jwk = Jwk::from_encoding_key(&encoding, alg)
+            .map_err(|_| "cannot derive the public key".to_string())?;
+        let kid = jwk
+            .thumbprint(ThumbprintHash::SHA256)
+            .map_err(|_| "cannot compute the key id".to_string())?;
+        jwk.common.key_id = Some(kid.clone());
+        jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+        let decoding =
+            DecodingKey::from_jwk(&jwk).map_err(|_| "cannot derive the public key".to_string())?;
+        let jwks = json!({ "keys": [jwk] });
+        // Prove the pair works before serving with it.
+        let probe = jsonwebtoken::encode(&Header::new(alg), &json!({"probe": true}), &encoding)
+            .map_err(|_| "the key cannot sign".to_string())?;
+        let parsed = crate::jwt::parse(&probe).map_err(|_| "the key cannot sign".to_string())?;
+        if !parsed.verify_with(&decoding) {
+            return Err("the private key does not match its public key".into());
+        }
+        Ok(GrantKeys {
+            alg,
+            kid,
+            encoding,
+            decoding,
+            jwks,
+        })
+    }
+
+    /// The public keys, for `GET /.well-known/jwks.json`.
+    pub fn jwks(&self) -> &Value {
+        &self.jwks
+    }
+
+    /// Signs a grant for `user` bound to `access_token`, expiring at
+    /// `min(now + ttl, token_exp)`. Returns the token and its lifetime.
+    pub fn mint(
+        &self,
+        user: &str,
+        access_token: &str,
+        token_exp: Option<i64>,
+        ttl: Duration,
+        now: i64,
+    ) -> Result<(String, i64), String> {
+        let mut exp = now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2));
+        if let Some(t) = token_exp {
+            exp = exp.min(t);
+        }
+        let lifetime = exp - now;
+        if lifetime <= 0 {
+            return Err("the access token expires now".into());
+        }
+        let mut header = Header::new(self.alg);
+        header.kid = Some(self.kid.clone());
+        let claims = json!({
+            "iss": "authgate",
+            "aud": GRANT_AUDIENCE,
+            "sub": user,
+            "ath": token_hash(access_token),
+            "iat": now,
+            "exp": exp,
+            "jti": uuid::Uuid::new_v4().to_string(),
+        });
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
+            .map_err(|_| "signing failed".to_string())?;
+        Ok((token, lifetime))
+    }
+
+    /// Checks a grant for this user and this access token.
+    pub fn verify(
+        &self,
+        grant: &str,
+        user: &str,
+        access_token: &str,
+        now: i64,
+    ) -> Result<(), GrantError> {
+        let parsed = crate::jwt::parse(grant).map_err(|_| GrantError::Invalid)?;
+        if parsed.alg != self.alg || !parsed.verify_with(&self.decoding) {
+            return Err(GrantError::Invalid);
+        }
+        let claims = parsed.claims().map_err(|_| GrantError::Invalid)?;
+        if claims.get("aud").and_then(Value::as_str) != Some(GRANT_AUDIENCE) {
+            return Err(GrantError::Invalid);
+        }
+        match claims.get("exp").and_then(Value::as_i64) {
+            Some(exp) if now < exp => {}
+            Some(_) => return Err(GrantError::Expired),
+            None => return Err(GrantError::Invalid),
+        }
+        let sub_ok = claims.get("sub").and_then(Value::as_str) == Some(user);
+        let ath = token_hash(access_token);
+        let ath_ok = claims.get("ath").and_then(Value::as_str).is_some_and(|a| {
+            bool::from(subtle::ConstantTimeEq::ct_eq(a.as_bytes(), ath.as_bytes()))
+        });
+        if sub_ok && ath_ok {
+            Ok(())
+        } else {
+            Err(GrantError::Mismatch)
+        }
+    }
+}
+
+/// The elevation stage: policy, grants, and the security-key store.
+pub struct Elevation {
+    pub cfg: ElevationConfig,
+    pub grants: Arc<GrantKeys>,
+    pub store: Arc<dyn CredentialStore>,
+    /// The WebAuthn relying party, when `webauthn` is configured.
+    pub webauthn: Option<Arc<webauthn_rs::Webauthn>>,
+    /// Whether each user has a security key, cached briefly; invalidated
+    /// when this instance adds or deletes a key.
+    has_keys: moka::sync::Cache<String, bool>,
+}
+
+impl Elevation {
+    /// Opens the store and prepares the grant keys. On reload, `previous`
+    /// lends its store (same URL) and its keys (same or generated key), so
+    /// pending ceremonies and issued grants survive.
+    pub async fn open(cfg: ElevationConfig, previous: Option<&Elevation>) -> Result<Self, String> {
+        let same_key = |p: &&Elevation| match (&p.cfg.grant.signing_key, &cfg.grant.signing_key) {
+            (None, None) => true,
+            (Some((a, k)), Some((b, l))) => a == b && k == l,
+            _ => false,
+        };
+        let grants = match previous.filter(same_key) {
+            Some(p) => p.grants.clone(),
+            None => Arc::new(match &cfg.grant.signing_key {
+                Some((alg, pem)) => GrantKeys::from_pem(*alg, &pem.0)?,
+                None => {
+                    tracing::warn!(
+                        "elevation.grant.signingKey is not set: a key was generated; grants will not survive a restart or work across replicas"
+                    );
+                    GrantKeys::generate()?
+                }
+            }),
+        };
+        let reuse = previous
+            .filter(|p| p.cfg.store_url == cfg.store_url && p.cfg.nhost_keys == cfg.nhost_keys);
+        let store = match reuse {
+            Some(p) => p.store.clone(),
+            None => crate::store::open(
+                &cfg.store_url,
+                &StoreOptions {
+                    nhost_keys: cfg.nhost_keys,
+                },
+            )
+            .await
+            .map_err(|e| format!("elevation store: {e}"))?,
+        };
+        let webauthn = match &cfg.webauthn {
+            Some(w) => {
+                let first = w.origins.first().ok_or("webauthn.origins is empty")?;
+                let mut b = webauthn_rs::WebauthnBuilder::new(&w.rp_id, first)
+                    .map_err(|e| format!("webauthn: {e}"))?
+                    .rp_name(&w.rp_name)
+                    .timeout(cfg.challenge_ttl);
+                for o in &w.origins[1..] {
+                    b = b.append_allowed_origin(o);
+                }
+                Some(Arc::new(b.build().map_err(|e| format!("webauthn: {e}"))?))
+            }
+            None => None,
+        };
+        Ok(Elevation {
+            cfg,
+            grants,
+            store,
+            webauthn,
+            has_keys: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(30))
+                .build(),
+        })
+    }
+
+    /// A route rule matches (method and normalized path), or Envoy's
+    /// `context_extensions` say `elevation: required`.
+    pub fn route_requires(&self, req: &Request) -> bool {
+        if req
+            .context
+            .get("elevation")
+            .is_some_and(|v| v.eq_ignore_ascii_case("required"))
+        {
+            return true;
+        }
+        if self.cfg.routes.is_empty() {
+            return false;
+        }
+        let path = normalize_path(&req.path);
+        self.cfg.routes.iter().any(|r| {
+            (r.methods.is_empty()
+                || r.methods
+                    .iter()
+                    .any(|m| m.eq_ignore_ascii_case(&req.method)))
+                && route_matches(&r.path, &path)
+        })
+    }
+
+    pub async fn user_has_keys(&self, user: &str) -> Result<bool, DenyReason> {
+        if let Some(b) = self.has_keys.get(user) {
+            return Ok(b);
+        }
+        let n = self.store.count_keys(user).await.map_err(|e| {
+            tracing::error!(error = %e, "security-key store unavailable");
+            DenyReason::InternalError
+        })?;
+        self.has_keys.insert(user.to_owned(), n > 0);
+        Ok(n > 0)
+    }
+
+    pub fn invalidate(&self, user: &str) {
+        self.has_keys.invalidate(user);
+    }
+
+    /// Whether a request that `needs` elevation may go on without it, under
+    /// the configured mode (nhost semantics).
+    pub async fn must_elevate(&self, user: Option<&str>) -> Result<bool, DenyReason> {
+        match self.cfg.mode {
+            ElevationMode::Disabled => Ok(false),
+            ElevationMode::Required => Ok(true),
+            ElevationMode::Recommended => match user {
+                Some(u) => self.user_has_keys(u).await,
+                None => Ok(false),
+            },
+        }
+    }
+
+    /// The grant a request carries: header, else cookie.
+    pub fn grant_of<'a>(&self, req: &'a Request) -> Option<std::borrow::Cow<'a, str>> {
+        let loc = crate::config::TokenLocation {
+            place: crate::config::Place::Header,
+            name: GRANT_HEADER.into(),
+            scheme: None,
+        };
+        if let crate::request::Credential::Present(g) = req.credential(&loc) {
+            return Some(g);
+        }
+        let cookie = crate::config::TokenLocation {
+            place: crate::config::Place::Cookie,
+            name: GRANT_HEADER.into(),
+            scheme: None,
+        };
+        match req.credential(&cookie) {
+            crate::request::Credential::Present(g) => Some(g),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalization_defeats_spellings() {
+        for (raw, want) in [
+            ("/v1/user/password", "/v1/user/password"),
+            ("/v1//user/./password?x=1", "/v1/user/password"),
+            ("/v1/user/x/../password", "/v1/user/password"),
+            ("/v1/%75ser/password", "/v1/user/password"),
+            ("/v1/user%2Fpassword", "/v1/user/password"),
+            ("/v1/user%2fpassword", "/v1/user/password"),
+            ("/v1\\user\\password", "/v1/user/password"),
+            ("/v1/user/%2e%2e/user/password", "/v1/user/password"),
+            ("/../../v1/user/password#f", "/v1/user/password"),
+            ("/v1/user/", "/v1/user/"),
+            ("", "/"),
+            ("/a%20b", "/a%20b"),
+        ] {
+            assert_eq!(normalize_path(raw), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn routes_match_exact_and_prefix() {
+        let exact = RoutePath::Exact("/v1/user/password".into());
+        assert!(route_matches(&exact, "/v1/user/password"));
+        assert!(route_matches(&exact, "/v1/user/password/"));
+        assert!(!route_matches(&exact, "/v1/user/passwords"));
+        let prefix = RoutePath::Prefix("/v1/user/".into());
+        assert!(route_matches(&prefix, "/v1/user/email"));
+        assert!(route_matches(&prefix, "/v1/user"));
+        assert!(!route_matches(&prefix, "/v1/username"));
+    }
+
+    #[test]
+    fn grants_bind_user_and_token() {
+        let keys = GrantKeys::generate().unwrap();
+        let now = 1_000_000;
+        let (g, life) = keys
+            .mint("u1", "tok", Some(now + 100), Duration::from_secs(900), now)
+            .unwrap();
+        assert_eq!(life, 100, "never beyond the access token");
+        assert_eq!(keys.verify(&g, "u1", "tok", now + 1), Ok(()));
+        assert_eq!(
+            keys.verify(&g, "u2", "tok", now + 1),
+            Err(GrantError::Mismatch)
+        );
+        assert_eq!(
+            keys.verify(&g, "u1", "tok2", now + 1),
+            Err(GrantError::Mismatch)
+        );
+        assert_eq!(
+            keys.verify(&g, "u1", "tok", now + 100),
+            Err(GrantError::Expired)
+        );
+        assert_eq!(
+            keys.verify("x.y.z", "u1", "tok", now),
+            Err(GrantError::Invalid)
+        );
+        let other = GrantKeys::generate().unwrap();
+        assert_eq!(
+            other.verify(&g, "u1", "tok", now + 1),
+            Err(GrantError::Invalid)
+        );
+        assert_eq!(keys.jwks()["keys"][0]["kid"], json!(keys.kid));
+    }
+}
