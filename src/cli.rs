@@ -352,7 +352,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
         version = env!("CARGO_PKG_VERSION"),
         "listening"
     );
+    let watcher = server::watch_config(shared.clone());
     signals.wait(&shared).await;
+    if let Some(w) = watcher {
+        w.abort();
+    }
     tracing::info!("draining in-flight requests");
     if tokio::time::timeout(Duration::from_secs(25), running.shutdown())
         .await

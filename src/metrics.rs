@@ -68,6 +68,27 @@ pub const ELEVATION_FAILURE_REASONS: [&str; 5] = [
 pub const CEREMONY_STEPS: [&str; 3] = ["begin", "verify", "register"];
 pub const RESULTS_OK_ERROR: [&str; 2] = ["ok", "error"];
 
+const JWK_LOOKUPS_HELP: &str = "Key lookups for a token's kid in a JWKS, by key source and result.";
+const JWKS_FETCHES_HELP: &str = "JWKS fetches, by key source and result.";
+const JWKS_KEYS_HELP: &str = "Keys currently loaded, by key source.";
+const JWKS_LAST_SUCCESS_HELP: &str = "Unix time of the last successful JWKS fetch, by key source.";
+
+/// Families whose series only exist per configured key source.
+const SOURCE_FAMILIES: [(&str, &str, &str); 4] = [
+    (
+        "authgate_jwk_cache_lookups_total",
+        "counter",
+        JWK_LOOKUPS_HELP,
+    ),
+    ("authgate_jwks_fetches_total", "counter", JWKS_FETCHES_HELP),
+    ("authgate_jwks_keys", "gauge", JWKS_KEYS_HELP),
+    (
+        "authgate_jwks_last_success_timestamp_seconds",
+        "gauge",
+        JWKS_LAST_SUCCESS_HELP,
+    ),
+];
+
 pub struct Metrics {
     registry: Registry,
     checks: Vec<IntCounter>, // [frontend][outcome][mode]
@@ -149,30 +170,25 @@ impl Metrics {
         let jwk_lookups = counter_vec(
             &registry,
             "authgate_jwk_cache_lookups_total",
-            "Key lookups for a token's kid in a JWKS, by key source and result.",
+            JWK_LOOKUPS_HELP,
             &["source", "result"],
         );
         let jwks_fetches = counter_vec(
             &registry,
             "authgate_jwks_fetches_total",
-            "JWKS fetches, by key source and result.",
+            JWKS_FETCHES_HELP,
             &["source", "result"],
         );
-        let jwks_keys = IntGaugeVec::new(
-            Opts::new(
-                "authgate_jwks_keys",
-                "Keys currently loaded, by key source.",
-            ),
-            &["source"],
-        )
-        .expect("static metric definition");
+        let jwks_keys =
+            IntGaugeVec::new(Opts::new("authgate_jwks_keys", JWKS_KEYS_HELP), &["source"])
+                .expect("static metric definition");
         registry
             .register(Box::new(jwks_keys.clone()))
             .expect("metric registered once");
         let jwks_last_success = GaugeVec::new(
             Opts::new(
                 "authgate_jwks_last_success_timestamp_seconds",
-                "Unix time of the last successful JWKS fetch, by key source.",
+                JWKS_LAST_SUCCESS_HELP,
             ),
             &["source"],
         )
@@ -276,14 +292,23 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text exposition.
+    /// Prometheus text exposition. Families without any series yet (the
+    /// per-source JWKS families when no `jwkFromUrl` is configured) are still
+    /// announced with their HELP and TYPE lines, so every family exists from start.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let encoder = TextEncoder::new();
-        if encoder.encode(&self.registry.gather(), &mut buf).is_err() {
+        let families = self.registry.gather();
+        if encoder.encode(&families, &mut buf).is_err() {
             return String::new();
         }
-        String::from_utf8(buf).unwrap_or_default()
+        let mut text = String::from_utf8(buf).unwrap_or_default();
+        for (name, kind, help) in SOURCE_FAMILIES {
+            if !families.iter().any(|f| f.name() == name) {
+                text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            }
+        }
+        text
     }
 }
 
@@ -300,9 +325,8 @@ mod tests {
 
     #[test]
     fn every_family_is_present_from_start() {
-        let m = Metrics::new();
-        let _ = m.source("users");
-        let text = m.render();
+        // Without any key source too.
+        let text = Metrics::new().render();
         for name in [
             "authgate_check_requests_total",
             "authgate_check_duration_seconds",

@@ -134,6 +134,41 @@ impl Shared {
     }
 }
 
+/// How often the config file is checked for changes.
+pub const CONFIG_POLL: Duration = Duration::from_secs(2);
+
+fn fingerprint(path: &std::path::Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
+}
+
+/// Reloads the config when the file's content changes (an edit, or a
+/// Kubernetes ConfigMap swapping its symlink). A file that disappears or
+/// cannot be read is counted as a failed reload; the running config stays.
+pub fn watch_config(shared: Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> {
+    let path = shared.config_path.clone()?;
+    Some(tokio::spawn(async move {
+        let mut last = fingerprint(&path);
+        loop {
+            tokio::time::sleep(CONFIG_POLL).await;
+            let now = fingerprint(&path);
+            if now == last {
+                continue;
+            }
+            last = now;
+            if now.is_some() {
+                let _ = shared.reload().await;
+            } else {
+                shared.metrics.config_reload_error.inc();
+                tracing::error!(config = %path.display(), "configuration file unreadable; the previous configuration keeps serving");
+            }
+        }
+    }))
+}
+
 /// Opens the elevation stage when the config asks for it (a mode other than
 /// disabled, or WebAuthn settings for voluntary step-up).
 pub async fn open_elevation(

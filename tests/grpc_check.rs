@@ -728,10 +728,21 @@ async fn health_and_metrics_on_both_addresses() {
     );
     server.check(&[("authorization", &bearer(&token))]).await;
     server.check(&[]).await;
+    // The same token again: served from the verified-token cache.
+    let o = outcome(&server.check(&[("authorization", &bearer(&token))]).await);
+    assert_eq!(o.code, 0);
     let m = server.metrics().await;
-    assert!(m.contains(r#"authgate_check_requests_total{decision="allow",frontend="grpc",mode="jwt",reason="none"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"authgate_token_cache_lookups_total{result="hit"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"authgate_token_cache_lookups_total{result="miss"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains(r#"authgate_check_requests_total{decision="allow",frontend="grpc",mode="jwt",reason="none"} 2"#), "{m}");
     assert!(m.contains(r#"authgate_check_requests_total{decision="deny",frontend="grpc",mode="none",reason="missing_credentials"} 1"#));
-    assert!(m.contains("authgate_check_duration_seconds_count{frontend=\"grpc\"} 2"));
+    assert!(m.contains("authgate_check_duration_seconds_count{frontend=\"grpc\"} 3"));
     assert!(m.contains(r#"authgate_build_info{version=""#));
 }
 
@@ -790,4 +801,44 @@ fn tokio_stream_iter<T: Send + 'static>(
     items: Vec<T>,
 ) -> impl futures_util::Stream<Item = T> + Send + 'static {
     futures_util::stream::iter(items)
+}
+
+#[tokio::test]
+async fn cached_tokens_still_expire_on_time() {
+    let cfg = format!(
+        r#"
+definition:
+  settings: {{tokenCacheTtl: 300}}
+  modes:
+    - mode: jwt
+      key: {{algorithm: HS256, key: {{value: "{SECRET}"}}}}
+      allowedSkew: 0
+      claimsConfig: {{namespace: {{location: '"claims.jwt.hasura.io"'}}}}
+"#
+    );
+    let server = TestServer::start(&cfg).await;
+    let mut claims = hasura_claims("u", &["user", "editor"], "user");
+    claims["exp"] = json!(now() + 2);
+    let token = mint(Algorithm::HS256, SECRET, claims, None);
+    let auth = bearer(&token);
+    assert_eq!(
+        outcome(&server.check(&[("authorization", &auth)]).await).code,
+        0
+    );
+    // Per-request inputs apply after the cache: the role header still counts.
+    let o = outcome(
+        &server
+            .check(&[("authorization", &auth), ("x-hasura-role", "editor")])
+            .await,
+    );
+    assert_eq!((o.code, o.headers["x-hasura-role"].as_str()), (0, "editor"));
+    let o = outcome(
+        &server
+            .check(&[("authorization", &auth), ("x-hasura-role", "admin")])
+            .await,
+    );
+    assert_eq!(o.reason(), "role_not_allowed");
+    tokio::time::sleep(std::time::Duration::from_millis(2600)).await;
+    let o = outcome(&server.check(&[("authorization", &auth)]).await);
+    assert_eq!(o.reason(), "token_expired");
 }

@@ -1,0 +1,68 @@
+# authgate container image.
+#
+#   docker build -t authgate:0.1.0 .
+#   docker run --rm -p 50051:50051 -p 8080:8080 \
+#     -v "$PWD/examples/quickstart/auth.yaml:/etc/authgate/auth.yaml:ro" authgate:0.1.0
+#
+# The entrypoint is `authgate serve`; the config is read from $AUTHGATE_CONFIG
+# (/etc/authgate/auth.yaml: mount it, the image ships none). Other commands:
+#   docker run --rm --entrypoint /usr/local/bin/authgate authgate:0.1.0 validate --config FILE
+# No HEALTHCHECK: in Kubernetes the probes (GET /healthz, GET /readyz on :8080)
+# do that job (see helm/authgate).
+
+ARG RUST_IMAGE=rust:1-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+
+FROM ${RUST_IMAGE} AS builder
+WORKDIR /build
+# Line tables and debug info are not needed in the image (the profile's
+# `debug = 1` is for local profiling); symbols stay for readable backtraces.
+ENV CARGO_TERM_COLOR=never \
+    CARGO_PROFILE_RELEASE_DEBUG=0
+
+# 1. Dependencies, in their own layer: rebuilt only when the manifest, the
+#    lock file or the build script change. `cargo fetch` downloads every
+#    package of the lock file (all targets), which build.rs needs: it runs
+#    `cargo metadata --offline` to find the envoy-types crate. libsqlite3
+#    (sqlx's bundled SQLite) and aws-lc are compiled with the image's C
+#    compiler.
+COPY Cargo.toml Cargo.lock build.rs ./
+RUN mkdir src \
+ && echo 'fn main() {}' > src/main.rs \
+ && : > src/lib.rs \
+ && cargo fetch --locked \
+ && cargo build --release --locked \
+ && rm -rf src
+
+# 2. authgate itself. The stub's fingerprints are removed so that cargo
+#    rebuilds the crate whatever the sources' timestamps are.
+COPY src ./src
+RUN rm -rf target/release/.fingerprint/authgate-* \
+ && touch src/main.rs src/lib.rs \
+ && cargo build --release --locked --bin authgate \
+ && mkdir -p /out/bin /out/var-lib/authgate \
+ && cp target/release/authgate /out/bin/authgate \
+ && /out/bin/authgate --version
+
+FROM ${RUNTIME_IMAGE}
+LABEL org.opencontainers.image.title="authgate" \
+      org.opencontainers.image.description="External authorization for Envoy, Istio, nginx and Traefik in front of Hasura" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="0.1.0"
+COPY --from=builder /out/bin/authgate /usr/local/bin/authgate
+# Writable working directory for the nonroot user: a relative SQLite
+# elevation store (sqlite://authgate.db) lives here. The Helm chart mounts a
+# volume over it and keeps the root filesystem read-only.
+COPY --from=builder --chown=65532:65532 /out/var-lib/ /var/lib/
+WORKDIR /var/lib/authgate
+ENV AUTHGATE_CONFIG=/etc/authgate/auth.yaml \
+    AUTHGATE_GRPC_ADDR=0.0.0.0:50051 \
+    AUTHGATE_HTTP_ADDR=0.0.0.0:8080
+# distroless' nonroot user, numeric so that Kubernetes can verify runAsNonRoot.
+USER 65532:65532
+# 50051: gRPC ext_authz (Envoy/Istio); 8080: HTTP forward-auth, Hasura
+# webhook, WebAuthn, /metrics, /healthz, /readyz.
+EXPOSE 50051 8080
+# SIGTERM drains in-flight decisions (up to 25 s), then exits 0.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/authgate", "serve"]
