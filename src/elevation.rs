@@ -91,6 +91,13 @@ fn route_matches(prefix_or_path: &RoutePath, path: &str) -> bool {
     }
 }
 
+/// Envoy's per-route `context_extensions: {elevation: required}`.
+pub fn context_requires(req: &Request) -> bool {
+    req.context
+        .get("elevation")
+        .is_some_and(|v| v.eq_ignore_ascii_case("required"))
+}
+
 /// authgate's grant signing keys and their public JWKS.
 pub struct GrantKeys {
     alg: Algorithm,
@@ -328,11 +335,7 @@ impl Elevation {
     /// A route rule matches (method and normalized path), or Envoy's
     /// `context_extensions` say `elevation: required`.
     pub fn route_requires(&self, req: &Request) -> bool {
-        if req
-            .context
-            .get("elevation")
-            .is_some_and(|v| v.eq_ignore_ascii_case("required"))
-        {
+        if context_requires(req) {
             return true;
         }
         if self.cfg.routes.is_empty() {

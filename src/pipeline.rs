@@ -451,22 +451,27 @@ impl Engine {
             return deny;
         }
         let (elevated, grant_error) = self.elevation_state(&mut session, token.as_ref(), req, now);
-        if let Some(el) = &self.elevation
-            && !elevated
-            && el.route_requires(req)
-        {
-            match el.must_elevate(session.user_id().as_deref()).await {
-                Ok(false) => {}
-                Ok(true) => {
-                    let label = grant_error.unwrap_or(GrantError::Missing).label();
-                    self.metrics
-                        .elevation_failures
-                        .with_label_values(&[label])
-                        .inc();
-                    return Decision::deny(DenyReason::ElevationRequired, Some(auth.mode.clone()));
-                }
-                Err(reason) => return Decision::deny(reason, Some(auth.mode.clone())),
+        // Without an elevation config, an Envoy route that asks for elevation
+        // can only be satisfied by an elevated token (fail closed).
+        let must = match &self.elevation {
+            _ if elevated => Ok(false),
+            Some(el) if el.route_requires(req) => {
+                el.must_elevate(session.user_id().as_deref()).await
             }
+            Some(_) => Ok(false),
+            None => Ok(crate::elevation::context_requires(req)),
+        };
+        match must {
+            Ok(false) => {}
+            Ok(true) => {
+                let label = grant_error.unwrap_or(GrantError::Missing).label();
+                self.metrics
+                    .elevation_failures
+                    .with_label_values(&[label])
+                    .inc();
+                return Decision::deny(DenyReason::ElevationRequired, Some(auth.mode.clone()));
+            }
+            Err(reason) => return Decision::deny(reason, Some(auth.mode.clone())),
         }
         let invalid = invalid_reason(auth);
         let mut headers = Vec::with_capacity(session.len());

@@ -247,6 +247,45 @@ async fn envoy_forwards_allowed_requests_with_session_headers_and_blocks_denials
         forwarded,
         "denied requests never reach the upstream"
     );
+
+    // The /v1/user/ route carries context_extensions {elevation: required}:
+    // a plain token is refused, an elevated (nhost-style) one passes.
+    let user_url = format!("http://127.0.0.1:{listen}/v1/user/email");
+    let resp = client
+        .post(&user_url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        resp.headers()["www-authenticate"],
+        "Bearer error=\"insufficient_user_authentication\""
+    );
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap()["error"],
+        "elevation_required"
+    );
+    assert_eq!(seen.lock().unwrap().len(), forwarded);
+    let mut claims = hasura_claims("user-42", &["user"], "user");
+    claims["claims.jwt.hasura.io"]["x-hasura-auth-elevated"] = json!("user-42");
+    let elevated = mint(Algorithm::HS256, SECRET, claims, None);
+    let resp = client
+        .post(&user_url)
+        .bearer_auth(&elevated)
+        .header("x-hasura-auth-elevated", "spoofed")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = seen.lock().unwrap().last().cloned().unwrap();
+    let elevated_values: Vec<&str> = got
+        .iter()
+        .filter(|(k, _)| k == "x-hasura-auth-elevated")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(elevated_values, vec!["user-42"]);
+
     let m = server.metrics().await;
-    assert!(m.contains(r#"authgate_check_requests_total{decision="allow",frontend="grpc",mode="jwt",reason="none"} 2"#), "{m}");
+    assert!(m.contains(r#"authgate_check_requests_total{decision="allow",frontend="grpc",mode="jwt",reason="none"} 3"#), "{m}");
 }

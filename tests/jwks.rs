@@ -60,6 +60,13 @@ async fn not_ready_until_keys_load_then_serves() {
         "{m}"
     );
     assert!(m.contains(r#"authgate_jwks_keys{source="idp"} 1"#), "{m}");
+    let last: f64 = m
+        .lines()
+        .find(|l| l.starts_with(r#"authgate_jwks_last_success_timestamp_seconds{source="idp"}"#))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!((last - now() as f64).abs() < 60.0, "{m}");
     assert!(
         m.contains(r#"authgate_jwk_cache_lookups_total{result="hit",source="idp"} 1"#),
         "{m}"
