@@ -216,7 +216,18 @@ fn token_with_private_key_files() {
 }
 
 /// Starts `authgate serve` on free ports; returns the child and its addresses.
+type Logs = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
 fn serve(config: &str, extra_env: &[(&str, &str)]) -> (std::process::Child, String, String) {
+    let (child, grpc, http, _) = serve_with_logs(config, extra_env);
+    (child, grpc, http)
+}
+
+/// Starts `authgate serve`; also returns its stderr lines as they arrive.
+fn serve_with_logs(
+    config: &str,
+    extra_env: &[(&str, &str)],
+) -> (std::process::Child, String, String, Logs) {
     let mut cmd = authgate();
     cmd.args([
         "serve",
@@ -248,8 +259,14 @@ fn serve(config: &str, extra_env: &[(&str, &str)]) -> (std::process::Child, Stri
     }
     assert!(!http.is_empty(), "server did not report its addresses");
     // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, grpc, http)
+    let logs: Logs = Default::default();
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (child, grpc, http, logs)
 }
 
 fn signal(child: &std::process::Child, sig: &str) {
@@ -381,4 +398,97 @@ fn serve_refuses_an_invalid_config_and_sigint_exits_zero() {
     let (mut child, _, _) = serve(&good, &[("AUTHGATE_LOG_FORMAT", "json")]);
     signal(&child, "-INT");
     assert_eq!(wait_exit(&mut child), 0);
+}
+
+#[tokio::test]
+async fn reload_keeps_jwks_and_logs_never_show_tokens() {
+    let rsa = private_key(jsonwebtoken::Algorithm::RS256);
+    let jwks = JwksServer::start(jwks_of(vec![public_jwk(
+        jsonwebtoken::Algorithm::RS256,
+        &rsa,
+        "k1",
+    )]))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = |issuer: &str| {
+        format!(
+            "definition:\n  modes:\n    - id: idp\n      mode: jwt\n      issuer: {issuer}\n      key: {{jwkFromUrl: {{value: \"{}\"}}}}\n      claimsConfig: {{namespace: {{location: h}}}}\n",
+            jwks.url()
+        )
+    };
+    let cfg = write_config(&dir, "auth.yaml", &config("https://a"));
+    let (mut child, _grpc, http, logs) = serve_with_logs(&cfg, &[]);
+    let mut ready = false;
+    for _ in 0..100 {
+        if reqwest::get(format!("http://{http}/readyz"))
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready);
+    assert_eq!(jwks.hits(), 1);
+    // A reload with the same JWKS URL keeps the cache: no refetch, still ready.
+    std::fs::write(&cfg, config("https://b")).unwrap();
+    signal(&child, "-HUP");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        reqwest::get(format!("http://{http}/readyz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(jwks.hits(), 1, "the JWKS cache survived the reload");
+    let token = mint(
+        jsonwebtoken::Algorithm::RS256,
+        &rsa,
+        serde_json::json!({"iss": "https://b", "h": {"x-hasura-role": "r"}}),
+        Some("k1"),
+    );
+    let resp = reqwest::Client::new()
+        .get(format!("http://{http}/check"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "the new issuer applies");
+    // A denial is logged once, with reason, mode and request id, never the token.
+    let forged = format!("{}x", token);
+    let resp = reqwest::Client::new()
+        .get(format!("http://{http}/check"))
+        .bearer_auth(&forged)
+        .header("x-request-id", "req-123")
+        .header("cookie", "session=cookie-secret-value")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(&child, "-TERM");
+    assert_eq!(wait_exit(&mut child), 0);
+    let logs = logs.lock().unwrap().join("\n");
+    let denial = logs
+        .lines()
+        .find(|l| l.contains("\"denied\""))
+        .unwrap_or_else(|| panic!("no denial line in:\n{logs}"));
+    let v: Value = serde_json::from_str(denial).unwrap();
+    assert_eq!(
+        (
+            v["reason"].as_str(),
+            v["mode"].as_str(),
+            v["request_id"].as_str()
+        ),
+        (Some("invalid_token"), Some("jwt"), Some("req-123"))
+    );
+    assert!(!logs.contains(&token[..40]), "a token was logged:\n{logs}");
+    assert!(
+        !logs.contains("cookie-secret-value"),
+        "a cookie was logged:\n{logs}"
+    );
 }
