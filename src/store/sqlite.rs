@@ -99,13 +99,24 @@ impl SqliteStore {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
         };
-        let pool = pool_options
-            .acquire_timeout(BUSY_TIMEOUT * 2)
-            .connect_with(options)
-            .await
-            .map_err(|e| {
-                StoreError::Unavailable(format!("cannot open SQLite store `{path}`: {e}"))
-            })?;
+        let pool_options = pool_options.acquire_timeout(BUSY_TIMEOUT * 2);
+        // Switching a new file to WAL can answer SQLITE_BUSY without waiting
+        // for the busy timeout when several openers race; retry briefly.
+        let mut attempt = 0;
+        let pool = loop {
+            match pool_options.clone().connect_with(options.clone()).await {
+                Ok(pool) => break pool,
+                Err(e) if attempt < 50 && is_busy(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20 + 10 * attempt)).await;
+                }
+                Err(e) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "cannot open SQLite store `{path}`: {e}"
+                    )));
+                }
+            }
+        };
         let store = SqliteStore { pool };
         store.migrate().await.map_err(|e| match e {
             StoreError::Unavailable(msg) => {
@@ -351,5 +362,16 @@ impl CredentialStore for SqliteStore {
                 .map_err(db_error)?;
             Ok(done.rows_affected())
         })
+    }
+}
+
+/// SQLITE_BUSY (5) or SQLITE_LOCKED (6), primary codes.
+fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+        _ => false,
     }
 }
