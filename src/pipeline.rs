@@ -370,10 +370,10 @@ impl Engine {
         verified?;
         let claims = parsed.claims()?;
         let exp = jwt::check_claims(&claims, &rules, now)?;
-        let session = claims::extract(&j.claims, &Value::Object(claims.clone()))
-            .map_err(|_| JwtError::Claims)?;
+        let nbf = claims.get("nbf").and_then(Value::as_i64);
+        let session =
+            claims::extract(&j.claims, &Value::Object(claims)).map_err(|_| JwtError::Claims)?;
         if let (Some(cache), Some(key)) = (&self.token_cache, cache_key) {
-            let nbf = claims.get("nbf").and_then(Value::as_i64);
             cache.insert(key, session.clone(), exp, nbf, now);
         }
         Ok((session, exp))

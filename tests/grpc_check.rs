@@ -370,10 +370,7 @@ definition:
         (
             "no exp",
             {
-                let mut c = base(json!({}));
-                c["exp"] = serde_json::Value::Null;
-                let t = mint(Algorithm::RS256, &rsa, json!({}), None);
-                let _ = t;
+                let c = base(json!({}));
                 let mut obj = c.as_object().unwrap().clone();
                 obj.remove("exp");
                 let header = jsonwebtoken::Header::new(Algorithm::RS256);
