@@ -27,9 +27,11 @@ pub const GRANT_AUDIENCE: &str = "authgate-elevation";
 pub const GRANT_HEADER: &str = "x-elevation-token";
 
 /// Decodes `%XX` for unreserved characters (and `/`, `\`, which must not
-/// hide a segment), turns `\` into `/`, collapses `//`, resolves `.` and
-/// `..`, and drops the query and fragment. Matching on this form means no
-/// spelling of a protected path escapes its rule.
+/// hide a segment), turns `\` into `/`, drops `;` parameters from each
+/// segment (Servlet-style upstreams route `/a;x=1/b` and `/a/..;/b` as if
+/// they were not there), collapses `//`, resolves `.` and `..`, and drops the
+/// query and fragment. Matching on this form (case-insensitively, see
+/// [`route_matches`]) means no spelling of a protected path escapes its rule.
 pub fn normalize_path(raw: &str) -> String {
     let raw = raw.split(['?', '#']).next().unwrap_or("");
     let bytes = raw.as_bytes();
@@ -58,6 +60,7 @@ pub fn normalize_path(raw: &str) -> String {
     let text = String::from_utf8_lossy(&decoded).replace('\\', "/");
     let mut segments: Vec<&str> = Vec::new();
     for seg in text.split('/') {
+        let seg = seg.split(';').next().unwrap_or("");
         match seg {
             "" | "." => {}
             ".." => {
@@ -82,11 +85,16 @@ pub fn normalize_prefix(raw: &str) -> String {
     normalize_path(raw)
 }
 
+/// Compares ASCII case-insensitively: upstreams that route without regard
+/// to case (Express, nhost's hasura-auth, ASP.NET) must not be reachable
+/// through `/V1/USER/...`, and protecting a case variant costs nothing.
 fn route_matches(prefix_or_path: &RoutePath, path: &str) -> bool {
+    let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
     match prefix_or_path {
-        RoutePath::Exact(p) => path == p || path.strip_suffix('/') == Some(p.as_str()),
+        RoutePath::Exact(p) => same(path, p) || path.strip_suffix('/').is_some_and(|s| same(s, p)),
         RoutePath::Prefix(p) => {
-            path.starts_with(p.as_str()) || (p.ends_with('/') && path == &p[..p.len() - 1])
+            path.get(..p.len()).is_some_and(|head| same(head, p))
+                || (p.ends_with('/') && same(path, &p[..p.len() - 1]))
         }
     }
 }
@@ -421,6 +429,10 @@ mod tests {
             ("/v1/user/", "/v1/user/"),
             ("", "/"),
             ("/a%20b", "/a%20b"),
+            ("/v1/user/password;jsessionid=1", "/v1/user/password"),
+            ("/v1/user;x=1/password", "/v1/user/password"),
+            ("/v1/x/..;/user/password", "/v1/user/password"),
+            ("/v1/;/user", "/v1/user"),
         ] {
             assert_eq!(normalize_path(raw), want, "{raw}");
         }
@@ -432,10 +444,15 @@ mod tests {
         assert!(route_matches(&exact, "/v1/user/password"));
         assert!(route_matches(&exact, "/v1/user/password/"));
         assert!(!route_matches(&exact, "/v1/user/passwords"));
+        assert!(route_matches(&exact, "/V1/User/PASSWORD"));
         let prefix = RoutePath::Prefix("/v1/user/".into());
         assert!(route_matches(&prefix, "/v1/user/email"));
         assert!(route_matches(&prefix, "/v1/user"));
         assert!(!route_matches(&prefix, "/v1/username"));
+        assert!(route_matches(&prefix, "/V1/USER/x"));
+        assert!(route_matches(&prefix, "/V1/User"));
+        assert!(!route_matches(&prefix, "/v1/us"));
+        assert!(!route_matches(&prefix, "/v1/usé/x"));
     }
 
     #[test]

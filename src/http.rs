@@ -8,12 +8,13 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 
-use crate::decision::Decision;
+use crate::decision::{Decision, DenyReason};
 use crate::metrics::Frontend;
 use crate::request::{Headers, Request};
 use crate::server::Shared;
@@ -21,7 +22,24 @@ use crate::server::Shared;
 /// The denial reason on `/check` answers, so nginx can rebuild the body.
 pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-authgate-reason");
 
+/// Most header fields one HTTP request may carry (hyper also refuses more
+/// than 100 on HTTP/1.1).
+pub const MAX_HEADERS: usize = 100;
+/// Largest request target plus header names and values of one HTTP request.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Largest body of a WebAuthn endpoint call.
+pub const MAX_WEBAUTHN_BODY_BYTES: usize = 64 * 1024;
+/// Largest POST body of the Hasura webhook endpoints (`/auth/ddn`, `/auth/hasura`).
+pub const MAX_HOOK_BODY_BYTES: usize = 1024 * 1024;
+
 pub fn router(shared: Arc<Shared>) -> Router {
+    let hooks = Router::new()
+        .route("/auth/ddn", get(hasura_ddn_get).post(hasura_ddn_post))
+        .route("/auth/hasura", get(hasura_v2_get).post(hasura_v2_post))
+        .layer(DefaultBodyLimit::max(MAX_HOOK_BODY_BYTES));
+    let webauthn = crate::webauthn_api::router()
+        .layer(DefaultBodyLimit::max(MAX_WEBAUTHN_BODY_BYTES))
+        .route_layer(middleware::from_fn_with_state(shared.clone(), bounded));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -29,10 +47,50 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/check", any(check))
         .route("/check/", any(check))
         .route("/check/{*rest}", any(check))
-        .route("/auth/ddn", get(hasura_ddn_get).post(hasura_ddn_post))
-        .route("/auth/hasura", get(hasura_v2_get).post(hasura_v2_post))
-        .merge(crate::webauthn_api::router())
+        .merge(hooks)
+        .merge(webauthn)
+        .layer(middleware::from_fn(header_limits))
         .with_state(shared)
+}
+
+/// Refuses a request whose headers exceed [`MAX_HEADERS`] or
+/// [`MAX_HEADER_BYTES`] with 431, before any route runs.
+async fn header_limits(req: axum::extract::Request, next: Next) -> Response {
+    let headers = req.headers();
+    let bytes = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum::<usize>()
+        + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+        return (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            r#"{"error":"invalid_request","message":"request headers too large"}"#,
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
+/// A WebAuthn call runs in an HTTP slot and within the decision timeout,
+/// like a decision: a hung store or IdP answers `internal_error` (503).
+async fn bounded(
+    State(shared): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let timeout = shared.decision_timeout();
+    match shared.bounded(Frontend::Http, timeout, next.run(req)).await {
+        Some(resp) => resp,
+        None => {
+            tracing::warn!(timeout_s = timeout.as_secs(), "WebAuthn call timed out");
+            render(&Decision::deny(DenyReason::InternalError, None))
+        }
+    }
 }
 
 async fn healthz() -> &'static str {

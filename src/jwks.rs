@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
+use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
 use crate::keys::{self, KeySet};
@@ -52,7 +53,9 @@ pub struct JwksCache {
     etag: Mutex<Option<String>>,
     /// Time of the last unknown-kid refetch; the async mutex makes it single-flight.
     refetch_gate: tokio::sync::Mutex<Option<Instant>>,
-    unknown_kids: moka::sync::Cache<String, ()>,
+    /// SHA-256 of kids that stayed unknown: 32 bytes an entry, however
+    /// long the kid (up to the 16 KiB token cap).
+    unknown_kids: moka::sync::Cache<[u8; 32], ()>,
     cooldown: Duration,
     reload_interval: Option<Duration>,
     metrics: SourceMetrics,
@@ -215,7 +218,8 @@ impl JwksCache {
     /// (single-flight, rate-limited), then answer with the new keys if they
     /// hold the kid.
     pub async fn refetch_for_kid(&self, kid: &str) -> Option<Arc<KeySet>> {
-        if self.unknown_kids.contains_key(kid) {
+        let kid_hash: [u8; 32] = Sha256::digest(kid.as_bytes()).into();
+        if self.unknown_kids.contains_key(&kid_hash) {
             return None;
         }
         let mut last = self.refetch_gate.lock().await;
@@ -225,7 +229,7 @@ impl JwksCache {
             return Some(set);
         }
         if last.is_some_and(|t| t.elapsed() < self.cooldown) {
-            self.unknown_kids.insert(kid.to_owned(), ());
+            self.unknown_kids.insert(kid_hash, ());
             return None;
         }
         *last = Some(Instant::now());
@@ -234,7 +238,7 @@ impl JwksCache {
         match self.current() {
             Some(set) if set.has_kid(kid) => Some(set),
             _ => {
-                self.unknown_kids.insert(kid.to_owned(), ());
+                self.unknown_kids.insert(kid_hash, ());
                 None
             }
         }

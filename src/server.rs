@@ -9,17 +9,27 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::elevation::ElevationMode;
 use crate::config::{self, Config, ConfigErrors};
-use crate::decision::Decision;
+use crate::decision::{Decision, DenyReason};
 use crate::elevation::Elevation;
 use crate::jwks::JwksRegistry;
 use crate::metrics::{Frontend, Metrics};
 use crate::pipeline::Engine;
 use crate::request::Request;
+
+/// Requests of one front door that may be inside the pipeline at once
+/// (gRPC Check; or HTTP `/check`, `/auth/*` and the WebAuthn endpoints).
+/// More wait for a slot, within their decision timeout.
+pub const MAX_CONCURRENT_REQUESTS: usize = 1024;
+/// Largest gRPC `CheckRequest` decoded; a larger one is refused as a call
+/// (`OUT_OF_RANGE`), which Envoy turns into a denial.
+pub const MAX_CHECK_REQUEST_BYTES: usize = 1024 * 1024;
+/// HTTP/2 streams one gRPC connection may have open at once.
+pub const GRPC_MAX_CONCURRENT_STREAMS: u32 = 1024;
 
 /// What every front door shares: the current engine (swapped atomically on
 /// reload), metrics and the readiness state.
@@ -30,6 +40,24 @@ pub struct Shared {
     config_path: Option<PathBuf>,
     draining: AtomicBool,
     inflight: AtomicUsize,
+    grpc_slots: Semaphore,
+    http_slots: Semaphore,
+}
+
+/// Counts a request in flight (for the drain) until it is answered or dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Shared {
@@ -49,6 +77,8 @@ impl Shared {
             config_path,
             draining: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
+            grpc_slots: Semaphore::new(MAX_CONCURRENT_REQUESTS),
+            http_slots: Semaphore::new(MAX_CONCURRENT_REQUESTS),
         }))
     }
 
@@ -61,12 +91,50 @@ impl Shared {
         !self.draining.load(Ordering::Relaxed) && self.engine.load().is_ready()
     }
 
-    /// Runs the pipeline and records the decision (metrics, one log line per denial).
+    /// Runs `work` in a slot of the front door, within the decision timeout
+    /// (the wait for a slot included); `None` when the time ran out.
+    pub async fn bounded<T>(
+        &self,
+        frontend: Frontend,
+        timeout: Duration,
+        work: impl Future<Output = T>,
+    ) -> Option<T> {
+        let _inflight = InFlight::enter(&self.inflight);
+        let slots = match frontend {
+            Frontend::Grpc => &self.grpc_slots,
+            Frontend::Http | Frontend::Webhook => &self.http_slots,
+        };
+        tokio::time::timeout(timeout, async {
+            // The semaphores are never closed, so this waits or succeeds.
+            let _slot = slots.acquire().await;
+            work.await
+        })
+        .await
+        .ok()
+    }
+
+    /// The current `settings.decisionTimeout`.
+    pub fn decision_timeout(&self) -> Duration {
+        self.engine.load().settings.decision_timeout
+    }
+
+    /// Runs the pipeline and records the decision (metrics, one log line per
+    /// denial). A decision that outlasts `settings.decisionTimeout` (a hung
+    /// dependency, or every slot busy) is `internal_error`.
     pub async fn decide(&self, frontend: Frontend, req: &Request, started: Instant) -> Decision {
         let engine = self.engine.load_full();
-        self.inflight.fetch_add(1, Ordering::AcqRel);
-        let decision = engine.decide(req).await;
-        self.inflight.fetch_sub(1, Ordering::AcqRel);
+        let timeout = engine.settings.decision_timeout;
+        let decision = match self.bounded(frontend, timeout, engine.decide(req)).await {
+            Some(d) => d,
+            None => {
+                tracing::warn!(
+                    frontend = frontend.as_str(),
+                    timeout_s = timeout.as_secs(),
+                    "decision timed out"
+                );
+                Decision::deny(DenyReason::InternalError, None)
+            }
+        };
         self.metrics
             .record(frontend, &decision, started.elapsed().as_secs_f64());
         if let Decision::Deny(d) = &decision {
@@ -136,6 +204,9 @@ impl Shared {
 
 /// How often the config file is checked for changes.
 pub const CONFIG_POLL: Duration = Duration::from_secs(2);
+/// A changed file must read the same twice this far apart before it is
+/// loaded, so that a reload does not pick up a file still being written.
+pub const CONFIG_SETTLE: Duration = Duration::from_millis(200);
 
 fn fingerprint(path: &std::path::Path) -> Option<u64> {
     use std::hash::{Hash, Hasher};
@@ -156,6 +227,11 @@ pub fn watch_config(shared: Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> 
             tokio::time::sleep(CONFIG_POLL).await;
             let now = fingerprint(&path);
             if now == last {
+                continue;
+            }
+            tokio::time::sleep(CONFIG_SETTLE).await;
+            if fingerprint(&path) != now {
+                // Still being written: look again at the next poll.
                 continue;
             }
             last = now;
@@ -251,11 +327,14 @@ pub async fn start(
         .set_not_serving::<crate::grpc::ExtAuthzServer>()
         .await;
     let reflection = crate::grpc::reflection_service();
-    let ext_authz = crate::grpc::ExtAuthz::new(shared.clone()).into_server();
+    let ext_authz = crate::grpc::ExtAuthz::new(shared.clone())
+        .into_server()
+        .max_decoding_message_size(MAX_CHECK_REQUEST_BYTES);
     let grpc_rx = rx.clone();
     let mut builder = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)));
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(GRPC_MAX_CONCURRENT_STREAMS);
     let mut router = builder.add_service(health_service).add_service(ext_authz);
     if let Some(reflection) = reflection {
         router = router.add_service(reflection);

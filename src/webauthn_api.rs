@@ -162,7 +162,7 @@ async fn may_add_key(c: &Caller) -> Result<bool, Response> {
 }
 
 /// A malformed request (400), small enough to travel in a `Result`.
-struct BadRequest(&'static str);
+pub struct BadRequest(&'static str);
 
 impl IntoResponse for BadRequest {
     fn into_response(self) -> Response {
@@ -170,7 +170,7 @@ impl IntoResponse for BadRequest {
     }
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, BadRequest> {
+pub fn parse_body(body: &Bytes) -> Result<Value, BadRequest> {
     if body.is_empty() {
         return Ok(json!({}));
     }
@@ -180,7 +180,7 @@ fn parse_body(body: &Bytes) -> Result<Value, BadRequest> {
     }
 }
 
-fn nickname_of(v: &Value) -> Result<Option<String>, BadRequest> {
+pub fn nickname_of(v: &Value) -> Result<Option<String>, BadRequest> {
     match v.get("nickname") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.chars().count() <= 128 && !s.chars().any(char::is_control) => {
@@ -193,7 +193,7 @@ fn nickname_of(v: &Value) -> Result<Option<String>, BadRequest> {
 }
 
 /// The challenge a credential answers, from its clientDataJSON.
-fn challenge_of(client_data_json: &[u8]) -> Option<String> {
+pub fn challenge_of(client_data_json: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(client_data_json).ok()?;
     let c = v.get("challenge")?.as_str()?;
     let bytes = URL_SAFE_NO_PAD.decode(c.trim_end_matches('=')).ok()?;

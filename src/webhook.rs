@@ -53,7 +53,7 @@ pub struct WebhookAuth {
 }
 
 #[derive(Debug)]
-enum Failure {
+pub enum Failure {
     Denied,
     Unavailable(&'static str),
 }
@@ -288,17 +288,12 @@ impl WebhookAuth {
                         ))
                     })
                     .collect();
-                let mut bytes = Vec::new();
-                while let Some(chunk) = resp
-                    .chunk()
-                    .await
-                    .map_err(|_| Failure::Unavailable("reading the hook's answer failed"))?
-                {
-                    if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                        return Err(Failure::Unavailable("the hook's answer is too large"));
-                    }
-                    bytes.extend_from_slice(&chunk);
-                }
+                let bytes = read_capped(
+                    &mut resp,
+                    "the hook's answer is too large",
+                    "reading the hook's answer failed",
+                )
+                .await?;
                 return Ok((status, resp_headers, bytes));
             }
             tokio::time::sleep(delay).await;
@@ -347,7 +342,7 @@ impl WebhookAuth {
                 let body = form_urlencoded::Serializer::new(String::new())
                     .extend_pairs(form.iter())
                     .finish();
-                let resp = self
+                let mut resp = self
                     .cfg
                     .http
                     .post(token_url)
@@ -364,10 +359,12 @@ impl WebhookAuth {
                 if !resp.status().is_success() {
                     return Err(Failure::Unavailable("the OAuth2 token endpoint refused"));
                 }
-                let bytes = resp
-                    .bytes()
-                    .await
-                    .map_err(|_| Failure::Unavailable("reading the OAuth2 token answer failed"))?;
+                let bytes = read_capped(
+                    &mut resp,
+                    "the OAuth2 token answer is too large",
+                    "reading the OAuth2 token answer failed",
+                )
+                .await?;
                 let v: Value = serde_json::from_slice(&bytes)
                     .map_err(|_| Failure::Unavailable("the OAuth2 token answer is not JSON"))?;
                 let token = v["access_token"]
@@ -386,6 +383,33 @@ impl WebhookAuth {
             }
         }
     }
+}
+
+/// Reads an answer's body, at most [`MAX_RESPONSE_BYTES`] of it; the two
+/// messages say what failed (too large, unreadable).
+async fn read_capped(
+    resp: &mut reqwest::Response,
+    too_large: &'static str,
+    unreadable: &'static str,
+) -> Result<Vec<u8>, Failure> {
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(Failure::Unavailable(too_large));
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|_| Failure::Unavailable(unreadable))?
+    {
+        if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(Failure::Unavailable(too_large));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 fn capitalize(s: &str) -> String {
@@ -440,7 +464,7 @@ fn apply_mapping(m: &FieldMapping, data: &Rcvar) -> Value {
 }
 
 /// Applies a transformer; returns the bytes and their content type.
-fn render_transform(t: &Transform, doc: &Value) -> Result<(Vec<u8>, String), Failure> {
+pub fn render_transform(t: &Transform, doc: &Value) -> Result<(Vec<u8>, String), Failure> {
     match t {
         Transform::Jmespath(m) => {
             let data = Rcvar::new(

@@ -23,7 +23,7 @@ use serde_json::Value;
 pub use env::{Env, ProcessEnv};
 use env::{env_any, env_string, env_string_list};
 pub use reader::{Diagnostics, Problem, YamlPath};
-use reader::{Obj, as_str, as_str_list};
+use reader::{Obj, as_str, as_str_list, as_u64};
 
 use crate::keys::{self, KeySet};
 use crate::rules::{self, HeaderRule, IpLocation, IpRule, SecurityRules};
@@ -51,6 +51,10 @@ pub struct Settings {
     pub token_cache_max_entries: u64,
     /// Longest a verified token stays cached (never past its `exp`).
     pub token_cache_ttl: Duration,
+    /// Longest one decision (or one WebAuthn call) may take, waiting for a
+    /// slot and for dependencies included; past it the answer is
+    /// `internal_error`.
+    pub decision_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -60,6 +64,7 @@ impl Default for Settings {
             unknown_kid_cooldown: Duration::from_secs(30),
             token_cache_max_entries: 100_000,
             token_cache_ttl: Duration::from_secs(300),
+            decision_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -317,6 +322,13 @@ fn settings(d: &mut Diagnostics, path: YamlPath, v: &Value) -> Settings {
     if let Some(n) = o.u64(d, "tokenCacheTtl") {
         s.token_cache_ttl = Duration::from_secs(n);
     }
+    if let Some((p, v)) = o.get("decisionTimeout") {
+        match as_u64(d, &p, v) {
+            Some(0) => d.error(&p, "must be at least 1 second"),
+            Some(n) => s.decision_timeout = Duration::from_secs(n),
+            None => {}
+        }
+    }
     o.finish(
         d,
         &[
@@ -324,6 +336,7 @@ fn settings(d: &mut Diagnostics, path: YamlPath, v: &Value) -> Settings {
             "unknownKidCooldown",
             "tokenCacheMaxEntries",
             "tokenCacheTtl",
+            "decisionTimeout",
         ],
     );
     s

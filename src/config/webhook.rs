@@ -330,7 +330,12 @@ fn additional_header(
     })
 }
 
-fn transform(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> Option<Transform> {
+pub fn transform(
+    d: &mut Diagnostics,
+    env: &dyn Env,
+    path: YamlPath,
+    v: &Value,
+) -> Option<Transform> {
     let mut o = Obj::open(d, path.clone(), v)?;
     let kind = o
         .require(d, "type")
