@@ -1,27 +1,76 @@
-//! A closed-loop ext_authz load generator: one HTTP/2 connection with N
-//! concurrent streams, each sending Check requests back to back for a fixed
-//! time. Every answer's gRPC *decision* code (`CheckResponse.status.code`) is
-//! checked, not only the transport status. Prints one JSON line.
+//! Benchmark tool: a closed-loop ext_authz load generator, and the token
+//! minting the scenarios need.
 //!
-//! usage: authgate-bench-load URL STREAMS SECONDS EXPECTED_CODE TOKENS_FILE|- [PATH]
-//! (tokens are sent as `authorization: Bearer <token>`, cycling through the
-//! file; `-` sends no token).
+//! ```text
+//! authgate-bench-load run URL STREAMS SECONDS EXPECTED_CODE REQUESTS [PATH] [CONNECTIONS]
+//!                                   (SECONDS 0: each request exactly once)
+//! authgate-bench-load mint ALG KEY_PEM COUNT [KID] [GRANT_KEY_PEM]   > REQUESTS
+//! authgate-bench-load jwks ALG KEY_PEM KID                            > jwks.json
+//! ```
+//!
+//! `run` speaks HTTP/2 directly (the `h2` crate) with every request body
+//! encoded before the clock starts, so the client spends its core on
+//! framing, not on protobuf encoding or tower plumbing: one tonic client
+//! saturated near 20k Check/s on this machine, below what the servers serve.
+//! Every answer is checked twice: the gRPC status (`grpc-status` trailer)
+//! must be OK, and the *decision* (`CheckResponse.status.code`) must equal
+//! EXPECTED_CODE. REQUESTS is a file of lines `token` or `token<TAB>grant`
+//! (sent as `authorization: Bearer <token>` and `x-elevation-token`), cycled
+//! through; `-` sends no credential. Prints one JSON line.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use prost::Message;
+use sha2::{Digest, Sha256};
 
-fn request(token: Option<&str>, path: &str) -> CheckRequest {
-    let mut headers = std::collections::HashMap::new();
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("authgate-bench-load: {msg}");
+    std::process::exit(2)
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], i: usize, name: &str) -> T {
+    args.get(i)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| fail(format!("missing or bad {name}")))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("run") => run(&args[2..]),
+        Some("mint") => mint(&args[2..]),
+        Some("jwks") => jwks(&args[2..]),
+        _ => fail(
+            "usage: authgate-bench-load run URL STREAMS SECONDS EXPECTED_CODE REQUESTS [PATH] [CONNECTIONS]\n\
+             \x20      authgate-bench-load mint ALG KEY_PEM COUNT [KID] [GRANT_KEY_PEM]\n\
+             \x20      authgate-bench-load jwks ALG KEY_PEM KID",
+        ),
+    }
+}
+
+/// A gRPC-framed CheckRequest (uncompressed flag + length + message).
+fn check_body(token: Option<&str>, grant: Option<&str>, path: &str) -> Bytes {
+    let mut headers = HashMap::new();
     if let Some(t) = token {
         headers.insert("authorization".to_owned(), format!("Bearer {t}"));
     }
+    if let Some(g) = grant {
+        headers.insert("x-elevation-token".to_owned(), g.to_owned());
+    }
     headers.insert(":authority".to_owned(), "bench".to_owned());
-    CheckRequest {
+    headers.insert("x-request-id".to_owned(), "bench".to_owned());
+    let msg = CheckRequest {
         attributes: Some(AttributeContext {
             request: Some(Request {
                 http: Some(HttpRequest {
@@ -34,7 +83,14 @@ fn request(token: Option<&str>, path: &str) -> CheckRequest {
             }),
             ..Default::default()
         }),
-    }
+    };
+    let len = msg.encoded_len();
+    let mut buf = BytesMut::with_capacity(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(len as u32);
+    msg.encode(&mut buf)
+        .unwrap_or_else(|e| fail(format!("encode: {e}")));
+    buf.freeze()
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -45,105 +101,280 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.len() < 6 {
-        eprintln!(
-            "usage: authgate-bench-load URL STREAMS SECONDS EXPECTED_CODE TOKENS_FILE|- [PATH]"
-        );
-        std::process::exit(2);
-    }
-    let url = args[1].clone();
-    let streams: usize = args[2].parse().expect("STREAMS is a number");
-    let seconds: f64 = args[3].parse().expect("SECONDS is a number");
-    let expected: i32 = args[4].parse().expect("EXPECTED_CODE is a number");
-    let tokens: Arc<Vec<String>> = Arc::new(if args[5] == "-" {
-        Vec::new()
+struct Counters {
+    stop: AtomicBool,
+    next: AtomicU64,
+    wrong: AtomicU64,
+    errors: AtomicU64,
+}
+
+fn run(args: &[String]) {
+    let url: String = arg(args, 0, "URL");
+    let streams: usize = arg(args, 1, "STREAMS");
+    let seconds: f64 = arg(args, 2, "SECONDS");
+    let expected: i32 = arg(args, 3, "EXPECTED_CODE");
+    let requests: String = arg(args, 4, "REQUESTS");
+    let path = args.get(5).cloned().unwrap_or_else(|| "/v1/graphql".into());
+    let conns: usize = args.get(6).and_then(|c| c.parse().ok()).unwrap_or(1).max(1);
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let bodies: Arc<Vec<Bytes>> = Arc::new(if requests == "-" {
+        vec![check_body(None, None, &path)]
     } else {
-        std::fs::read_to_string(&args[5])
-            .expect("tokens file readable")
-            .lines()
+        let text =
+            std::fs::read_to_string(&requests).unwrap_or_else(|e| fail(format!("{requests}: {e}")));
+        text.lines()
             .filter(|l| !l.is_empty())
-            .map(str::to_owned)
+            .map(|l| {
+                let mut parts = l.splitn(2, '\t');
+                let token = parts.next();
+                check_body(token, parts.next(), &path)
+            })
             .collect()
     });
-    let path = args.get(6).cloned().unwrap_or_else(|| "/v1/graphql".into());
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .expect("valid URL")
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .expect("server reachable");
-    let stop = Arc::new(AtomicBool::new(false));
-    let next = Arc::new(AtomicU64::new(0));
-    let wrong = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    // Warm up connections and caches briefly.
-    {
-        let mut c = AuthorizationClient::new(channel.clone());
-        for i in 0..tokens.len().clamp(1, 100) {
-            let _ = c
-                .check(request(tokens.get(i).map(String::as_str), &path))
-                .await;
-        }
+    if bodies.is_empty() {
+        fail("no requests");
     }
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..streams {
-        let (channel, stop, next, wrong, errors, tokens, path) = (
-            channel.clone(),
-            stop.clone(),
-            next.clone(),
-            wrong.clone(),
-            errors.clone(),
-            tokens.clone(),
-            path.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut client = AuthorizationClient::new(channel);
-            let mut latencies = Vec::with_capacity(100_000);
-            while !stop.load(Ordering::Relaxed) {
-                let n = next.fetch_add(1, Ordering::Relaxed) as usize;
-                let token = if tokens.is_empty() {
-                    None
-                } else {
-                    Some(tokens[n % tokens.len()].as_str())
-                };
-                let req = request(token, &path);
-                let t = Instant::now();
-                match client.check(req).await {
-                    Ok(r) => {
-                        latencies.push(t.elapsed().as_micros() as u64);
-                        let code = r.into_inner().status.map(|s| s.code).unwrap_or(-1);
-                        if code != expected {
-                            wrong.fetch_add(1, Ordering::Relaxed);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(e));
+    rt.block_on(async move {
+        let counters = Arc::new(Counters {
+            stop: AtomicBool::new(false),
+            next: AtomicU64::new(0),
+            wrong: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        });
+        let mut senders = Vec::new();
+        for _ in 0..conns {
+            let tcp = tokio::net::TcpStream::connect(&addr)
+                .await
+                .unwrap_or_else(|e| fail(format!("connect {addr}: {e}")));
+            let _ = tcp.set_nodelay(true);
+            let (send, conn) = h2::client::Builder::new()
+                .initial_window_size(1 << 20)
+                .initial_connection_window_size(1 << 24)
+                .handshake::<_, Bytes>(tcp)
+                .await
+                .unwrap_or_else(|e| fail(format!("HTTP/2 handshake: {e}")));
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            senders.push(send);
+        }
+        let uri = format!("http://{addr}{CHECK_PATH}");
+        // Warm-up: the first requests of every distinct body set a cache up;
+        // not measured.
+        // SECONDS = 0: every request exactly once (fills caches), no warm-up.
+        let once = seconds <= 0.0;
+        let warm = if once { 0 } else { bodies.len().min(100) };
+        for body in bodies.iter().take(warm) {
+            let _ = call(&senders[0], &uri, body.clone()).await;
+        }
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for s in 0..streams {
+            let (send, uri, bodies, counters) = (
+                senders[s % conns].clone(),
+                uri.clone(),
+                bodies.clone(),
+                counters.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(200_000);
+                while !counters.stop.load(Ordering::Relaxed) {
+                    let n = counters.next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if once && n >= bodies.len() {
+                        break;
+                    }
+                    let body = bodies[(n + warm) % bodies.len()].clone();
+                    let t = Instant::now();
+                    match call(&send, &uri, body).await {
+                        Ok(code) => {
+                            latencies.push(t.elapsed().as_micros() as u64);
+                            if code != expected {
+                                counters.wrong.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Err(_) => {
+                            counters.errors.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    Err(_) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
                 }
-            }
-            latencies
-        }));
+                latencies
+            }));
+        }
+        if !once {
+            tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+            counters.stop.store(true, Ordering::Relaxed);
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap_or_default());
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        all.sort_unstable();
+        println!(
+            "{{\"requests\":{},\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"wrong_decisions\":{},\"errors\":{}}}",
+            all.len(),
+            all.len() as f64 / elapsed,
+            percentile(&all, 0.50),
+            percentile(&all, 0.99),
+            percentile(&all, 0.999),
+            counters.wrong.load(Ordering::Relaxed),
+            counters.errors.load(Ordering::Relaxed)
+        );
+    });
+}
+
+/// One Check: returns the decision code, or an error when the call failed
+/// at the HTTP/2 or gRPC level.
+async fn call(
+    send: &h2::client::SendRequest<Bytes>,
+    uri: &str,
+    body: Bytes,
+) -> Result<i32, String> {
+    let req = http::Request::post(uri)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .map_err(|e| e.to_string())?;
+    let mut send = send.clone().ready().await.map_err(|e| e.to_string())?;
+    let (response, mut stream) = send.send_request(req, false).map_err(|e| e.to_string())?;
+    stream.send_data(body, true).map_err(|e| e.to_string())?;
+    let response = response.await.map_err(|e| e.to_string())?;
+    if response.status() != http::StatusCode::OK {
+        return Err(format!("HTTP {}", response.status()));
     }
-    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap_or_default());
+    let mut recv = response.into_body();
+    let mut data = BytesMut::new();
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort_unstable();
-    println!(
-        "{{\"requests\":{},\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"wrong_decisions\":{},\"errors\":{}}}",
-        all.len(),
-        all.len() as f64 / elapsed,
-        percentile(&all, 0.50),
-        percentile(&all, 0.99),
-        percentile(&all, 0.999),
-        wrong.load(Ordering::Relaxed),
-        errors.load(Ordering::Relaxed)
-    );
+    let trailers = recv.trailers().await.map_err(|e| e.to_string())?;
+    let grpc_status = trailers
+        .as_ref()
+        .and_then(|t| t.get("grpc-status"))
+        .and_then(|v| v.to_str().ok());
+    if grpc_status != Some("0") {
+        return Err(format!("grpc-status {grpc_status:?}"));
+    }
+    if data.len() < 5 {
+        return Err("short gRPC message".into());
+    }
+    let msg = CheckResponse::decode(&data[5..]).map_err(|e| e.to_string())?;
+    Ok(msg.status.map(|s| s.code).unwrap_or(-1))
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+fn encoding_key(alg: Algorithm, pem: &str) -> EncodingKey {
+    match alg {
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem.as_bytes()),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(pem.as_bytes()),
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+            Ok(EncodingKey::from_secret(pem.as_bytes()))
+        }
+        _ => EncodingKey::from_rsa_pem(pem.as_bytes()),
+    }
+    .unwrap_or_else(|e| fail(format!("key: {e}")))
+}
+
+/// COUNT distinct Hasura tokens (user `u<i>`, valid for a week), minted on
+/// every core. With GRANT_KEY_PEM, each line also carries an elevation grant
+/// for that token (ES256, as authgate's `grant.signingKey`).
+fn mint(args: &[String]) {
+    let alg: Algorithm = arg(args, 0, "ALG");
+    let key_path: String = arg(args, 1, "KEY_PEM");
+    let count: usize = arg(args, 2, "COUNT");
+    let kid = args.get(3).filter(|k| !k.is_empty() && *k != "-").cloned();
+    let grant_key = args.get(4).map(|p| {
+        let pem = std::fs::read_to_string(p).unwrap_or_else(|e| fail(format!("{p}: {e}")));
+        encoding_key(Algorithm::ES256, &pem)
+    });
+    let pem =
+        std::fs::read_to_string(&key_path).unwrap_or_else(|e| fail(format!("{key_path}: {e}")));
+    let key = encoding_key(alg, &pem);
+    let exp = now() + 7 * 24 * 3600;
+    let threads = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1);
+    let lines: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (key, kid, grant_key) = (&key, &kid, &grant_key);
+                scope.spawn(move || {
+                    let mut header = Header::new(alg);
+                    header.kid = kid.clone();
+                    (t..count)
+                        .step_by(threads)
+                        .map(|i| {
+                            let user = format!("u{i}");
+                            let claims = serde_json::json!({
+                                "sub": user, "iat": now(), "exp": exp,
+                                "claims.jwt.hasura.io": {
+                                    "x-hasura-allowed-roles": ["user"],
+                                    "x-hasura-default-role": "user",
+                                    "x-hasura-user-id": user,
+                                },
+                            });
+                            let token = jsonwebtoken::encode(&header, &claims, key)
+                                .unwrap_or_else(|e| fail(format!("sign: {e}")));
+                            match grant_key {
+                                None => token,
+                                Some(gk) => {
+                                    let grant = serde_json::json!({
+                                        "iss": "authgate", "aud": "authgate-elevation",
+                                        "sub": user, "iat": now(), "exp": exp,
+                                        "jti": format!("bench-{i}"),
+                                        "ath": URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes())),
+                                    });
+                                    let g = jsonwebtoken::encode(
+                                        &Header::new(Algorithm::ES256),
+                                        &grant,
+                                        gk,
+                                    )
+                                    .unwrap_or_else(|e| fail(format!("sign grant: {e}")));
+                                    format!("{token}\t{g}")
+                                }
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let mut out = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+    for l in &lines {
+        out.push_str(l);
+        out.push('\n');
+    }
+    print!("{out}");
+}
+
+/// The public JWKS for a private key PEM, with `kid`.
+fn jwks(args: &[String]) {
+    let alg: Algorithm = arg(args, 0, "ALG");
+    let key_path: String = arg(args, 1, "KEY_PEM");
+    let kid: String = arg(args, 2, "KID");
+    let pem =
+        std::fs::read_to_string(&key_path).unwrap_or_else(|e| fail(format!("{key_path}: {e}")));
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&encoding_key(alg, &pem), alg)
+        .unwrap_or_else(|e| fail(format!("jwk: {e}")));
+    jwk.common.key_id = Some(kid);
+    println!("{}", serde_json::json!({ "keys": [jwk] }));
 }

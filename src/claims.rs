@@ -5,7 +5,8 @@
 //! variables survive: anything else in a token would otherwise become an
 //! upstream header of the token issuer's choosing.
 
-use jmespath::{Rcvar, Variable};
+use jmespath::ast::Ast;
+use jmespath::{Expression, Rcvar, Variable};
 use serde_json::Value;
 
 use crate::config::{ClaimsConfig, ClaimsFormat, is_hasura_name, is_session_key};
@@ -24,16 +25,65 @@ pub enum ClaimsError {
     InvalidName,
 }
 
+/// A compiled JMESPath claim location. Plain field paths (`"a"."b".c`,
+/// the usual namespace) are read straight from the payload; any other
+/// expression goes through the JMESPath interpreter, which first converts
+/// the whole payload (a few microseconds per token).
+#[derive(Debug, Clone)]
+pub struct ClaimPath {
+    expression: Expression<'static>,
+    fields: Option<Box<[String]>>,
+}
+
+impl ClaimPath {
+    pub fn new(expression: Expression<'static>) -> Self {
+        let mut fields = Vec::new();
+        let fields = collect_fields(expression.as_ast(), &mut fields).then(|| fields.into());
+        ClaimPath { expression, fields }
+    }
+
+    fn search(&self, payload: &Value, data: &mut Option<Rcvar>) -> Result<Value, ClaimsError> {
+        if let Some(fields) = &self.fields {
+            // JMESPath: a field of a non-object, or a missing field, is null.
+            let mut at = payload;
+            for f in fields {
+                match at.get(f.as_str()) {
+                    Some(v) => at = v,
+                    None => return Ok(Value::Null),
+                }
+            }
+            return Ok(at.clone());
+        }
+        let data = match data {
+            Some(d) => d,
+            None => data.insert(Rcvar::new(
+                Variable::from_serializable(payload).map_err(|_| ClaimsError::Evaluation)?,
+            )),
+        };
+        let found = self
+            .expression
+            .search(&*data)
+            .map_err(|_| ClaimsError::Evaluation)?;
+        serde_json::to_value(&*found).map_err(|_| ClaimsError::Evaluation)
+    }
+}
+
+fn collect_fields(ast: &Ast, out: &mut Vec<String>) -> bool {
+    match ast {
+        Ast::Field { name, .. } => {
+            out.push(name.clone());
+            true
+        }
+        Ast::Subexpr { lhs, rhs, .. } => collect_fields(lhs, out) && collect_fields(rhs, out),
+        _ => false,
+    }
+}
+
 pub fn extract(cfg: &ClaimsConfig, payload: &Value) -> Result<Session, ClaimsError> {
-    let data =
-        Rcvar::new(Variable::from_serializable(payload).map_err(|_| ClaimsError::Evaluation)?);
+    let mut data = None;
     let mut session = Session::new();
     if let Some(ns) = &cfg.namespace {
-        let found = ns
-            .expression
-            .search(&data)
-            .map_err(|_| ClaimsError::Evaluation)?;
-        let found = to_json(&found)?;
+        let found = ns.expression.search(payload, &mut data)?;
         let object = match (ns.format, found) {
             (_, Value::Null) => serde_json::Map::new(),
             (ClaimsFormat::Json, Value::Object(m)) => m,
@@ -60,9 +110,9 @@ pub fn extract(cfg: &ClaimsConfig, payload: &Value) -> Result<Session, ClaimsErr
     }
     for loc in &cfg.locations {
         let found = match &loc.path {
-            Some(expr) => match expr.search(&data) {
-                Ok(v) if !v.is_null() => Some(to_json(&v)?),
-                _ => None,
+            Some(path) => match path.search(payload, &mut data) {
+                Ok(Value::Null) | Err(_) => None,
+                Ok(v) => Some(v),
             },
             None => None,
         };
@@ -74,15 +124,49 @@ pub fn extract(cfg: &ClaimsConfig, payload: &Value) -> Result<Session, ClaimsErr
     Ok(session)
 }
 
-fn to_json(v: &Rcvar) -> Result<Value, ClaimsError> {
-    serde_json::to_value(&**v).map_err(|_| ClaimsError::Evaluation)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{ClaimLocation, Namespace};
     use serde_json::json;
+
+    /// The direct field walk answers exactly what the interpreter answers.
+    #[test]
+    fn field_paths_match_the_interpreter() {
+        let payloads = [
+            json!({"a": {"b": {"c": 1}}, "claims.jwt.hasura.io": {"x-hasura-role": "r"}}),
+            json!({"a": [1, 2], "claims.jwt.hasura.io": "not an object"}),
+            json!({"a": {"b": null}}),
+            json!({"a": {"b-c": {"d": [true]}}}),
+            json!([1, 2, 3]),
+            json!("text"),
+        ];
+        for expr in [
+            r#""claims.jwt.hasura.io""#,
+            "a.b",
+            "a.b.c",
+            r#"a."b-c".d"#,
+            "zz",
+        ] {
+            let fast = ClaimPath::new(jmespath::compile(expr).unwrap());
+            assert!(fast.fields.is_some(), "{expr} should take the fast path");
+            let slow = ClaimPath {
+                fields: None,
+                ..fast.clone()
+            };
+            for p in &payloads {
+                assert_eq!(
+                    fast.search(p, &mut None).unwrap(),
+                    slow.search(p, &mut None).unwrap(),
+                    "{expr} on {p}"
+                );
+            }
+        }
+        for expr in ["a[0]", "a.b || `1`", "@", "a.*"] {
+            let c = ClaimPath::new(jmespath::compile(expr).unwrap());
+            assert!(c.fields.is_none(), "{expr} needs the interpreter");
+        }
+    }
 
     fn cfg(
         ns: Option<(&str, ClaimsFormat)>,
@@ -90,14 +174,14 @@ mod tests {
     ) -> ClaimsConfig {
         ClaimsConfig {
             namespace: ns.map(|(e, f)| Namespace {
-                expression: jmespath::compile(e).unwrap(),
+                expression: ClaimPath::new(jmespath::compile(e).unwrap()),
                 format: f,
             }),
             locations: locs
                 .iter()
                 .map(|(k, p, d)| ClaimLocation {
                     key: k.to_string(),
-                    path: p.map(|p| jmespath::compile(p).unwrap()),
+                    path: p.map(|p| ClaimPath::new(jmespath::compile(p).unwrap())),
                     default: d.clone(),
                 })
                 .collect(),

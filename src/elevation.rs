@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::elevation::{ElevationConfig, ElevationMode, RoutePath};
 use crate::decision::DenyReason;
+use crate::keys::VerifyKey;
 use crate::request::Request;
 use crate::store::{CredentialStore, StoreOptions};
 
@@ -111,9 +112,36 @@ pub struct GrantKeys {
     alg: Algorithm,
     kid: String,
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    decoding: VerifyKey,
     jwks: Value,
+    /// Grants whose signature and audience verified, by SHA-256 of the
+    /// grant: a protected route then costs two hashes per request, not an
+    /// ECDSA verification. Entries die with the grant's `exp`.
+    verified: moka::sync::Cache<[u8; 32], Arc<VerifiedGrant>>,
 }
+
+struct VerifiedGrant {
+    sub: String,
+    ath: String,
+    exp: i64,
+}
+
+struct GrantExpiry;
+
+impl moka::Expiry<[u8; 32], Arc<VerifiedGrant>> for GrantExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<VerifiedGrant>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        let left = value.exp.saturating_sub(crate::jwt::unix_now());
+        Some(Duration::from_secs(u64::try_from(left).unwrap_or(0)))
+    }
+}
+
+/// Verified grants kept at most (about 200 bytes each).
+const VERIFIED_GRANTS: u64 = 50_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GrantError {
@@ -175,8 +203,9 @@ impl GrantKeys {
             .map_err(|_| "cannot compute the key id".to_string())?;
         jwk.common.key_id = Some(kid.clone());
         jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
-        let decoding =
-            DecodingKey::from_jwk(&jwk).map_err(|_| "cannot derive the public key".to_string())?;
+        let decoding = DecodingKey::from_jwk(&jwk)
+            .map_err(|_| "cannot derive the public key".to_string())
+            .and_then(|k| VerifyKey::new(None, Some(alg), alg, alg.family(), &k))?;
         let jwks = json!({ "keys": [jwk] });
         // Prove the pair works before serving with it.
         let probe = jsonwebtoken::encode(&Header::new(alg), &json!({"probe": true}), &encoding)
@@ -191,6 +220,10 @@ impl GrantKeys {
             encoding,
             decoding,
             jwks,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_GRANTS)
+                .expire_after(GrantExpiry)
+                .build(),
         })
     }
 
@@ -241,6 +274,32 @@ impl GrantKeys {
         access_token: &str,
         now: i64,
     ) -> Result<(), GrantError> {
+        let key: [u8; 32] = Sha256::digest(grant.as_bytes()).into();
+        let claims = match self.verified.get(&key) {
+            Some(hit) => hit,
+            None => {
+                let claims = Arc::new(self.verify_signed(grant)?);
+                self.verified.insert(key, claims.clone());
+                claims
+            }
+        };
+        if now >= claims.exp {
+            return Err(GrantError::Expired);
+        }
+        let ath = token_hash(access_token);
+        let ath_ok = bool::from(subtle::ConstantTimeEq::ct_eq(
+            claims.ath.as_bytes(),
+            ath.as_bytes(),
+        ));
+        if claims.sub == user && ath_ok {
+            Ok(())
+        } else {
+            Err(GrantError::Mismatch)
+        }
+    }
+
+    /// Signature, audience and the claims a grant must carry.
+    fn verify_signed(&self, grant: &str) -> Result<VerifiedGrant, GrantError> {
         let parsed = crate::jwt::parse(grant).map_err(|_| GrantError::Invalid)?;
         if parsed.alg != self.alg || !parsed.verify_with(&self.decoding) {
             return Err(GrantError::Invalid);
@@ -249,20 +308,15 @@ impl GrantKeys {
         if claims.get("aud").and_then(Value::as_str) != Some(GRANT_AUDIENCE) {
             return Err(GrantError::Invalid);
         }
-        match claims.get("exp").and_then(Value::as_i64) {
-            Some(exp) if now < exp => {}
-            Some(_) => return Err(GrantError::Expired),
-            None => return Err(GrantError::Invalid),
-        }
-        let sub_ok = claims.get("sub").and_then(Value::as_str) == Some(user);
-        let ath = token_hash(access_token);
-        let ath_ok = claims.get("ath").and_then(Value::as_str).is_some_and(|a| {
-            bool::from(subtle::ConstantTimeEq::ct_eq(a.as_bytes(), ath.as_bytes()))
-        });
-        if sub_ok && ath_ok {
-            Ok(())
-        } else {
-            Err(GrantError::Mismatch)
+        let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
+        match (
+            claims.get("exp").and_then(Value::as_i64),
+            text("sub"),
+            text("ath"),
+        ) {
+            (Some(exp), Some(sub), Some(ath)) => Ok(VerifiedGrant { sub, ath, exp }),
+            (None, _, _) => Err(GrantError::Invalid),
+            _ => Err(GrantError::Mismatch),
         }
     }
 }

@@ -8,11 +8,12 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::decision::DenyReason;
+use crate::keys::VerifyKey;
 
 /// Tokens above this size are refused before any decoding (16 KiB).
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -111,9 +112,15 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, JwtError> {
 }
 
 impl Parsed<'_> {
-    pub fn verify_with(&self, key: &DecodingKey) -> bool {
-        jsonwebtoken::crypto::verify(self.signature, self.message.as_bytes(), key, self.alg)
-            .unwrap_or(false)
+    /// Whether the signature verifies under `key` with the header's `alg`
+    /// (callers chose `key` because it may verify that algorithm).
+    pub fn verify_with(&self, key: &VerifyKey) -> bool {
+        // Decoded on the stack: an RSA-8192 signature is 1024 bytes.
+        let mut buf = [0u8; 1024];
+        match URL_SAFE_NO_PAD.decode_slice(self.signature, &mut buf) {
+            Ok(n) => key.verify(self.alg, self.message.as_bytes(), &buf[..n]),
+            Err(_) => false,
+        }
     }
 
     /// The payload as a JSON object (call only after the signature verified).

@@ -4,9 +4,12 @@
 //! token: a token whose header names another algorithm finds no key.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
+use aws_lc_rs::hmac;
+use aws_lc_rs::signature::{self, ParsedPublicKey, RsaParameters, RsaPublicKeyComponents};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind};
 use serde_json::Value;
 
 /// One verification key.
@@ -18,7 +21,118 @@ pub struct VerifyKey {
     /// What the key is used for when nothing declares it (RSA: RS256).
     pub default_alg: Algorithm,
     pub family: AlgorithmFamily,
-    pub key: DecodingKey,
+    /// The key parsed once per algorithm it may verify: a verification then
+    /// costs the signature check alone (no DER parse, no Montgomery setup).
+    prepared: Arc<[(Algorithm, Prepared)]>,
+}
+
+/// Key material ready to verify one algorithm.
+enum Prepared {
+    Hmac(hmac::Key),
+    Public(ParsedPublicKey),
+}
+
+impl VerifyKey {
+    /// Prepares `key` for every algorithm it may verify (`declared`, or all
+    /// of its family's); fails when none accepts the material.
+    pub fn new(
+        kid: Option<String>,
+        declared: Option<Algorithm>,
+        default_alg: Algorithm,
+        family: AlgorithmFamily,
+        key: &DecodingKey,
+    ) -> Result<Self, String> {
+        let algs: Vec<Algorithm> = match declared {
+            Some(d) => vec![d],
+            None => family_algorithms(family, default_alg),
+        };
+        let prepared: Vec<(Algorithm, Prepared)> = algs
+            .into_iter()
+            .filter_map(|alg| prepare(key, alg).map(|p| (alg, p)))
+            .collect();
+        if prepared.is_empty() {
+            return Err(format!("not a valid {} key", family_name(family)));
+        }
+        Ok(VerifyKey {
+            kid,
+            declared,
+            default_alg,
+            family,
+            prepared: prepared.into(),
+        })
+    }
+
+    /// Whether `signature` (decoded) signs `message` under `alg`.
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        match self.prepared.iter().find(|(a, _)| *a == alg) {
+            Some((_, Prepared::Hmac(k))) => hmac::verify(k, message, signature).is_ok(),
+            Some((_, Prepared::Public(k))) => k.verify_sig(message, signature).is_ok(),
+            None => false,
+        }
+    }
+}
+
+fn family_algorithms(family: AlgorithmFamily, default_alg: Algorithm) -> Vec<Algorithm> {
+    use Algorithm::*;
+    match family {
+        AlgorithmFamily::Hmac => vec![HS256, HS384, HS512],
+        AlgorithmFamily::Rsa => vec![RS256, RS384, RS512, PS256, PS384, PS512],
+        AlgorithmFamily::Ec | AlgorithmFamily::Ed => vec![default_alg],
+    }
+}
+
+fn rsa_parameters(alg: Algorithm) -> Option<&'static RsaParameters> {
+    Some(match alg {
+        Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &signature::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &signature::RSA_PSS_2048_8192_SHA512,
+        _ => return None,
+    })
+}
+
+/// The same primitives jsonwebtoken's aws-lc provider uses, parsed once.
+fn prepare(key: &DecodingKey, alg: Algorithm) -> Option<Prepared> {
+    if alg.family() != key.family() {
+        return None;
+    }
+    match (key.kind(), alg.family()) {
+        (DecodingKeyKind::SecretOrDer(secret), AlgorithmFamily::Hmac) => {
+            let h = match alg {
+                Algorithm::HS256 => hmac::HMAC_SHA256,
+                Algorithm::HS384 => hmac::HMAC_SHA384,
+                _ => hmac::HMAC_SHA512,
+            };
+            Some(Prepared::Hmac(hmac::Key::new(h, secret)))
+        }
+        (DecodingKeyKind::SecretOrDer(der), AlgorithmFamily::Rsa) => {
+            ParsedPublicKey::new(rsa_parameters(alg)?, der)
+                .ok()
+                .map(Prepared::Public)
+        }
+        (DecodingKeyKind::RsaModulusExponent { n, e }, AlgorithmFamily::Rsa) => {
+            RsaPublicKeyComponents { n, e }
+                .to_parsed_public_key(rsa_parameters(alg)?)
+                .ok()
+                .map(Prepared::Public)
+        }
+        (DecodingKeyKind::SecretOrDer(point), AlgorithmFamily::Ec) => {
+            let a: &'static signature::EcdsaVerificationAlgorithm = match alg {
+                Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
+                Algorithm::ES384 => &signature::ECDSA_P384_SHA384_FIXED,
+                _ => return None,
+            };
+            ParsedPublicKey::new(a, point).ok().map(Prepared::Public)
+        }
+        (DecodingKeyKind::SecretOrDer(raw), AlgorithmFamily::Ed) => {
+            ParsedPublicKey::new(&signature::ED25519, raw)
+                .ok()
+                .map(Prepared::Public)
+        }
+        _ => None,
+    }
 }
 
 impl std::fmt::Debug for VerifyKey {
@@ -138,13 +252,13 @@ pub fn parse_fixed(alg: Algorithm, text: &str) -> Result<(KeySet, Vec<String>), 
                 algorithm_name(alg)
             ));
         }
-        let key = VerifyKey {
-            kid: None,
-            declared: Some(alg),
-            default_alg: alg,
+        let key = VerifyKey::new(
+            None,
+            Some(alg),
+            alg,
             family,
-            key: DecodingKey::from_secret(text.as_bytes()),
-        };
+            &DecodingKey::from_secret(text.as_bytes()),
+        )?;
         return Ok((KeySet { keys: vec![key] }, warnings));
     }
     let trimmed = text.trim();
@@ -183,13 +297,13 @@ pub fn parse_fixed(alg: Algorithm, text: &str) -> Result<(KeySet, Vec<String>), 
             algorithm_name(alg)
         )
     })?;
-    let key = VerifyKey {
-        kid: None,
-        declared: Some(alg),
-        default_alg: alg,
-        family,
-        key,
-    };
+    let key = VerifyKey::new(None, Some(alg), alg, family, &key).map_err(|_| {
+        format!(
+            "not a valid {} public key for {}",
+            family_name(family),
+            algorithm_name(alg)
+        )
+    })?;
     Ok((KeySet { keys: vec![key] }, warnings))
 }
 
@@ -309,13 +423,9 @@ fn parse_jwk(
         return Ok(None);
     }
     let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("not a valid JWK: {e}"))?;
-    Ok(Some(VerifyKey {
-        kid,
-        declared,
-        default_alg,
-        family,
-        key,
-    }))
+    VerifyKey::new(kid, declared, default_alg, family, &key)
+        .map(Some)
+        .map_err(|e| format!("not a valid JWK: {e}"))
 }
 
 #[cfg(test)]

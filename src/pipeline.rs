@@ -483,15 +483,15 @@ impl Engine {
             }
             headers.push((k.to_owned(), value));
         }
-        let mut headers_to_remove: Vec<String> = Vec::new();
-        for (name, _) in req.headers.iter() {
-            if is_reserved_header(name)
-                && session.get(name).is_none()
-                && !headers_to_remove.iter().any(|h| h == name)
-            {
-                headers_to_remove.push(name.to_owned());
-            }
-        }
+        // Sorted and deduplicated: linear in the number of client headers.
+        let mut headers_to_remove: Vec<String> = req
+            .headers
+            .iter()
+            .filter(|(name, _)| is_reserved_header(name) && session.get(name).is_none())
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        headers_to_remove.sort_unstable();
+        headers_to_remove.dedup();
         Decision::Allow(Allow {
             session,
             headers,
@@ -518,7 +518,7 @@ fn verify_with(
     let mut any = false;
     for key in set.candidates(pinned, parsed.alg, parsed.kid.as_deref()) {
         any = true;
-        if parsed.verify_with(&key.key) {
+        if parsed.verify_with(key) {
             return Ok(());
         }
     }
@@ -529,15 +529,23 @@ fn verify_with(
     })
 }
 
-/// Headers a client must never pass to the upstream on its own authority.
+/// Headers a client must never pass to the upstream on its own authority,
+/// in any spelling an upstream may fold to the same name: case-insensitive,
+/// and `_` equal to `-` anywhere (WSGI, Rack, PHP and nginx with
+/// `underscores_in_headers` read `x-hasura_role` as `x-hasura-role`).
 pub fn is_reserved_header(name: &str) -> bool {
-    let starts = |p: &str| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p);
-    starts("x-hasura-")
-        || starts("x_hasura_")
-        || starts("x-rely-auth-")
-        || starts("x_rely_auth_")
-        || name.eq_ignore_ascii_case("x-elevation-token")
-        || name.eq_ignore_ascii_case("x_elevation_token")
+    let folded = |a: u8, b: u8| {
+        let a = if a == b'_' {
+            b'-'
+        } else {
+            a.to_ascii_lowercase()
+        };
+        a == b
+    };
+    let starts =
+        |p: &str| name.len() >= p.len() && name.bytes().zip(p.bytes()).all(|(a, b)| folded(a, b));
+    let equals = |p: &str| name.len() == p.len() && starts(p);
+    starts("x-hasura-") || starts("x-rely-auth-") || equals("x-elevation-token")
 }
 
 /// Verified tokens (SPEC 6): key = SHA-256 of mode index and token, value =

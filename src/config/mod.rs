@@ -178,7 +178,7 @@ pub enum ClaimsFormat {
 
 #[derive(Debug, Clone)]
 pub struct Namespace {
-    pub expression: jmespath::Expression<'static>,
+    pub expression: crate::claims::ClaimPath,
     pub format: ClaimsFormat,
 }
 
@@ -186,7 +186,7 @@ pub struct Namespace {
 pub struct ClaimLocation {
     /// Lower-case session variable name.
     pub key: String,
-    pub path: Option<jmespath::Expression<'static>>,
+    pub path: Option<crate::claims::ClaimPath>,
     pub default: Option<Value>,
 }
 
@@ -1013,7 +1013,7 @@ fn namespace(d: &mut Diagnostics, path: YamlPath, v: &Value) -> Option<Namespace
     };
     o.finish(d, &["location", "claimsFormat"]);
     Some(Namespace {
-        expression: expr?,
+        expression: crate::claims::ClaimPath::new(expr?),
         format: format?,
     })
 }
@@ -1063,7 +1063,7 @@ fn location(
     }
     ok.then(|| ClaimLocation {
         key: key.to_ascii_lowercase(),
-        path: expr,
+        path: expr.map(crate::claims::ClaimPath::new),
         default,
     })
 }
