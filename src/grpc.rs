@@ -4,7 +4,7 @@
 //! A decision is always an OK gRPC call; gRPC errors are only for calls that
 //! are not ext_authz requests at all.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -54,7 +54,7 @@ impl Authorization for ExtAuthz {
         let peer = request.remote_addr().map(|a| a.ip());
         let req = to_request(request.into_inner(), peer);
         let decision = self.shared.decide(Frontend::Grpc, &req, started).await;
-        Ok(tonic::Response::new(render(&decision)))
+        Ok(tonic::Response::new(render(decision)))
     }
 }
 
@@ -109,11 +109,11 @@ pub fn to_request(check: CheckRequest, peer: Option<IpAddr>) -> Request {
 /// `append = false` and `OVERWRITE_IF_EXISTS_OR_ADD` both: older Envoys read
 /// the deprecated `append`, newer ones `append_action`.
 #[allow(deprecated)]
-fn header(key: &str, value: &str) -> HeaderValueOption {
+fn header(key: String, value: String) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
-            key: key.to_owned(),
-            value: value.to_owned(),
+            key,
+            value,
             raw_value: Vec::new(),
         }),
         append: Some(BoolValue { value: false }),
@@ -122,27 +122,30 @@ fn header(key: &str, value: &str) -> HeaderValueOption {
     }
 }
 
-pub fn render(decision: &Decision) -> CheckResponse {
+/// Renders by value: the decision's strings move into the response.
+pub fn render(decision: Decision) -> CheckResponse {
     match decision {
         Decision::Allow(a) => allow(a),
-        Decision::Deny(d) => deny(d),
+        Decision::Deny(d) => deny(&d),
     }
 }
 
-fn allow(a: &Allow) -> CheckResponse {
-    let headers = a.headers.iter().map(|(k, v)| header(k, v)).collect();
-    let mut fields = BTreeMap::new();
-    let text = |s: &str| PbValue {
-        kind: Some(Kind::StringValue(s.to_owned())),
-    };
+fn text(s: String) -> PbValue {
+    PbValue {
+        kind: Some(Kind::StringValue(s)),
+    }
+}
+
+fn allow(a: Allow) -> CheckResponse {
+    let mut fields = HashMap::with_capacity(5);
     if let Some(role) = a.session.get_str(crate::session::ROLE) {
-        fields.insert("role".to_owned(), text(role));
+        fields.insert("role".to_owned(), text(role.to_owned()));
     }
     if let Some(user) = a.session.user_id() {
-        fields.insert("user_id".to_owned(), text(&user));
+        fields.insert("user_id".to_owned(), text(user));
     }
-    fields.insert("mode".to_owned(), text(a.mode.kind));
-    fields.insert("mode_id".to_owned(), text(&a.mode.id));
+    fields.insert("mode".to_owned(), text(a.mode.kind.to_owned()));
+    fields.insert("mode_id".to_owned(), text(a.mode.id.to_string()));
     fields.insert(
         "elevated".to_owned(),
         PbValue {
@@ -155,21 +158,19 @@ fn allow(a: &Allow) -> CheckResponse {
             message: String::new(),
             details: Vec::new(),
         }),
-        dynamic_metadata: Some(Struct {
-            fields: fields.into_iter().collect(),
-        }),
+        dynamic_metadata: Some(Struct { fields }),
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers,
-            headers_to_remove: a.headers_to_remove.clone(),
+            headers: a.headers.into_iter().map(|(k, v)| header(k, v)).collect(),
+            headers_to_remove: a.headers_to_remove,
             ..Default::default()
         })),
     }
 }
 
 fn deny(d: &Deny) -> CheckResponse {
-    let mut headers = vec![header("content-type", "application/json")];
+    let mut headers = vec![header("content-type".into(), "application/json".into())];
     if let Some(challenge) = d.reason.www_authenticate() {
-        headers.push(header("www-authenticate", challenge));
+        headers.push(header("www-authenticate".into(), challenge.into()));
     }
     CheckResponse {
         status: Some(Status {

@@ -28,7 +28,7 @@ pub struct VerifyKey {
 
 /// Key material ready to verify one algorithm.
 enum Prepared {
-    Hmac(hmac::Key),
+    Hmac(Box<hmac::Key>),
     Public(ParsedPublicKey),
 }
 
@@ -105,7 +105,7 @@ fn prepare(key: &DecodingKey, alg: Algorithm) -> Option<Prepared> {
                 Algorithm::HS384 => hmac::HMAC_SHA384,
                 _ => hmac::HMAC_SHA512,
             };
-            Some(Prepared::Hmac(hmac::Key::new(h, secret)))
+            Some(Prepared::Hmac(Box::new(hmac::Key::new(h, secret))))
         }
         (DecodingKeyKind::SecretOrDer(der), AlgorithmFamily::Rsa) => {
             ParsedPublicKey::new(rsa_parameters(alg)?, der)
