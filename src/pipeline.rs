@@ -342,7 +342,11 @@ impl Engine {
             if let Some(hit) = cache.get(key) {
                 self.metrics.token_cache_hit.inc();
                 hit.check_time(now, &rules)?;
-                return Ok((hit.session.clone(), hit.exp));
+                // The encoding is ours; failing to read it back is a bug, and
+                // the token is simply verified again.
+                if let Some(session) = Session::from_compact(&hit.session) {
+                    return Ok((session, hit.exp));
+                }
             }
             self.metrics.token_cache_miss.inc();
         }
@@ -374,7 +378,7 @@ impl Engine {
         let session =
             claims::extract(&j.claims, &Value::Object(claims)).map_err(|_| JwtError::Claims)?;
         if let (Some(cache), Some(key)) = (&self.token_cache, cache_key) {
-            cache.insert(key, session.clone(), exp, nbf, now);
+            cache.insert(key, &session, exp, nbf, now);
         }
         Ok((session, exp))
     }
@@ -549,18 +553,24 @@ pub fn is_reserved_header(name: &str) -> bool {
 }
 
 /// Verified tokens (SPEC 6): key = SHA-256 of mode index and token, value =
-/// the session before per-request steps. An entry never outlives the
-/// token's `exp`, and time validity is re-checked on every hit.
+/// the session before per-request steps. An entry is served for at most
+/// `tokenCacheTtl` and never past the token's `exp` (time validity is
+/// re-checked on every hit). `quick_cache`, not moka, for this one cache:
+/// at 100k entries moka's bookkeeping alone was ~400 bytes an entry
+/// (docs/benchmarks.md), quick_cache's is tens of bytes; eviction is by
+/// capacity, expiry checked on read.
 struct TokenCache {
-    cache: moka::sync::Cache<[u8; 32], Arc<CachedToken>>,
+    cache: quick_cache::sync::Cache<[u8; 32], Arc<CachedToken>>,
     ttl: Duration,
 }
 
 struct CachedToken {
-    session: Session,
+    /// [`Session::to_compact`]: one allocation per entry.
+    session: Box<str>,
     exp: Option<i64>,
     nbf: Option<i64>,
-    expires_in: Duration,
+    /// `tokenCacheTtl` after the insert.
+    fresh_until: std::time::Instant,
 }
 
 impl CachedToken {
@@ -576,26 +586,12 @@ impl CachedToken {
     }
 }
 
-struct PerEntryExpiry;
-
-impl moka::Expiry<[u8; 32], Arc<CachedToken>> for PerEntryExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &[u8; 32],
-        value: &Arc<CachedToken>,
-        _now: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(value.expires_in)
-    }
-}
-
 impl TokenCache {
     fn new(max_entries: u64, ttl: Duration) -> Self {
         TokenCache {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(max_entries)
-                .expire_after(PerEntryExpiry)
-                .build(),
+            cache: quick_cache::sync::Cache::new(
+                usize::try_from(max_entries).unwrap_or(usize::MAX),
+            ),
             ttl,
         }
     }
@@ -608,13 +604,19 @@ impl TokenCache {
     }
 
     fn get(&self, key: &[u8; 32]) -> Option<Arc<CachedToken>> {
-        self.cache.get(key)
+        let hit = self.cache.get(key)?;
+        if std::time::Instant::now() < hit.fresh_until {
+            Some(hit)
+        } else {
+            self.cache.remove(key);
+            None
+        }
     }
 
     fn insert(
         &self,
         key: [u8; 32],
-        session: Session,
+        session: &Session,
         exp: Option<i64>,
         nbf: Option<i64>,
         now: i64,
@@ -623,17 +625,16 @@ impl TokenCache {
             Some(exp) => Duration::from_secs(u64::try_from(exp.saturating_sub(now)).unwrap_or(0)),
             None => self.ttl,
         };
-        let expires_in = self.ttl.min(until_exp);
-        if expires_in.is_zero() {
+        if self.ttl.min(until_exp).is_zero() {
             return;
         }
         self.cache.insert(
             key,
             Arc::new(CachedToken {
-                session,
+                session: session.to_compact(),
                 exp,
                 nbf,
-                expires_in,
+                fresh_until: std::time::Instant::now() + self.ttl,
             }),
         );
     }

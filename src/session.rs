@@ -5,8 +5,6 @@
 //! render the values either as Hasura strings (headers, `/auth/hasura`) or as
 //! typed JSON (`/auth/ddn`).
 
-use std::collections::BTreeMap;
-
 use serde_json::Value;
 
 pub const ROLE: &str = "x-hasura-role";
@@ -16,9 +14,12 @@ pub const USER_ID: &str = "x-hasura-user-id";
 pub const ELEVATED: &str = "x-hasura-auth-elevated";
 
 /// Session variables, lower-case keys, sorted so output is deterministic.
+/// A sorted vector, not a map: sessions hold a handful of variables, and
+/// each one sits in the verified-token cache (a B-tree node alone is ~600
+/// bytes).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Session {
-    vars: BTreeMap<String, Value>,
+    vars: Vec<(String, Value)>,
 }
 
 impl Session {
@@ -26,31 +27,38 @@ impl Session {
         Self::default()
     }
 
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.vars.binary_search_by(|(k, _)| k.as_str().cmp(key))
+    }
+
     /// Inserts a variable; the key is lower-cased. `null` values are dropped:
     /// a null cannot be expressed as a Hasura session string.
     pub fn insert(&mut self, key: &str, value: Value) {
         let key = key.to_ascii_lowercase();
-        if value.is_null() {
-            self.vars.remove(&key);
-        } else {
-            self.vars.insert(key, value);
+        match (self.find(&key), value.is_null()) {
+            (Ok(i), true) => {
+                self.vars.remove(i);
+            }
+            (Ok(i), false) => self.vars[i].1 = value,
+            (Err(_), true) => {}
+            (Err(i), false) => self.vars.insert(i, (key, value)),
         }
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.vars.get(key)
+        self.find(key).ok().map(|i| &self.vars[i].1)
     }
 
     pub fn get_str(&self, key: &str) -> Option<&str> {
-        self.vars.get(key).and_then(Value::as_str)
+        self.get(key).and_then(Value::as_str)
     }
 
     pub fn remove(&mut self, key: &str) -> Option<Value> {
-        self.vars.remove(key)
+        self.find(key).ok().map(|i| self.vars.remove(i).1)
     }
 
     pub fn contains(&self, key: &str) -> bool {
-        self.vars.contains_key(key)
+        self.find(key).is_ok()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
@@ -65,9 +73,33 @@ impl Session {
         self.vars.is_empty()
     }
 
+    /// A compact encoding for the verified-token cache: one allocation
+    /// (JSON pairs, in order) instead of one per key and value.
+    pub fn to_compact(&self) -> Box<str> {
+        serde_json::to_string(&self.vars)
+            .unwrap_or_default()
+            .into_boxed_str()
+    }
+
+    /// The inverse of [`Session::to_compact`].
+    pub fn from_compact(text: &str) -> Option<Session> {
+        serde_json::from_str(text).ok().map(|vars| Session { vars })
+    }
+
+    /// Releases spare capacity, for a session kept in a cache.
+    pub fn shrink_to_fit(&mut self) {
+        self.vars.shrink_to_fit();
+        for (k, v) in &mut self.vars {
+            k.shrink_to_fit();
+            if let Value::Array(a) = v {
+                a.shrink_to_fit();
+            }
+        }
+    }
+
     /// The user id as text (numbers are accepted, as Hasura does).
     pub fn user_id(&self) -> Option<String> {
-        match self.vars.get(USER_ID)? {
+        match self.get(USER_ID)? {
             Value::String(s) => Some(s.clone()),
             Value::Number(n) => Some(n.to_string()),
             _ => None,
@@ -250,6 +282,37 @@ pub fn is_valid_header_value(s: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn sorted_insert_replace_remove_and_compact_round_trip() {
+        let mut s = Session::new();
+        s.insert("X-Hasura-User-Id", json!("u1"));
+        s.insert("x-hasura-allowed-roles", json!(["user", "admin"]));
+        s.insert("x-hasura-default-role", json!("user"));
+        s.insert("x-hasura-org", json!({"id": 7, "name": "a\"b"}));
+        s.insert("x-hasura-user-id", json!(42));
+        s.insert("x-hasura-gone", json!("x"));
+        s.insert("x-hasura-gone", Value::Null);
+        let keys: Vec<&str> = s.iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "x-hasura-allowed-roles",
+                "x-hasura-default-role",
+                "x-hasura-org",
+                "x-hasura-user-id"
+            ]
+        );
+        assert_eq!(s.user_id().as_deref(), Some("42"));
+        let back = Session::from_compact(&s.to_compact()).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(
+            s.remove("x-hasura-org"),
+            Some(json!({"id": 7, "name": "a\"b"}))
+        );
+        assert!(!s.contains("x-hasura-org") && s.len() == 3);
+        assert!(Session::from_compact("not json").is_none());
+    }
 
     fn session(v: Value) -> Session {
         let mut s = Session::new();
