@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
 # authgate vs. a no-op ext_authz baseline on the same tonic stack, driven by
-# the same closed-loop gRPC load generator, in one run. Prints, per scenario
-# and concurrency, requests/s, p50/p99/p99.9 latency, server CPU per request
-# and the ratio to the baseline's requests/s.
+# the same closed-loop HTTP/2 gRPC load generator, in one run. Prints, per
+# scenario and concurrency, requests/s, p50/p99/p99.9 latency, server CPU per
+# request and the ratio to the baseline's requests/s; then memory (RSS idle
+# and with BENCH_DISTINCT tokens cached); then, unless BENCH_ENVOY=0, the
+# paired runs through a real Envoy (bench/envoy.sh).
 #
 #   bash bench/run.sh            # release build, 10 s per point
 #   bash bench/run.sh --smoke    # debug build, 1 s per point (CI: keeps it from rotting)
 #
-# Env: BENCH_SECONDS, BENCH_DISTINCT (distinct RS256 tokens, default 2000).
+# Env: BENCH_SECONDS (10), BENCH_DISTINCT (distinct tokens for c/d, 100000),
+#      BENCH_ENVOY (1), BENCH_SCENARIOS (space-separated subset of a-f, default all).
 # Servers are pinned to core 0 and the load generator to core 1 (taskset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile=release
 secs=${BENCH_SECONDS:-10}
-distinct=${BENCH_DISTINCT:-2000}
+distinct=${BENCH_DISTINCT:-100000}
+smoke=
 if [ "${1:-}" = "--smoke" ]; then
   profile=debug
   secs=1
-  distinct=50
+  distinct=300
+  smoke=1
 fi
 if [ "$profile" = release ]; then
   cargo build --release --quiet --bins
@@ -26,6 +31,7 @@ else
   cargo build --quiet --bins
 fi
 bin="target/$profile"
+load="$bin/authgate-bench-load"
 tmp=$(mktemp -d)
 pids=()
 cleanup() {
@@ -49,88 +55,205 @@ wait_port() {
   echo "port $1 never opened" >&2; return 1
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kb() { awk '/^VmRSS/{print $2}' "/proc/$1/status"; }
+metric() { # PORT PATTERN: sum of matching sample values
+  python3 - "$1" "$2" <<'PY'
+import re, sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5).read().decode()
+print(int(sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if re.match(sys.argv[2], l))))
+PY
+}
 
+# --- Credentials -------------------------------------------------------------
+# Distinct tokens are minted in-process on every core and kept for a day in
+# target/bench-cache (RS256 signing is ~1 ms a token).
 secret=bench-secret-0123456789abcdef0123456789abcdef
-claims='{"sub":"u1","claims.jwt.hasura.io":{"x-hasura-allowed-roles":["user"],"x-hasura-default-role":"user","x-hasura-user-id":"u1"}}'
-"$bin/authgate" token --alg HS256 --key "$secret" --claims "$claims" > "$tmp/hs.txt"
-"$bin/authgate" token --alg HS256 --key "wrong-secret-0123456789abcdef0123456789" --claims "$claims" > "$tmp/bad.txt"
-: > "$tmp/rs.txt"
-for i in $(seq "$distinct"); do
-  "$bin/authgate" token --alg RS256 --key @tests/fixtures/rsa.key \
-    --claims "{\"sub\":\"u$i\",\"claims.jwt.hasura.io\":{\"x-hasura-allowed-roles\":[\"user\"],\"x-hasura-default-role\":\"user\",\"x-hasura-user-id\":\"u$i\"}}" >> "$tmp/rs.txt"
-done
+printf '%s' "$secret" > "$tmp/secret"
+printf '%s' "wrong-secret-0123456789abcdef0123456789" > "$tmp/wrong"
+cache_dir="target/bench-cache"
+mkdir -p "$cache_dir"
+minted() { # NAME ALG KEY COUNT [KID] [GRANT_KEY]: prints the path of the file
+  local f="$cache_dir/$1-$4.txt"
+  if [ -z "$(find "$f" -mmin -1440 2>/dev/null)" ]; then
+    "$load" mint "$2" "$3" "$4" "${5:--}" ${6:+"$6"} > "$f.part" && mv "$f.part" "$f"
+  fi
+  echo "$f"
+}
+"$load" mint HS256 "$tmp/secret" 1 > "$tmp/hs.txt"
+"$load" mint HS256 "$tmp/wrong" 1 > "$tmp/bad.txt"
+"$load" mint RS256 tests/fixtures/rsa.key 1 bench > "$tmp/jwks-token.txt"
+"$load" mint HS256 "$tmp/secret" 1 - tests/fixtures/ec256.key > "$tmp/grant.txt"
+rs_tokens=$(minted rs256 RS256 tests/fixtures/rsa.key "$distinct" bench)
+es_tokens=$(minted es256 ES256 tests/fixtures/ec256.key "$distinct")
+
+# A real JWKS endpoint for scenario b.
+mkdir -p "$tmp/www"
+"$load" jwks RS256 tests/fixtures/rsa.key bench > "$tmp/www/jwks.json"
+jwks_port=$(free_port)
+(cd "$tmp/www" && exec python3 -m http.server "$jwks_port" --bind 127.0.0.1) >/dev/null 2>&1 &
+pids+=($!)
+wait_port "$jwks_port"
+
+# --- Configs -----------------------------------------------------------------
+ns="claimsConfig: {namespace: {location: '\"claims.jwt.hasura.io\"'}}"
 cat > "$tmp/hs.yaml" <<YAML
 definition:
   modes:
     - mode: jwt
       key: {algorithm: HS256, key: {value: "$secret"}}
-      claimsConfig: {namespace: {location: '"claims.jwt.hasura.io"'}}
+      $ns
 YAML
-python3 - "$tmp/rs.yaml" <<'PY'
-import json, sys
-pem = open("tests/fixtures/rsa.pub.pem").read()
-open(sys.argv[1], "w").write(f"""definition:
-  settings: {{tokenCacheMaxEntries: 0}}   # every request verifies the signature
+cat > "$tmp/jwks.yaml" <<YAML
+definition:
   modes:
     - mode: jwt
-      key: {{algorithm: RS256, key: {{value: {json.dumps(pem)}}}}}
-      claimsConfig: {{namespace: {{location: '"claims.jwt.hasura.io"'}}}}
+      key: {algorithm: RS256, jwkFromUrl: {value: "http://127.0.0.1:$jwks_port/jwks.json"}}
+      $ns
+YAML
+python3 - "$tmp" "$ns" "$secret" <<'PY'
+import json, sys
+tmp, ns, secret = sys.argv[1], sys.argv[2], sys.argv[3]
+def fixed(name, alg, pem):
+    key = json.dumps(open(f"tests/fixtures/{pem}").read())
+    open(f"{tmp}/{name}.yaml", "w").write(f"""definition:
+  modes:
+    - mode: jwt
+      key: {{algorithm: {alg}, key: {{value: {key}}}}}
+      {ns}
+""")
+fixed("rs", "RS256", "rsa.pub.pem")
+fixed("es", "ES256", "ec256.pub.pem")
+grant_key = json.dumps(open("tests/fixtures/ec256.key").read())
+open(f"{tmp}/elev.yaml", "w").write(f"""definition:
+  modes:
+    - mode: jwt
+      key: {{algorithm: HS256, key: {{value: "{secret}"}}}}
+      {ns}
+  elevation:
+    mode: required
+    routes: [{{pathPrefix: /admin/}}]
+    webauthn: {{rpId: localhost, rpName: bench, origins: ["http://localhost"]}}
+    grant: {{signingKey: {{algorithm: ES256, key: {{value: {grant_key}}}}}}}
+    store: {{url: "sqlite://{tmp}/elevation.db"}}
 """)
 PY
 
+# --- Servers and points --------------------------------------------------------
 start_noop() {
   local port; port=$(free_port)
   "${core0[@]}" "$bin/authgate-bench-noop" "127.0.0.1:$port" 2>/dev/null &
-  pids+=($!); server_pid=$!; wait_port "$port"; server_url="http://127.0.0.1:$port"
+  pids+=($!); server_pid=$!; wait_port "$port"; server_url="http://127.0.0.1:$port"; http_port=
 }
 start_authgate() { # CONFIG
-  local port http; port=$(free_port); http=$(free_port)
-  RUST_LOG=error "${core0[@]}" "$bin/authgate" serve --config "$1" --grpc-addr "127.0.0.1:$port" --http-addr "127.0.0.1:$http" 2>/dev/null &
+  local port; port=$(free_port); http_port=$(free_port)
+  RUST_LOG=error "${core0[@]}" "$bin/authgate" serve --config "$1" --grpc-addr "127.0.0.1:$port" --http-addr "127.0.0.1:$http_port" 2>/dev/null &
   pids+=($!); server_pid=$!; wait_port "$port"; server_url="http://127.0.0.1:$port"
+  for _ in $(seq 100); do   # ready: JWKS fetched
+    python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$http_port/readyz', timeout=1)" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "authgate never became ready ($1)" >&2; return 1
 }
+stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; }
 
 results="$tmp/results.jsonl"
-run_point() { # NAME STREAMS EXPECTED TOKENS
-  local before after out
+run_point() { # NAME STREAMS EXPECTED REQUESTS [PATH]
+  local before after out hits=0 misses=0
+  if [ -n "$http_port" ]; then
+    hits=$(metric "$http_port" 'authgate_token_cache_lookups_total\{result="hit"')
+    misses=$(metric "$http_port" 'authgate_token_cache_lookups_total\{result="miss"')
+  fi
   before=$(cpu_ticks "$server_pid")
-  out=$("${core1[@]}" "$bin/authgate-bench-load" "$server_url" "$2" "$secs" "$3" "$4")
+  out=$("${core1[@]}" "$load" run "$server_url" "$2" "$secs" "$3" "$4" "${5:-/v1/graphql}")
   after=$(cpu_ticks "$server_pid")
-  python3 - "$1" "$2" "$before" "$after" "$out" >> "$results" <<'PY'
+  if [ -n "$http_port" ]; then
+    hits=$(( $(metric "$http_port" 'authgate_token_cache_lookups_total\{result="hit"') - hits ))
+    misses=$(( $(metric "$http_port" 'authgate_token_cache_lookups_total\{result="miss"') - misses ))
+  fi
+  python3 - "$1" "$2" "$before" "$after" "$out" "$hits" "$misses" >> "$results" <<'PY'
 import json, os, sys
 name, streams, before, after, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), json.loads(sys.argv[5])
+hits, misses = int(sys.argv[6]), int(sys.argv[7])
 tck = os.sysconf("SC_CLK_TCK")
 out.update(scenario=name, streams=streams,
-           cpu_us_per_req=round((after - before) / tck * 1e6 / max(out["requests"], 1), 1))
+           cpu_us_per_req=round((after - before) / tck * 1e6 / max(out["requests"], 1), 1),
+           cache_miss_pct=(round(100 * misses / (hits + misses)) if hits + misses else None))
 print(json.dumps(out))
 PY
 }
 
+want() { [ -z "${BENCH_SCENARIOS:-}" ] || [[ " $BENCH_SCENARIOS " == *" $1 "* ]]; }
+
 for streams in 1 64; do
   start_noop
   run_point baseline "$streams" 0 "$tmp/hs.txt"
-  kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+  stop_server
 
-  start_authgate "$tmp/hs.yaml"
-  run_point "a_hs256_cached" "$streams" 0 "$tmp/hs.txt"
-  run_point "e_denied_bad_signature" "$streams" 16 "$tmp/bad.txt"
-  kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
-
-  start_authgate "$tmp/rs.yaml"
-  run_point "c_rs256_distinct_uncached" "$streams" 0 "$tmp/rs.txt"
-  kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+  if want a || want e; then
+    start_authgate "$tmp/hs.yaml"
+    if want a; then run_point a_hs256_cached "$streams" 0 "$tmp/hs.txt"; fi
+    if want e; then run_point e_denied_bad_signature "$streams" 16 "$tmp/bad.txt"; fi
+    stop_server
+  fi
+  if want b; then
+    start_authgate "$tmp/jwks.yaml"
+    run_point b_rs256_jwks_cached "$streams" 0 "$tmp/jwks-token.txt"
+    stop_server
+  fi
+  # Distinct tokens: a fresh server per point, so every token is new to it.
+  if want c; then
+    start_authgate "$tmp/rs.yaml"
+    run_point c_rs256_distinct "$streams" 0 "$rs_tokens"
+    stop_server
+  fi
+  if want d; then
+    start_authgate "$tmp/es.yaml"
+    run_point d_es256_distinct "$streams" 0 "$es_tokens"
+    stop_server
+  fi
+  if want f; then
+    start_authgate "$tmp/elev.yaml"
+    run_point f_elevated_route_grant "$streams" 0 "$tmp/grant.txt" /admin/users
+    stop_server
+  fi
 done
 
 python3 - "$results" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-base = {r["streams"]: r["rps"] for r in rows if r["scenario"] == "baseline"}
-print(f"{'scenario':28} {'streams':>7} {'req/s':>9} {'p50us':>7} {'p99us':>7} {'p999us':>7} {'cpu_us/req':>10} {'ratio':>6} {'wrong':>5} {'err':>4}")
+base = {r["streams"]: r for r in rows if r["scenario"] == "baseline"}
+print(f"{'scenario':26} {'streams':>7} {'req/s':>8} {'p50us':>7} {'p99us':>7} {'p999us':>7} {'cpu_us/req':>10} {'ratio':>6} {'+p99us':>7} {'miss%':>5} {'wrong':>5} {'err':>4}")
 bad = 0
 for r in rows:
-    ratio = r["rps"] / base[r["streams"]] if base.get(r["streams"]) else 0
+    b = base.get(r["streams"])
+    ratio = r["rps"] / b["rps"] if b and b["rps"] else 0
+    dp99 = r["p99_us"] - b["p99_us"] if b else 0
+    miss = "" if r.get("cache_miss_pct") is None else r["cache_miss_pct"]
     bad += r["wrong_decisions"] + r["errors"]
-    print(f"{r['scenario']:28} {r['streams']:>7} {r['rps']:>9.0f} {r['p50_us']:>7} {r['p99_us']:>7} {r['p999_us']:>7} {r['cpu_us_per_req']:>10} {ratio:>6.2f} {r['wrong_decisions']:>5} {r['errors']:>4}")
+    print(f"{r['scenario']:26} {r['streams']:>7} {r['rps']:>8.0f} {r['p50_us']:>7} {r['p99_us']:>7} {r['p999_us']:>7} {r['cpu_us_per_req']:>10} {ratio:>6.2f} {dp99:>7} {miss:>5} {r['wrong_decisions']:>5} {r['errors']:>4}")
 if bad:
     print(f"{bad} wrong decisions or errors", file=sys.stderr)
     sys.exit(1)
 PY
+
+# --- Memory ------------------------------------------------------------------
+start_authgate "$tmp/rs.yaml"
+sleep 1
+idle=$(rss_kb "$server_pid")
+out=$("${core1[@]}" "$load" run "$server_url" 64 0 0 "$rs_tokens")
+cached=$(metric "$http_port" 'authgate_token_cache_lookups_total\{result="miss"')
+full=$(rss_kb "$server_pid")
+stop_server
+python3 - "$idle" "$full" "$cached" "$out" <<'PY'
+import json, sys
+idle, full, cached, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
+print(f"\nmemory: RSS idle {idle / 1024:.1f} MiB; after {cached} distinct RS256 tokens verified and cached "
+      f"{full / 1024:.1f} MiB ({(full - idle) * 1024 / max(cached, 1):.0f} bytes/token); "
+      f"wrong={out['wrong_decisions']} errors={out['errors']}")
+if out["wrong_decisions"] or out["errors"]:
+    sys.exit(1)
+PY
+
+if [ "${BENCH_ENVOY:-1}" != 0 ]; then
+  BENCH_BIN="$bin" BENCH_SECONDS="$secs" BENCH_SMOKE="$smoke" bash bench/envoy.sh "$tmp" "$rs_tokens"
+fi
