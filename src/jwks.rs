@@ -51,6 +51,10 @@ pub struct JwksCache {
     client: reqwest::Client,
     keys: ArcSwapOption<KeySet>,
     etag: Mutex<Option<String>>,
+    /// Held for a whole fetch: the background refresh and an unknown-kid
+    /// refetch never overlap, so an older document cannot be stored after
+    /// a newer one.
+    fetch_lock: tokio::sync::Mutex<()>,
     /// Time of the last unknown-kid refetch; the async mutex makes it single-flight.
     refetch_gate: tokio::sync::Mutex<Option<Instant>>,
     /// SHA-256 of kids that stayed unknown: 32 bytes an entry, however
@@ -99,6 +103,7 @@ impl JwksCache {
             client,
             keys: ArcSwapOption::empty(),
             etag: Mutex::new(None),
+            fetch_lock: tokio::sync::Mutex::new(()),
             refetch_gate: tokio::sync::Mutex::new(None),
             unknown_kids: moka::sync::Cache::builder()
                 .max_capacity(10_000)
@@ -144,7 +149,9 @@ impl JwksCache {
 
     /// One fetch; on success swaps the keys in. Counted in metrics.
     async fn fetch(&self) -> Result<Fetched, FetchError> {
+        let serial = self.fetch_lock.lock().await;
         let result = self.fetch_inner().await;
+        drop(serial);
         match &result {
             Ok(Fetched::Updated(_)) => {
                 self.metrics.fetch_ok.inc();

@@ -42,6 +42,9 @@ pub struct Shared {
     inflight: AtomicUsize,
     grpc_slots: Semaphore,
     http_slots: Semaphore,
+    /// SIGHUP and the file watcher both reload: one at a time, so an older
+    /// file read cannot be swapped in after a newer one.
+    reload_lock: tokio::sync::Mutex<()>,
 }
 
 /// Counts a request in flight (for the drain) until it is answered or dropped.
@@ -79,6 +82,7 @@ impl Shared {
             inflight: AtomicUsize::new(0),
             grpc_slots: Semaphore::new(MAX_CONCURRENT_REQUESTS),
             http_slots: Semaphore::new(MAX_CONCURRENT_REQUESTS),
+            reload_lock: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -156,6 +160,7 @@ impl Shared {
         let Some(path) = &self.config_path else {
             return Ok(());
         };
+        let _one_at_a_time = self.reload_lock.lock().await;
         let loaded = config::load_file(path);
         let current = self.engine.load_full();
         let loaded = match loaded {
