@@ -482,10 +482,15 @@ pub fn render_transform(t: &Transform, doc: &Value) -> Result<(Vec<u8>, String),
             content_type,
         } => {
             let ctx = gtmpl::Context::from(to_gtmpl(doc));
-            let text = template
-                .0
-                .render(&ctx)
-                .map_err(|_| Failure::Unavailable("the Go template failed"))?;
+            // gtmpl panics on some input, e.g. a `printf` width over 65535
+            // (found by fuzzing), which the rendered document can supply: a
+            // panic is a failed template, not a failed request task.
+            let rendered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                template.0.render(&ctx).ok()
+            }));
+            let Ok(Some(text)) = rendered else {
+                return Err(Failure::Unavailable("the Go template failed"));
+            };
             Ok((
                 text.into_bytes(),
                 content_type
@@ -535,6 +540,36 @@ mod tests {
             serde_json::from_str::<Value>(&out).unwrap(),
             json!({"role": "admin", "n": 2})
         );
+    }
+
+    /// Fuzzing (`fuzz/`, target `gotmpl`) found that gtmpl panics while
+    /// rendering a `printf` width over 65535; the format may come from the
+    /// request itself. The render fails; the caller does not unwind.
+    #[test]
+    fn a_panicking_template_is_a_failed_render() {
+        let transform = |text: &str| {
+            let mut t = gtmpl::Template::default();
+            t.parse(text).unwrap();
+            Transform::GoTemplate {
+                template: crate::config::webhook::GoTemplate(std::sync::Arc::new(t)),
+                content_type: None,
+            }
+        };
+        let doc = json!({"headers": {"x-fmt": "%70000d"}});
+        for text in [
+            r#"{{ printf "%70000d" 1 }}"#,
+            r#"{{ printf (index .headers "x-fmt") 1 }}"#,
+        ] {
+            assert!(
+                matches!(
+                    render_transform(&transform(text), &doc),
+                    Err(Failure::Unavailable(_))
+                ),
+                "{text}"
+            );
+        }
+        let ok = render_transform(&transform(r#"{{ printf "%5d" 1 }}"#), &doc).unwrap();
+        assert_eq!(ok.0, b"    1");
     }
 
     #[test]

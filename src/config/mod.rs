@@ -684,7 +684,9 @@ pub fn is_session_key(k: &str) -> bool {
 }
 
 pub fn is_hasura_name(k: &str) -> bool {
-    k.len() > "x-hasura-".len() && k[.."x-hasura-".len()].eq_ignore_ascii_case("x-hasura-")
+    // Bytes, not `str`: byte 9 may fall inside a character (`x-Hasura̛…`).
+    k.len() > "x-hasura-".len()
+        && k.as_bytes()[.."x-hasura-".len()].eq_ignore_ascii_case(b"x-hasura-")
 }
 
 /// Headers no session variable may set: framing, routing and hop-by-hop

@@ -212,3 +212,25 @@ definition:
     assert!(!errors("definition: {modes: []}").is_empty());
     assert!(errors("[1, 2").iter().any(|e| e.contains("not valid YAML")));
 }
+
+/// Fuzzing (`fuzz/`, target `claims`) found that a claims-namespace key with
+/// a multi-byte character across byte 9 (`x-Hasura̛…`) panicked while a
+/// verified token's claims were mapped (a request-path panic).
+#[test]
+fn hasura_names_are_compared_bytewise() {
+    assert!(!is_hasura_name("x-Hasura\u{31b}-role"));
+    assert!(!is_hasura_name("\u{e9}-hasura-role"));
+    assert!(is_hasura_name("X-Hasura-\u{e9}"));
+    assert!(!is_session_key("x-hasura-\u{e9}"));
+    let cfg = ClaimsConfig {
+        namespace: Some(Namespace {
+            expression: crate::claims::ClaimPath::new(jmespath::compile("h").unwrap()),
+            format: ClaimsFormat::Json,
+        }),
+        locations: Vec::new(),
+    };
+    let payload = serde_json::json!({"h": {"x-Hasura\u{31b}-role": "a", "x-hasura-role": "r"}});
+    let session = crate::claims::extract(&cfg, &payload).unwrap();
+    assert_eq!(session.get_str("x-hasura-role"), Some("r"));
+    assert_eq!(session.len(), 1);
+}

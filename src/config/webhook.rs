@@ -450,38 +450,76 @@ fn field_mapping(
     }
 }
 
-/// Every `{{` must be closed by `}}` (quotes inside actions respected).
-/// gtmpl's lexer loops forever on an unterminated action, so this is checked
-/// before parsing.
+/// Checks a Go template for what gtmpl cannot take, before gtmpl parses it.
+/// Every `{{` must be closed by `}}` (quotes inside actions respected), as
+/// gtmpl's lexer loops forever on an unterminated action. Fuzzing found more
+/// gtmpl defects, kept out here:
+/// - outside quotes an action must be ASCII: the lexer panics on a non-ASCII
+///   identifier (`{{ .é }}`), and when `{{- ` trims spaces after a non-ASCII
+///   character;
+/// - quoted strings end where gtmpl's lexer ends them (it takes the quote
+///   after `\\` as escaped) and may only use the escapes
+///   `\b \f \n \r \t \' \" \\`, in every kind of quotes (gtmpl unquotes
+///   backquoted strings too): its unquoting loops forever on a short `\x` or
+///   `\u` escape (`"\x4"`) and panics on others; any character can be
+///   written as itself instead;
+/// - `template` and `block` are refused: gtmpl allows 100 000 nested calls,
+///   so `{{template ""}}` (a template calling itself) overflowed the stack,
+///   which aborts the process.
 fn check_delimiters(text: &str) -> Result<(), String> {
     let b = text.as_bytes();
     let mut i = 0;
     while i + 1 < b.len() {
         if b[i] == b'{' && b[i + 1] == b'{' {
             let start = i;
+            if b[i + 2..].starts_with(b"- ")
+                && text[..i]
+                    .trim_end()
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| !c.is_ascii())
+            {
+                return Err(format!(
+                    "`{{{{- ` right after a non-ASCII character (byte {start}) is not supported; drop the `-`"
+                ));
+            }
             i += 2;
-            let mut quote: Option<u8> = None;
             loop {
                 if i >= b.len() {
                     return Err(format!("unclosed action starting at byte {start}"));
                 }
                 let c = b[i];
-                match quote {
-                    Some(q) => {
-                        if c == b'\\' && q != b'`' {
-                            i += 1;
-                        } else if c == q {
-                            quote = None;
-                        }
+                if c == b'"' || c == b'`' || c == b'\'' {
+                    let end = string_end(b, i).ok_or_else(|| {
+                        format!("unclosed quoted string in the action starting at byte {start}")
+                    })?;
+                    check_escapes(&b[i + 1..end]).map_err(|()| {
+                        format!(
+                            "unsupported escape in a quoted string in the action starting at byte {start} (use \\b \\f \\n \\r \\t \\' \\\" \\\\, or the character itself)"
+                        )
+                    })?;
+                    i = end;
+                } else if c == b'}' && b.get(i + 1) == Some(&b'}') {
+                    i += 1;
+                    break;
+                } else if !c.is_ascii() {
+                    return Err(format!(
+                        "non-ASCII character outside quotes in the action starting at byte {start}"
+                    ));
+                } else if c.is_ascii_alphabetic()
+                    && !b[i - 1].is_ascii_alphanumeric()
+                    && !matches!(b[i - 1], b'_' | b'.' | b'$')
+                {
+                    let end = b[i..]
+                        .iter()
+                        .position(|c| !c.is_ascii_alphanumeric() && *c != b'_')
+                        .map_or(b.len(), |n| i + n);
+                    if matches!(&b[i..end], b"template" | b"block") {
+                        return Err(format!(
+                            "`template` and `block` are not supported (the action starting at byte {start}): a template may not call a template"
+                        ));
                     }
-                    None => {
-                        if c == b'"' || c == b'`' || c == b'\'' {
-                            quote = Some(c);
-                        } else if c == b'}' && b.get(i + 1) == Some(&b'}') {
-                            i += 1;
-                            break;
-                        }
-                    }
+                    i = end - 1;
                 }
                 i += 1;
             }
@@ -491,11 +529,58 @@ fn check_delimiters(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Where gtmpl's lexer ends the string whose opening quote is at `open`: a
+/// raw string at the next backquote; otherwise at the next quote not
+/// preceded by a backslash (any run of them), and never across a newline.
+fn string_end(b: &[u8], open: usize) -> Option<usize> {
+    let q = b[open];
+    let mut escaped = false;
+    for (n, &c) in b[open + 1..].iter().enumerate() {
+        if q == b'`' {
+            if c == q {
+                return Some(open + 1 + n);
+            }
+            continue;
+        }
+        match c {
+            b'\\' => {
+                escaped = true;
+                continue;
+            }
+            b'\n' => return None,
+            c if c == q && !escaped => return Some(open + 1 + n),
+            _ => {}
+        }
+        escaped = false;
+    }
+    None
+}
+
+/// The escapes gtmpl's unquoting handles without looping or panicking,
+/// paired from the start as it pairs them.
+fn check_escapes(content: &[u8]) -> Result<(), ()> {
+    let mut k = 0;
+    while k < content.len() {
+        if content[k] == b'\\' {
+            if !matches!(
+                content.get(k + 1),
+                Some(b'b' | b'f' | b'n' | b'r' | b't' | b'\'' | b'"' | b'\\')
+            ) {
+                return Err(());
+            }
+            k += 1;
+        }
+        k += 1;
+    }
+    Ok(())
+}
+
 /// A duration as seconds (number) or Go-style text (`1m30s`, `500ms`).
 pub fn duration(d: &mut Diagnostics, path: &YamlPath, v: &Value) -> Option<Duration> {
     match v {
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if f >= 0.0 && f.is_finite() => Some(Duration::from_secs_f64(f)),
+        // `try_`: a number past u64 seconds (`1e20`) panicked the loader.
+        Value::Number(n) => match n.as_f64().filter(|f| *f >= 0.0) {
+            Some(f) if let Ok(d) = Duration::try_from_secs_f64(f) => Some(d),
             _ => {
                 d.error(path, "expected a non-negative number of seconds");
                 None
@@ -527,7 +612,7 @@ fn parse_go_duration(s: &str) -> Option<Duration> {
         return None;
     }
     if let Ok(n) = s.parse::<f64>() {
-        return (n >= 0.0).then(|| Duration::from_secs_f64(n));
+        return Duration::try_from_secs_f64(n).ok();
     }
     let mut total = 0f64;
     let mut rest = s;
@@ -555,7 +640,7 @@ fn parse_go_duration(s: &str) -> Option<Duration> {
         total += n * scale;
         rest = &rest[unit_end..];
     }
-    Some(Duration::from_secs_f64(total))
+    Duration::try_from_secs_f64(total).ok()
 }
 
 fn env_bool(d: &mut Diagnostics, env: &dyn Env, path: &YamlPath, v: &Value) -> Option<bool> {
@@ -996,6 +1081,7 @@ fn hook_auth(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn unclosed_actions_are_caught_before_gtmpl() {
@@ -1004,6 +1090,147 @@ mod tests {
         assert!(check_delimiters("{{ \"}} ").is_err());
         assert!(check_delimiters("{{").is_err());
         assert!(check_delimiters("plain { text }").is_ok());
+    }
+
+    /// Fuzzing (`fuzz/`, target `gotmpl`) found that gtmpl's lexer panics
+    /// on a non-ASCII identifier inside an action; such templates are
+    /// refused before gtmpl sees them. Quoted text and text outside actions
+    /// may be any Unicode.
+    #[test]
+    fn non_ascii_identifiers_are_caught_before_gtmpl() {
+        for t in [
+            "{{\u{48f}}}",
+            "{{ .\u{e9} }}",
+            "{{ .body.na\u{ef}ve }}",
+            "{{ $\u{e9} := 1 }}",
+        ] {
+            assert!(check_delimiters(t).is_err(), "{t}");
+        }
+        for t in [
+            "{{ \"na\u{ef}ve\" }}",
+            "{{ index .body `\u{e9}` }}",
+            "{{ '\u{e9}' }}",
+            "\u{e9} {{ .url }} \u{fc}",
+        ] {
+            assert!(check_delimiters(t).is_ok(), "{t}");
+        }
+    }
+
+    /// Fuzzing (`fuzz/`, target `gotmpl`) found that gtmpl's unquoting
+    /// never returns on a short `\x` or `\u` escape, so a config load (or a
+    /// reload) hung; its escape parsing also slices past the end of a string
+    /// (`` `a\` ``) or inside a UTF-8 character, a panic while the config
+    /// loads. Only the simple escapes reach gtmpl, in every kind of quotes.
+    #[test]
+    fn hex_and_unicode_escapes_are_caught_before_gtmpl() {
+        for t in [
+            r#"{{ "\x4" }}"#,
+            r#"{{ "\x" }}"#,
+            r#"{{ "\u004" }}"#,
+            r#"{{ "\x41" }}"#,
+            r#"{{ '\x4' }}"#,
+            "{{ \"\\x41a\u{e9}b\" }}",
+            "{{ \"\\\u{e9}\" }}",
+            r#"{{ "\"#,
+            r#"{{ `\x4` }}"#,
+            r#"{{ (`\\(}\`{}}"#,
+            "{{ `\\\u{e9}` }}",
+        ] {
+            assert!(check_delimiters(t).is_err(), "{t}");
+        }
+        for t in [
+            r#"{{ "a\"b\\c\n\t\r\b\f" }}"#,
+            r#"{{ '\'' }}"#,
+            r#"{{ `\n` }}"#,
+            r#"{{ printf "%s\n" .url }}"#,
+        ] {
+            assert!(check_delimiters(t).is_ok(), "{t}");
+        }
+    }
+
+    /// Fuzzing (`fuzz/`, target `gotmpl`) found that a template calling
+    /// itself (`{{template ""}}`, or through `define`/`block`) overflowed
+    /// the stack while rendering, which aborts the whole process. Calls to
+    /// templates are refused at load; the words elsewhere are fine.
+    #[test]
+    fn template_calls_are_refused() {
+        for t in [
+            r#"{{template ""}}"#,
+            r#"{{- template "a" . -}}"#,
+            r#"{{define "a"}}{{template "a"}}{{end}}{{template "a"}}"#,
+            r#"{{block "a" .}}x{{end}}"#,
+            r#"{{if 1}}{{ template "a" }}{{end}}"#,
+        ] {
+            assert!(check_delimiters(t).is_err(), "{t}");
+        }
+        for t in [
+            r#"{{ .body.template }}"#,
+            r#"{{ $template := 1 }}{{ $block := 2 }}"#,
+            r#"{{ index .headers "template" }}"#,
+            r#"{{ .templates }}{{ .x_block }} template block"#,
+            r#"{{define "a"}}x{{end}}"#,
+        ] {
+            assert!(check_delimiters(t).is_ok(), "{t}");
+        }
+    }
+
+    /// Fuzzing (`fuzz/`, target `gotmpl`) found that gtmpl's lexer takes
+    /// the quote after `\\` as escaped, so `"\\"` does not end there and
+    /// what follows is lexed as code.
+    #[test]
+    fn strings_end_where_gtmpl_ends_them() {
+        for t in [
+            "{{\"\\\\\"\"\u{64c}\"}}",
+            r#"{{ "a\\" }}"#,
+            "{{ \"a\nb\" }}",
+        ] {
+            assert!(check_delimiters(t).is_err(), "{t}");
+        }
+        for t in [r#"{{ "a\\b" }}"#, r#"{{ "a\\\"" }}"#, r#"{{ "\"" }}"#] {
+            assert!(check_delimiters(t).is_ok(), "{t}");
+        }
+    }
+
+    /// Fuzzing (`fuzz/`, target `gotmpl`) found that gtmpl's lexer panics
+    /// when a left trim marker follows a non-ASCII character.
+    #[test]
+    fn left_trim_after_non_ascii_is_refused() {
+        for t in [
+            "\u{382}{{- \"x\" }}",
+            "\u{e9} \n {{- .url }}",
+            "{{ 1 }}\u{e9}{{- 2 }}",
+        ] {
+            assert!(check_delimiters(t).is_err(), "{t}");
+        }
+        for t in [
+            "\u{e9}{{ .url -}} \u{e9}",
+            "\u{e9}.{{- .url }}",
+            "  {{- .url }}",
+            "{{- 1 }}",
+        ] {
+            assert!(check_delimiters(t).is_ok(), "{t}");
+        }
+    }
+
+    /// Fuzzing (`fuzz/`, target `config`) found that a duration past u64
+    /// seconds, as a number or as text, panicked while the config loaded.
+    #[test]
+    fn huge_durations_are_errors() {
+        for v in [
+            json!(1e20),
+            json!("1e400"),
+            json!("99999999999999999999h"),
+            json!(-1),
+        ] {
+            let mut d = Diagnostics::default();
+            assert_eq!(duration(&mut d, &YamlPath::root(), &v), None, "{v}");
+            assert_eq!(d.errors.len(), 1, "{v}");
+        }
+        let mut d = Diagnostics::default();
+        assert_eq!(
+            duration(&mut d, &YamlPath::root(), &json!("1e19")),
+            Some(Duration::from_secs(10_000_000_000_000_000_000))
+        );
     }
 
     #[test]
