@@ -37,7 +37,7 @@ flags=(--sanitizer none)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "==> installing cargo-fuzz"
-  cargo install cargo-fuzz --locked
+  cargo install cargo-fuzz --locked --version "${CARGO_FUZZ_VERSION:-0.13.2}"
 fi
 
 echo "==> building the fuzz targets (release, debug assertions, no sanitizer)"

@@ -422,7 +422,7 @@ fn main() {
                 &[],
                 &[
                     ("x-api-key", common::API_KEY.as_bytes()),
-                    ("x-forwarded-for", b"10.9.8.7, 192.0.2.1"),
+                    ("x-forwarded-for", b"192.0.2.1, 10.9.8.7"),
                     ("origin", b"https://app.example.com"),
                     (":path", b"/internal"),
                     ("x-rely-auth-id", b"service"),
@@ -456,9 +456,68 @@ fn main() {
                 &[],
             ),
         ),
+        (
+            "duplicate-authorization",
+            check_request(
+                "GET",
+                "/",
+                &[("authorization", &bearer)],
+                &[("authorization", bearer.as_bytes())],
+                None,
+                &[],
+            ),
+        ),
         ("empty", CheckRequest::default().encode_to_vec()),
     ];
+    // Each seed decides as intended on the target's engine, so the fuzzer
+    // starts from allowed, elevated and denied requests alike.
+    let rt = common::current_thread_runtime();
+    let engine = {
+        let cfg = authgate::config::parse(&common::check_config(), &|_: &str| None)
+            .expect("check config");
+        let elevation = rt
+            .block_on(authgate::server::open_elevation(&cfg, None))
+            .expect("elevation opens");
+        let registry = authgate::jwks::JwksRegistry::new().expect("JWKS registry");
+        authgate::pipeline::Engine::new(
+            cfg,
+            &registry,
+            std::sync::Arc::new(authgate::metrics::Metrics::new()),
+            false,
+            elevation,
+        )
+    };
+    let expected: HashMap<&str, &str> = [
+        ("bearer", "allow user"),
+        ("bearer-role-request", "allow editor"),
+        ("elevated-with-grant", "allow user elevated"),
+        ("elevation-required-no-grant", "deny elevation_required"),
+        ("cookie-rs256", "allow partner"),
+        ("query", "allow x"),
+        ("api-key-raw-headers", "allow service"),
+        ("mode-selection", "allow anonymous"),
+        ("two-credentials", "allow partner"),
+        ("duplicate-authorization", "deny invalid_token"),
+        ("empty", "allow anonymous"),
+    ]
+    .into_iter()
+    .collect();
     for (name, bytes) in cases {
+        let check = CheckRequest::decode(bytes.as_slice()).expect("decodes");
+        let req = authgate::grpc::to_request(check, None);
+        let got = match rt.block_on(engine.decide(&req)) {
+            authgate::decision::Decision::Allow(a) => format!(
+                "allow {}{}",
+                a.session.get_str("x-hasura-role").unwrap_or("?"),
+                if a.elevated { " elevated" } else { "" }
+            ),
+            authgate::decision::Decision::Deny(d) => format!("deny {}", d.reason.as_str()),
+        };
+        assert_eq!(
+            Some(&got.as_str()),
+            expected.get(name),
+            "check_request seed {name}"
+        );
         out.put("check_request", name, bytes);
     }
 
