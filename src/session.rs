@@ -86,17 +86,6 @@ impl Session {
         serde_json::from_str(text).ok().map(|vars| Session { vars })
     }
 
-    /// Releases spare capacity, for a session kept in a cache.
-    pub fn shrink_to_fit(&mut self) {
-        self.vars.shrink_to_fit();
-        for (k, v) in &mut self.vars {
-            k.shrink_to_fit();
-            if let Value::Array(a) = v {
-                a.shrink_to_fit();
-            }
-        }
-    }
-
     /// The user id as text (numbers are accepted, as Hasura does).
     pub fn user_id(&self) -> Option<String> {
         match self.get(USER_ID)? {
