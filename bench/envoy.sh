@@ -125,6 +125,12 @@ point() { # NAME FILTER SERVER(noop|authgate|-) SERVER_CORE CONNECTIONS TOKENS R
   before=$(cpu_ticks "$epid")
   out=$(taskset -c 1 wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$tmp/tokens.lua" "http://127.0.0.1:$eport/" -- "$tokens")
   after=$(cpu_ticks "$epid")
+  if grep -qE "Non-2xx|Socket errors" <<<"$out"; then
+    # Say why: Envoy's own counters for the filter and the ext_authz cluster.
+    echo "$name round $round: failed answers; Envoy's counters:" >&2
+    python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' \
+      "http://127.0.0.1:$aport/stats?filter=(ext_authz|jwt_authn|cluster\.authz\.)" 2>&1 | grep -v ': 0$' >&2 || true
+  fi
   kill "$epid"; wait "$epid" 2>/dev/null || true
   if [ -n "$spid" ]; then kill "$spid"; wait "$spid" 2>/dev/null || true; fi
   python3 - "$name" "$conns" "$round" "$before" "$after" "$out" >> "$results" <<'PY'

@@ -58,7 +58,10 @@ async fn main() {
             .unwrap_or_default()
     );
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Same reset allowance as authgate (src/server.rs): Envoy cancels its
+    // in-flight checks when wrk closes connections between runs.
     if let Err(e) = tonic::transport::Server::builder()
+        .http2_max_pending_accept_reset_streams(Some(1024))
         .add_service(AuthorizationServer::new(Noop))
         .serve_with_incoming(incoming)
         .await

@@ -339,7 +339,13 @@ pub async fn start(
     let mut builder = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .max_concurrent_streams(GRPC_MAX_CONCURRENT_STREAMS);
+        .max_concurrent_streams(GRPC_MAX_CONCURRENT_STREAMS)
+        // Envoy resets its ext_authz stream whenever the downstream request
+        // goes away, often many at once; hyper's default (20 resets of
+        // streams not yet accepted, then GOAWAY) failed every other check in
+        // flight on the connection. Bounded by the stream limit instead, so a
+        // rapid-reset flood (CVE-2023-44487) still closes its connection.
+        .http2_max_pending_accept_reset_streams(Some(GRPC_MAX_CONCURRENT_STREAMS as usize));
     let mut router = builder.add_service(health_service).add_service(ext_authz);
     if let Some(reflection) = reflection {
         router = router.add_service(reflection);

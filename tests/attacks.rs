@@ -2564,3 +2564,143 @@ async fn path_normalization_bypasses_on_elevated_routes() {
         assert!(text.contains("elevation_required"), "{target}: {text}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Cancelled streams (HTTP/2 resets)
+// ---------------------------------------------------------------------------
+
+/// A raw HTTP/2 connection to the gRPC address, and one Check on it as Envoy
+/// sends it (pre-encoded body, `te: trailers`).
+async fn h2_connect(addr: SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send.ready().await.unwrap()
+}
+
+fn check_post() -> http::Request<()> {
+    http::Request::post("/envoy.service.auth.v3.Authorization/Check")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap()
+}
+
+fn grpc_frame(req: &CheckRequest) -> bytes::Bytes {
+    use prost::Message as _;
+    let msg = req.encode_to_vec();
+    let mut out = Vec::with_capacity(5 + msg.len());
+    out.push(0);
+    out.extend_from_slice(&u32::try_from(msg.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(&msg);
+    out.into()
+}
+
+/// The decision code of one Check on `send`, or the HTTP/2 error that ended it.
+async fn h2_check(
+    send: &h2::client::SendRequest<bytes::Bytes>,
+    body: bytes::Bytes,
+) -> Result<i32, String> {
+    use prost::Message as _;
+    let mut send = send.clone().ready().await.map_err(|e| e.to_string())?;
+    let (response, mut stream) = send
+        .send_request(check_post(), false)
+        .map_err(|e| e.to_string())?;
+    stream.send_data(body, true).map_err(|e| e.to_string())?;
+    let mut recv = response.await.map_err(|e| e.to_string())?.into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = recv.trailers().await.map_err(|e| e.to_string())?;
+    let grpc_status = trailers.as_ref().and_then(|t| t.get("grpc-status"));
+    if grpc_status.is_none_or(|s| s != "0") || data.len() < 5 {
+        return Err(format!("grpc-status {grpc_status:?}"));
+    }
+    let msg = envoy_types::pb::envoy::service::auth::v3::CheckResponse::decode(&data[5..])
+        .map_err(|e| e.to_string())?;
+    Ok(msg.status.map_or(-1, |s| s.code))
+}
+
+/// Opens `n` Check streams and resets each at once (RST_STREAM CANCEL), all
+/// in one write: the server reads them before it accepts any.
+async fn cancel_burst(send: &h2::client::SendRequest<bytes::Bytes>, n: usize) {
+    for _ in 0..n {
+        let Ok(mut ready) = send.clone().ready().await else {
+            return;
+        };
+        let Ok((_response, mut stream)) = ready.send_request(check_post(), false) else {
+            return;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+    }
+    // Let the connection task flush and the server read the burst.
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Envoy resets its ext_authz stream whenever the downstream request goes
+/// away (client gone, route timeout), often many at once. hyper's default
+/// closes the connection (GOAWAY ENHANCE_YOUR_CALM) after 20 resets of
+/// streams it has not accepted yet, which failed every other check in flight
+/// on it: Envoy answered 403 to unrelated requests (seen in the benchmark
+/// through Envoy). Bursts of 500 must leave the connection serving; a reset
+/// flood (CVE-2023-44487, "rapid reset", 20 000 streams) may close its own
+/// connection (hyper still counts, up to the stream limit), and the server
+/// keeps serving every other.
+/// The test runtime is single-threaded, so each burst reaches the server in
+/// one read, before it accepts any stream.
+#[tokio::test]
+async fn cancelled_checks_keep_the_connection_and_reset_floods_stay_contained() {
+    let server = TestServer::start(&hs256_config("")).await;
+    let token = mint(
+        Algorithm::HS256,
+        SECRET,
+        hasura_claims("u1", &["user"], "user"),
+        None,
+    );
+    let auth = bearer(&token);
+    let body = grpc_frame(&check_request(&[("authorization", &auth)], "/graphql"));
+    let addr = server.running.grpc_addr;
+
+    let send = h2_connect(addr).await;
+    assert_eq!(h2_check(&send, body.clone()).await, Ok(0));
+    for round in 0..3 {
+        cancel_burst(&send, 500).await;
+        assert_eq!(
+            h2_check(&send, body.clone()).await,
+            Ok(0),
+            "round {round}: the connection survives 500 cancelled checks"
+        );
+    }
+
+    let flood = h2_connect(addr).await;
+    cancel_burst(&flood, 20_000).await;
+    match h2_check(&flood, body.clone()).await {
+        Ok(code) => assert_eq!(
+            code, 0,
+            "a flooded connection that stays open answers right"
+        ),
+        Err(e) => assert!(
+            e.contains("too_many_resets"),
+            "closed for the flood only: {e}"
+        ),
+    }
+    let fresh = h2_connect(addr).await;
+    assert_eq!(
+        h2_check(&fresh, body.clone()).await,
+        Ok(0),
+        "other connections are served after a reset flood"
+    );
+    assert_eq!(
+        h2_check(&send, body).await,
+        Ok(0),
+        "and so is the first one"
+    );
+}
