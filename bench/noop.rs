@@ -40,6 +40,9 @@ impl Authorization for Noop {
     }
 }
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let addr: SocketAddr = std::env::args()

@@ -5,16 +5,21 @@
 //! are not ext_authz requests at all.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
+
+use bytes::Buf;
+use tonic::codec::{Codec, DecodeBuf, Decoder};
+use tonic::codegen::{Body, BoxFuture, Service, StdError};
+use tonic::server::{NamedService, UnaryService};
+use tonic_prost::ProstEncoder;
 
 use envoy_types::pb::envoy::config::core::v3::address::Address;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
-    Authorization, AuthorizationServer,
-};
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{
     CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
@@ -28,33 +33,124 @@ use crate::metrics::Frontend;
 use crate::request::{Headers, Request};
 use crate::server::Shared;
 
-/// The `envoy.service.auth.v3.Authorization` service.
+mod wire;
+
+pub use wire::{DecodeError, decode_check};
+
+/// The gRPC method Envoy calls.
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+/// The `envoy.service.auth.v3.Authorization` service. Served by hand rather
+/// than through `envoy-types`' generated server so that a `CheckRequest` is
+/// decoded straight into a [`Request`] ([`decode_check`]); responses are
+/// Envoy's own `CheckResponse`, encoded by prost.
 #[derive(Clone)]
 pub struct ExtAuthz {
     shared: Arc<Shared>,
+    max_request_bytes: usize,
 }
 
 impl ExtAuthz {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        ExtAuthz { shared }
-    }
-
-    pub fn into_server(self) -> AuthorizationServer<Self> {
-        AuthorizationServer::new(self)
+    /// `max_request_bytes` bounds a `CheckRequest` (larger: RESOURCE_EXHAUSTED).
+    pub fn new(shared: Arc<Shared>, max_request_bytes: usize) -> Self {
+        ExtAuthz {
+            shared,
+            max_request_bytes,
+        }
     }
 }
 
-#[tonic::async_trait]
-impl Authorization for ExtAuthz {
-    async fn check(
-        &self,
-        request: tonic::Request<CheckRequest>,
-    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        let started = Instant::now();
-        let peer = request.remote_addr().map(|a| a.ip());
-        let req = to_request(request.into_inner(), peer);
-        let decision = self.shared.decide(Frontend::Grpc, &req, started).await;
-        Ok(tonic::Response::new(render(decision)))
+impl NamedService for ExtAuthz {
+    const NAME: &'static str = "envoy.service.auth.v3.Authorization";
+}
+
+impl<B> Service<http::Request<B>> for ExtAuthz
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != CHECK_PATH {
+            return Box::pin(async {
+                Ok(tonic::Status::unimplemented("").into_http::<tonic::body::Body>())
+            });
+        }
+        let check = Check(self.shared.clone());
+        let max = self.max_request_bytes;
+        Box::pin(async move {
+            let mut grpc =
+                tonic::server::Grpc::new(CheckCodec).apply_max_message_size_config(Some(max), None);
+            Ok(grpc.unary(check, req).await)
+        })
+    }
+}
+
+/// One Check call: decide, render.
+struct Check(Arc<Shared>);
+
+impl UnaryService<Request> for Check {
+    type Response = CheckResponse;
+    type Future = BoxFuture<tonic::Response<CheckResponse>, tonic::Status>;
+
+    fn call(&mut self, request: tonic::Request<Request>) -> Self::Future {
+        let shared = self.0.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let peer = request.remote_addr().map(|a| a.ip());
+            let mut req = request.into_inner();
+            if req.source_ip.is_none() {
+                req.source_ip = peer;
+            }
+            let decision = shared.decide(Frontend::Grpc, &req, started).await;
+            Ok(tonic::Response::new(render(decision)))
+        })
+    }
+}
+
+/// Decodes with [`decode_check`], encodes with prost.
+struct CheckCodec;
+
+impl Codec for CheckCodec {
+    type Encode = CheckResponse;
+    type Decode = Request;
+    type Encoder = ProstEncoder<CheckResponse>;
+    type Decoder = CheckDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        CheckDecoder
+    }
+}
+
+struct CheckDecoder;
+
+impl Decoder for CheckDecoder {
+    type Item = Request;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Request>, tonic::Status> {
+        let n = buf.remaining();
+        // A DecodeBuf is one contiguous message; copied only if it is not.
+        let req = if buf.chunk().len() >= n {
+            decode_check(&buf.chunk()[..n], None)
+        } else {
+            decode_check(&buf.copy_to_bytes(n), None)
+        };
+        buf.advance(buf.remaining());
+        // As tonic does for a message prost cannot decode.
+        req.map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
     }
 }
 
@@ -190,7 +286,7 @@ fn deny(d: &Deny) -> CheckResponse {
 }
 
 /// The tonic service type, for health status.
-pub type ExtAuthzServer = AuthorizationServer<ExtAuthz>;
+pub type ExtAuthzServer = ExtAuthz;
 
 /// File descriptors of the ext_authz API, extracted from `envoy-types` at
 /// build time (see `build.rs`), so reflection clients (grpcurl) can call

@@ -332,9 +332,7 @@ pub async fn start(
         .set_not_serving::<crate::grpc::ExtAuthzServer>()
         .await;
     let reflection = crate::grpc::reflection_service();
-    let ext_authz = crate::grpc::ExtAuthz::new(shared.clone())
-        .into_server()
-        .max_decoding_message_size(MAX_CHECK_REQUEST_BYTES);
+    let ext_authz = crate::grpc::ExtAuthz::new(shared.clone(), MAX_CHECK_REQUEST_BYTES);
     let grpc_rx = rx.clone();
     let mut builder = tonic::transport::Server::builder()
         .tcp_nodelay(true)

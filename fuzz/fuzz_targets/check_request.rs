@@ -1,9 +1,11 @@
-//! CheckRequest handling: fuzz bytes decoded as an Envoy ext_authz v3
-//! `CheckRequest` (prost), turned into the neutral request by
-//! `grpc::to_request`, decided by a real `Engine` (JWT modes with fixed
-//! keys, apiKey with security rules, noAuth, required elevation with grants
-//! and an in-memory store) on a current-thread runtime, and rendered back as
-//! a `CheckResponse`. Checks the decision's invariants (SPEC 3-5).
+//! CheckRequest handling: fuzz bytes decoded by the server's decoder
+//! (`grpc::decode_check`) and, as a reference, as an Envoy ext_authz v3
+//! `CheckRequest` (prost) turned into the neutral request by
+//! `grpc::to_request` (the two must agree whenever prost accepts the
+//! bytes); then decided by a real `Engine` (JWT modes with fixed keys,
+//! apiKey with security rules, noAuth, required elevation with grants and an
+//! in-memory store) on a current-thread runtime, and rendered back as a
+//! `CheckResponse`. Checks the decision's invariants (SPEC 3-5).
 //! Input: a serialized `CheckRequest`.
 #![no_main]
 
@@ -44,12 +46,43 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
     World { rt, engine }
 });
 
+/// What the pipeline can observe of a request, order-free (prost's maps
+/// iterate in random order).
+#[allow(clippy::type_complexity)]
+fn normal(
+    r: &authgate::request::Request,
+) -> (
+    Vec<(String, String)>,
+    String,
+    String,
+    Option<std::net::IpAddr>,
+    Vec<(String, String)>,
+) {
+    let mut h: Vec<_> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    h.sort();
+    let mut c: Vec<_> = r.context.clone().into_iter().collect();
+    c.sort();
+    (h, r.method.clone(), r.path.clone(), r.source_ip, c)
+}
+
 fuzz_target!(|data: &[u8]| {
+    // The server's decoder (grpc::decode_check) against prost + to_request:
+    // whatever prost accepts, it must accept too, with the same request.
+    let ours = authgate::grpc::decode_check(data, None);
     let Ok(check) = CheckRequest::decode(data) else {
         return;
     };
+    let reference = authgate::grpc::to_request(check, None);
+    let req = match ours {
+        Ok(r) => r,
+        Err(e) => panic!("prost decodes the message, decode_check refuses it: {e}"),
+    };
+    assert_eq!(normal(&req), normal(&reference), "the two decoders disagree");
     let world = &*WORLD;
-    let req = authgate::grpc::to_request(check, None);
     for (name, _) in req.headers.iter() {
         assert!(
             !name.starts_with(':'),
