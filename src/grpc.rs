@@ -12,10 +12,10 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Buf;
-use tonic::codec::{Codec, DecodeBuf, Decoder};
+use prost::Message as _;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{Body, BoxFuture, Service, StdError};
 use tonic::server::{NamedService, UnaryService};
-use tonic_prost::ProstEncoder;
 
 use envoy_types::pb::envoy::config::core::v3::address::Address;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
@@ -33,8 +33,10 @@ use crate::metrics::Frontend;
 use crate::request::{Headers, Request};
 use crate::server::Shared;
 
+mod encode;
 mod wire;
 
+pub use encode::put_allow;
 pub use wire::{DecodeError, decode_check};
 
 /// The gRPC method Envoy calls.
@@ -97,8 +99,8 @@ where
 struct Check(Arc<Shared>);
 
 impl UnaryService<Request> for Check {
-    type Response = CheckResponse;
-    type Future = BoxFuture<tonic::Response<CheckResponse>, tonic::Status>;
+    type Response = Decision;
+    type Future = BoxFuture<tonic::Response<Decision>, tonic::Status>;
 
     fn call(&mut self, request: tonic::Request<Request>) -> Self::Future {
         let shared = self.0.clone();
@@ -110,26 +112,48 @@ impl UnaryService<Request> for Check {
                 req.source_ip = peer;
             }
             let decision = shared.decide(Frontend::Grpc, &req, started).await;
-            Ok(tonic::Response::new(render(decision)))
+            Ok(tonic::Response::new(decision))
         })
     }
 }
 
-/// Decodes with [`decode_check`], encodes with prost.
+/// Decodes with [`decode_check`]; encodes a decision as Envoy's
+/// `CheckResponse`: an allow written directly (`encode.rs`), a denial
+/// through prost ([`render`]).
 struct CheckCodec;
 
 impl Codec for CheckCodec {
-    type Encode = CheckResponse;
+    type Encode = Decision;
     type Decode = Request;
-    type Encoder = ProstEncoder<CheckResponse>;
+    type Encoder = CheckEncoder;
     type Decoder = CheckDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::default()
+        CheckEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
         CheckDecoder
+    }
+}
+
+struct CheckEncoder;
+
+impl Encoder for CheckEncoder {
+    type Item = Decision;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Decision, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        match item {
+            Decision::Allow(a) => encode::put_allow(&a, buf),
+            Decision::Deny(d) => {
+                // Only fails for want of space, which an EncodeBuf grows.
+                deny(&d)
+                    .encode(buf)
+                    .map_err(|e| tonic::Status::internal(e.to_string()))?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -5,7 +5,9 @@
 //! bytes); then decided by a real `Engine` (JWT modes with fixed keys,
 //! apiKey with security rules, noAuth, required elevation with grants and an
 //! in-memory store) on a current-thread runtime, and rendered back as a
-//! `CheckResponse`. Checks the decision's invariants (SPEC 3-5).
+//! `CheckResponse` (an allow both ways: written directly by
+//! `grpc::put_allow`, as the server does, and built by `grpc::render`; the
+//! two must decode alike). Checks the decision's invariants (SPEC 3-5).
 //! Input: a serialized `CheckRequest`.
 #![no_main]
 
@@ -18,7 +20,7 @@ use authgate::jwks::JwksRegistry;
 use authgate::metrics::Metrics;
 use authgate::pipeline::Engine;
 use authgate::session;
-use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 
@@ -116,6 +118,21 @@ fuzz_target!(|data: &[u8]| {
             );
         }
     }
+    // What the server sends for an allow (written directly) must read back
+    // as what render builds with prost's types.
+    let direct = match &decision {
+        Decision::Allow(a) => {
+            let mut bytes = Vec::new();
+            authgate::grpc::put_allow(a, &mut bytes);
+            Some(bytes)
+        }
+        Decision::Deny(_) => None,
+    };
     let response = authgate::grpc::render(decision);
     let _ = response.encode_to_vec();
+    if let Some(bytes) = direct {
+        let read = CheckResponse::decode(bytes.as_slice())
+            .unwrap_or_else(|e| panic!("the direct encoding does not decode: {e}"));
+        assert_eq!(read, response, "direct encoding and render disagree");
+    }
 });
