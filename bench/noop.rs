@@ -40,9 +40,6 @@ impl Authorization for Noop {
     }
 }
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() {
     let addr: SocketAddr = std::env::args()
