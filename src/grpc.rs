@@ -44,8 +44,8 @@ const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 
 /// The `envoy.service.auth.v3.Authorization` service. Served by hand rather
 /// than through `envoy-types`' generated server so that a `CheckRequest` is
-/// decoded straight into a [`Request`] ([`decode_check`]); responses are
-/// Envoy's own `CheckResponse`, encoded by prost.
+/// decoded straight into a [`Request`] ([`decode_check`]) and an allow is
+/// written straight from the decision ([`put_allow`]).
 #[derive(Clone)]
 pub struct ExtAuthz {
     shared: Arc<Shared>,
@@ -53,7 +53,7 @@ pub struct ExtAuthz {
 }
 
 impl ExtAuthz {
-    /// `max_request_bytes` bounds a `CheckRequest` (larger: RESOURCE_EXHAUSTED).
+    /// `max_request_bytes` bounds a `CheckRequest` (larger: OUT_OF_RANGE).
     pub fn new(shared: Arc<Shared>, max_request_bytes: usize) -> Self {
         ExtAuthz {
             shared,
@@ -250,28 +250,17 @@ pub fn render(decision: Decision) -> CheckResponse {
     }
 }
 
-fn text(s: String) -> PbValue {
-    PbValue {
-        kind: Some(Kind::StringValue(s)),
-    }
-}
-
 fn allow(a: Allow) -> CheckResponse {
-    let mut fields = HashMap::with_capacity(5);
-    if let Some(role) = a.session.get_str(crate::session::ROLE) {
-        fields.insert("role".to_owned(), text(role.to_owned()));
-    }
-    if let Some(user) = a.session.user_id() {
-        fields.insert("user_id".to_owned(), text(user));
-    }
-    fields.insert("mode".to_owned(), text(a.mode.kind.to_owned()));
-    fields.insert("mode_id".to_owned(), text(a.mode.id.to_string()));
-    fields.insert(
-        "elevated".to_owned(),
-        PbValue {
-            kind: Some(Kind::BoolValue(a.elevated)),
-        },
-    );
+    let fields: HashMap<String, PbValue> = encode::metadata(&a)
+        .into_iter()
+        .filter_map(|(name, field)| {
+            let kind = match field? {
+                encode::Field::Text(s) => Kind::StringValue(s.into_owned()),
+                encode::Field::Bool(b) => Kind::BoolValue(b),
+            };
+            Some((name.to_owned(), PbValue { kind: Some(kind) }))
+        })
+        .collect();
     CheckResponse {
         status: Some(Status {
             code: 0,
@@ -308,9 +297,6 @@ fn deny(d: &Deny) -> CheckResponse {
         })),
     }
 }
-
-/// The tonic service type, for health status.
-pub type ExtAuthzServer = ExtAuthz;
 
 /// File descriptors of the ext_authz API, extracted from `envoy-types` at
 /// build time (see `build.rs`), so reflection clients (grpcurl) can call

@@ -328,9 +328,7 @@ pub async fn start(
     let (stop, rx) = watch::channel(false);
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_not_serving::<crate::grpc::ExtAuthzServer>()
-        .await;
+    health.set_not_serving::<crate::grpc::ExtAuthz>().await;
     let reflection = crate::grpc::reflection_service();
     let ext_authz = crate::grpc::ExtAuthz::new(shared.clone(), MAX_CHECK_REQUEST_BYTES);
     let grpc_rx = rx.clone();
@@ -380,12 +378,10 @@ pub async fn start(
             if ready != serving {
                 serving = ready;
                 if ready {
-                    health.set_serving::<crate::grpc::ExtAuthzServer>().await;
+                    health.set_serving::<crate::grpc::ExtAuthz>().await;
                     tracing::info!("ready");
                 } else {
-                    health
-                        .set_not_serving::<crate::grpc::ExtAuthzServer>()
-                        .await;
+                    health.set_not_serving::<crate::grpc::ExtAuthz>().await;
                 }
             }
             tokio::select! {

@@ -5,6 +5,8 @@
 //! render the values either as Hasura strings (headers, `/auth/hasura`) or as
 //! typed JSON (`/auth/ddn`).
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 pub const ROLE: &str = "x-hasura-role";
@@ -88,9 +90,14 @@ impl Session {
 
     /// The user id as text (numbers are accepted, as Hasura does).
     pub fn user_id(&self) -> Option<String> {
+        self.user_id_text().map(Cow::into_owned)
+    }
+
+    /// [`Session::user_id`], borrowed when it is a string.
+    pub fn user_id_text(&self) -> Option<Cow<'_, str>> {
         match self.get(USER_ID)? {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
+            Value::String(s) => Some(Cow::Borrowed(s)),
+            Value::Number(n) => Some(Cow::Owned(n.to_string())),
             _ => None,
         }
     }

@@ -10,7 +10,6 @@ use std::borrow::Cow;
 
 use bytes::BufMut;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
-use serde_json::Value;
 
 use crate::decision::Allow;
 use crate::session;
@@ -72,7 +71,7 @@ fn header_option(k: &str, v: &str) -> usize {
 }
 
 /// A dynamic-metadata field: `Value.string_value` (3) or `bool_value` (4).
-enum Field<'a> {
+pub(super) enum Field<'a> {
     Text(Cow<'a, str>),
     Bool(bool),
 }
@@ -92,13 +91,9 @@ impl Field<'_> {
     }
 }
 
-/// The dynamic metadata of `super::allow`, in the same fields.
-fn metadata(a: &Allow) -> [(&'static str, Option<Field<'_>>); 5] {
-    let user = match a.session.get(session::USER_ID) {
-        Some(Value::String(s)) => Some(Field::Text(Cow::Borrowed(s.as_str()))),
-        Some(Value::Number(n)) => Some(Field::Text(Cow::Owned(n.to_string()))),
-        _ => None,
-    };
+/// The dynamic metadata of an allow (also what `super::render` builds).
+pub(super) fn metadata(a: &Allow) -> [(&'static str, Option<Field<'_>>); 5] {
+    let user = a.session.user_id_text().map(Field::Text);
     [
         (
             "role",

@@ -13,6 +13,7 @@
 //! an error here where prost would refuse the whole message. Everything read
 //! is checked as prost checks it: wire types, lengths, varints, UTF-8.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
@@ -149,18 +150,19 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// What the walk collects; turned into a [`Request`] at the end.
+/// What the walk collects, borrowed from the message; turned into a
+/// [`Request`] (one allocation per kept string) at the end.
 #[derive(Default)]
-struct Fields {
+struct Fields<'a> {
     /// `Some` while `source.address` holds a `socket_address` (its text).
-    socket_address: Option<String>,
+    socket_address: Option<&'a str>,
     context: HashMap<String, String>,
-    method: String,
-    path: String,
+    method: &'a str,
+    path: &'a str,
     /// From the `headers` map.
-    headers: Vec<(String, String)>,
+    headers: Vec<(&'a str, &'a str)>,
     /// From `header_map`: after the map's, as `to_request` orders them.
-    raw_headers: Vec<(String, String)>,
+    raw_headers: Vec<(&'a str, Cow<'a, str>)>,
 }
 
 /// Decodes `buf` (one serialized `CheckRequest`). `peer` is the TCP peer,
@@ -178,17 +180,20 @@ pub fn decode_check(buf: &[u8], peer: Option<IpAddr>) -> Result<Request> {
         // Protobuf map semantics, as prost's HashMap: the last entry of a key
         // wins. (Stable sort of the reversed list, keep the first of each.)
         f.headers.reverse();
-        f.headers.sort_by(|a, b| a.0.cmp(&b.0));
+        f.headers.sort_by(|a, b| a.0.cmp(b.0));
         f.headers.dedup_by(|a, b| a.0 == b.0);
     }
     let mut headers = Headers::with_capacity(f.headers.len() + f.raw_headers.len());
-    for (k, v) in f.headers.into_iter().chain(f.raw_headers) {
-        headers.push(&k, v);
+    for (k, v) in f.headers {
+        headers.push(k, v);
+    }
+    for (k, v) in f.raw_headers {
+        headers.push(k, v);
     }
     Ok(Request {
         headers,
-        method: f.method,
-        path: f.path,
+        method: f.method.to_owned(),
+        path: f.path.to_owned(),
         source_ip: f.socket_address.and_then(|a| a.parse().ok()).or(peer),
         context: f.context,
         body: None,
@@ -196,7 +201,7 @@ pub fn decode_check(buf: &[u8], peer: Option<IpAddr>) -> Result<Request> {
 }
 
 /// `AttributeContext`: source (1), request (4), context_extensions (10).
-fn attributes(buf: &[u8], f: &mut Fields) -> Result<()> {
+fn attributes<'a>(buf: &'a [u8], f: &mut Fields<'a>) -> Result<()> {
     let mut r = Reader::new(buf);
     while !r.is_empty() {
         match r.key()? {
@@ -215,7 +220,7 @@ fn attributes(buf: &[u8], f: &mut Fields) -> Result<()> {
 /// `Peer`: address (1) -> `Address` oneof: socket_address (1), pipe (2),
 /// envoy_internal_address (3). The last variant seen wins; two
 /// `socket_address` occurrences merge (protobuf rules).
-fn peer(buf: &[u8], f: &mut Fields) -> Result<()> {
+fn peer<'a>(buf: &'a [u8], f: &mut Fields<'a>) -> Result<()> {
     let mut r = Reader::new(buf);
     while !r.is_empty() {
         match r.key()? {
@@ -225,7 +230,7 @@ fn peer(buf: &[u8], f: &mut Fields) -> Result<()> {
                     match a.key()? {
                         (1, w) => {
                             let sa = a.expect_len(w)?;
-                            let text = f.socket_address.get_or_insert_with(String::new);
+                            let text = f.socket_address.get_or_insert("");
                             socket_address(sa, text)?;
                         }
                         (2 | 3, w) => {
@@ -243,15 +248,11 @@ fn peer(buf: &[u8], f: &mut Fields) -> Result<()> {
 }
 
 /// `SocketAddress`: address (2).
-fn socket_address(buf: &[u8], text: &mut String) -> Result<()> {
+fn socket_address<'a>(buf: &'a [u8], text: &mut &'a str) -> Result<()> {
     let mut r = Reader::new(buf);
     while !r.is_empty() {
         match r.key()? {
-            (2, w) => {
-                let s = r.str(w)?;
-                text.clear();
-                text.push_str(s);
-            }
+            (2, w) => *text = r.str(w)?,
             (field, w) => r.skip(field, w, 0)?,
         }
     }
@@ -260,7 +261,7 @@ fn socket_address(buf: &[u8], text: &mut String) -> Result<()> {
 
 /// `AttributeContext.Request`: http (2) -> `HttpRequest`: method (2),
 /// headers (3), path (4), header_map (13).
-fn request(buf: &[u8], f: &mut Fields) -> Result<()> {
+fn request<'a>(buf: &'a [u8], f: &mut Fields<'a>) -> Result<()> {
     let mut r = Reader::new(buf);
     while !r.is_empty() {
         match r.key()? {
@@ -268,14 +269,14 @@ fn request(buf: &[u8], f: &mut Fields) -> Result<()> {
                 let mut h = Reader::new(r.expect_len(w)?);
                 while !h.is_empty() {
                     match h.key()? {
-                        (2, w) => h.str(w)?.clone_into(&mut f.method),
+                        (2, w) => f.method = h.str(w)?,
                         (3, w) => {
                             let (k, v) = map_entry(h.expect_len(w)?)?;
                             if !k.starts_with(':') {
-                                f.headers.push((k.to_owned(), v.to_owned()));
+                                f.headers.push((k, v));
                             }
                         }
-                        (4, w) => h.str(w)?.clone_into(&mut f.path),
+                        (4, w) => f.path = h.str(w)?,
                         (13, w) => header_map(h.expect_len(w)?, f)?,
                         (field, w) => h.skip(field, w, 0)?,
                     }
@@ -290,7 +291,7 @@ fn request(buf: &[u8], f: &mut Fields) -> Result<()> {
 /// `HeaderMap`: headers (1), each a `HeaderValue`: key (1), value (2),
 /// raw_value (3, bytes; wins when not empty, non-UTF-8 bytes become U+FFFD
 /// as in `to_request`).
-fn header_map(buf: &[u8], f: &mut Fields) -> Result<()> {
+fn header_map<'a>(buf: &'a [u8], f: &mut Fields<'a>) -> Result<()> {
     let mut r = Reader::new(buf);
     while !r.is_empty() {
         match r.key()? {
@@ -309,11 +310,11 @@ fn header_map(buf: &[u8], f: &mut Fields) -> Result<()> {
                     continue;
                 }
                 let value = if raw.is_empty() {
-                    value.to_owned()
+                    Cow::Borrowed(value)
                 } else {
-                    String::from_utf8_lossy(raw).into_owned()
+                    String::from_utf8_lossy(raw)
                 };
-                f.raw_headers.push((key.to_owned(), value));
+                f.raw_headers.push((key, value));
             }
             (field, w) => r.skip(field, w, 0)?,
         }
