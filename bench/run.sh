@@ -9,19 +9,22 @@
 #   bash bench/run.sh            # release build, 10 s per point
 #   bash bench/run.sh --smoke    # debug build, 1 s per point (CI: keeps it from rotting)
 #
-# Env: BENCH_SECONDS (10), BENCH_DISTINCT (distinct tokens for c/d, 100000),
-#      BENCH_ENVOY (1), BENCH_SCENARIOS (space-separated subset of a-f, default all).
+# Env: BENCH_SECONDS (10), BENCH_ROUNDS (paired rounds, 3), BENCH_DISTINCT
+#      (distinct tokens for c/d, 100000), BENCH_ENVOY (1), BENCH_SCENARIOS
+#      (space-separated subset of a-f, default all).
 # Servers are pinned to core 0 and the load generator to core 1 (taskset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile=release
 secs=${BENCH_SECONDS:-10}
+rounds=${BENCH_ROUNDS:-3}
 distinct=${BENCH_DISTINCT:-100000}
 smoke=
 if [ "${1:-}" = "--smoke" ]; then
   profile=debug
   secs=1
+  rounds=1
   distinct=300
   smoke=1
 fi
@@ -157,7 +160,7 @@ start_authgate() { # CONFIG
 stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; }
 
 results="$tmp/results.jsonl"
-run_point() { # NAME STREAMS EXPECTED REQUESTS [PATH]
+run_point() { # NAME STREAMS EXPECTED REQUESTS [PATH] [ROUND]
   local before after out hits=0 misses=0
   if [ -n "$http_port" ]; then
     hits=$(metric "$http_port" 'authgate_token_cache_lookups_total\{result="hit"')
@@ -170,12 +173,12 @@ run_point() { # NAME STREAMS EXPECTED REQUESTS [PATH]
     hits=$(( $(metric "$http_port" 'authgate_token_cache_lookups_total\{result="hit"') - hits ))
     misses=$(( $(metric "$http_port" 'authgate_token_cache_lookups_total\{result="miss"') - misses ))
   fi
-  python3 - "$1" "$2" "$before" "$after" "$out" "$hits" "$misses" >> "$results" <<'PY'
+  python3 - "$1" "$2" "$before" "$after" "$out" "$hits" "$misses" "${6:-1}" >> "$results" <<'PY'
 import json, os, sys
 name, streams, before, after, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), json.loads(sys.argv[5])
 hits, misses = int(sys.argv[6]), int(sys.argv[7])
 tck = os.sysconf("SC_CLK_TCK")
-out.update(scenario=name, streams=streams,
+out.update(scenario=name, streams=streams, round=int(sys.argv[8]),
            cpu_us_per_req=round((after - before) / tck * 1e6 / max(out["requests"], 1), 1),
            cache_miss_pct=(round(100 * misses / (hits + misses)) if hits + misses else None))
 print(json.dumps(out))
@@ -184,53 +187,59 @@ PY
 
 want() { [ -z "${BENCH_SCENARIOS:-}" ] || [[ " $BENCH_SCENARIOS " == *" $1 "* ]]; }
 
-for streams in 1 64; do
-  start_noop
-  run_point baseline "$streams" 0 "$tmp/hs.txt"
+# Paired rounds: each round measures the baseline and every scenario back to
+# back, in an order that alternates between rounds, so drift of this shared
+# machine hits all of them alike; ratios are taken within a round, then the
+# median over rounds is reported.
+point() { # SCENARIO STREAMS ROUND
+  case $1 in
+    baseline) start_noop; run_point baseline "$2" 0 "$tmp/hs.txt" "" "$3";;
+    a) start_authgate "$tmp/hs.yaml"; run_point a_hs256_cached "$2" 0 "$tmp/hs.txt" "" "$3";;
+    e) start_authgate "$tmp/hs.yaml"; run_point e_denied_bad_signature "$2" 16 "$tmp/bad.txt" "" "$3";;
+    b) start_authgate "$tmp/jwks.yaml"; run_point b_rs256_jwks_cached "$2" 0 "$tmp/jwks-token.txt" "" "$3";;
+    # Distinct tokens: a fresh server per point, so every token is new to it.
+    c) start_authgate "$tmp/rs.yaml"; run_point c_rs256_distinct "$2" 0 "$rs_tokens" "" "$3";;
+    d) start_authgate "$tmp/es.yaml"; run_point d_es256_distinct "$2" 0 "$es_tokens" "" "$3";;
+    f) start_authgate "$tmp/elev.yaml"; run_point f_elevated_route_grant "$2" 0 "$tmp/grant.txt" /admin/users "$3";;
+  esac
   stop_server
-
-  if want a || want e; then
-    start_authgate "$tmp/hs.yaml"
-    if want a; then run_point a_hs256_cached "$streams" 0 "$tmp/hs.txt"; fi
-    if want e; then run_point e_denied_bad_signature "$streams" 16 "$tmp/bad.txt"; fi
-    stop_server
-  fi
-  if want b; then
-    start_authgate "$tmp/jwks.yaml"
-    run_point b_rs256_jwks_cached "$streams" 0 "$tmp/jwks-token.txt"
-    stop_server
-  fi
-  # Distinct tokens: a fresh server per point, so every token is new to it.
-  if want c; then
-    start_authgate "$tmp/rs.yaml"
-    run_point c_rs256_distinct "$streams" 0 "$rs_tokens"
-    stop_server
-  fi
-  if want d; then
-    start_authgate "$tmp/es.yaml"
-    run_point d_es256_distinct "$streams" 0 "$es_tokens"
-    stop_server
-  fi
-  if want f; then
-    start_authgate "$tmp/elev.yaml"
-    run_point f_elevated_route_grant "$streams" 0 "$tmp/grant.txt" /admin/users
-    stop_server
-  fi
+}
+order=(baseline)
+for s in a e b c d f; do if want "$s"; then order+=("$s"); fi; done
+for streams in 1 64; do
+  for round in $(seq "$rounds"); do
+    if [ $((round % 2)) = 0 ]; then
+      for ((i = ${#order[@]} - 1; i >= 0; i--)); do point "${order[$i]}" "$streams" "$round"; done
+    else
+      for s in "${order[@]}"; do point "$s" "$streams" "$round"; done
+    fi
+  done
 done
 
-python3 - "$results" <<'PY'
-import json, sys
+python3 - "$results" "$rounds" <<'PY'
+import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-base = {r["streams"]: r for r in rows if r["scenario"] == "baseline"}
-print(f"{'scenario':26} {'streams':>7} {'req/s':>8} {'p50us':>7} {'p99us':>7} {'p999us':>7} {'cpu_us/req':>10} {'ratio':>6} {'+p99us':>7} {'miss%':>5} {'wrong':>5} {'err':>4}")
-bad = 0
+rounds = int(sys.argv[2])
+base = {(r["streams"], r["round"]): r for r in rows if r["scenario"] == "baseline"}
+med = statistics.median
+print(f"median of {rounds} paired round(s); ratio = req/s over the baseline's of the same round, "
+      f"cpu ratio = the baseline's server CPU per request over the scenario's")
+print(f"{'scenario':26} {'streams':>7} {'req/s':>8} {'p50us':>7} {'p99us':>7} {'p999us':>7} {'cpu_us/req':>10} {'ratio':>6} {'cpu_r':>6} {'+p99us':>7} {'miss%':>5} {'wrong':>5} {'err':>4}")
+bad = sum(r["wrong_decisions"] + r["errors"] for r in rows)
+groups = {}
 for r in rows:
-    b = base.get(r["streams"])
-    ratio = r["rps"] / b["rps"] if b and b["rps"] else 0
-    dp99 = r["p99_us"] - b["p99_us"] if b else 0
-    miss = "" if r.get("cache_miss_pct") is None else r["cache_miss_pct"]
-    bad += r["wrong_decisions"] + r["errors"]
-    print(f"{r['scenario']:26} {r['streams']:>7} {r['rps']:>8.0f} {r['p50_us']:>7} {r['p99_us']:>7} {r['p999_us']:>7} {r['cpu_us_per_req']:>10} {ratio:>6.2f} {dp99:>7} {miss:>5} {r['wrong_decisions']:>5} {r['errors']:>4}")
+    groups.setdefault((r["scenario"], r["streams"]), []).append(r)
+for (name, streams), rs in groups.items():
+    pairs = [(r, base.get((streams, r["round"]))) for r in rs]
+    ratio = med([r["rps"] / b["rps"] if b and b["rps"] else 0 for r, b in pairs])
+    cpu_r = med([b["cpu_us_per_req"] / r["cpu_us_per_req"] if b and r["cpu_us_per_req"] else 0 for r, b in pairs])
+    dp99 = med([r["p99_us"] - b["p99_us"] if b else 0 for r, b in pairs])
+    m = lambda k: med([r[k] for r in rs])
+    miss = [r["cache_miss_pct"] for r in rs if r.get("cache_miss_pct") is not None]
+    miss = "" if not miss else round(med(miss))
+    print(f"{name:26} {streams:>7} {m('rps'):>8.0f} {m('p50_us'):>7.0f} {m('p99_us'):>7.0f} {m('p999_us'):>7.0f} "
+          f"{m('cpu_us_per_req'):>10.1f} {ratio:>6.2f} {cpu_r:>6.2f} {dp99:>7.0f} {miss:>5} "
+          f"{sum(r['wrong_decisions'] for r in rs):>5} {sum(r['errors'] for r in rs):>4}")
 if bad:
     print(f"{bad} wrong decisions or errors", file=sys.stderr)
     sys.exit(1)
@@ -255,5 +264,5 @@ if out["wrong_decisions"] or out["errors"]:
 PY
 
 if [ "${BENCH_ENVOY:-1}" != 0 ]; then
-  BENCH_BIN="$bin" BENCH_SECONDS="$secs" BENCH_SMOKE="$smoke" bash bench/envoy.sh "$tmp" "$rs_tokens"
+  BENCH_BIN="$bin" BENCH_SECONDS="$secs" BENCH_ROUNDS="$rounds" BENCH_SMOKE="$smoke" bash bench/envoy.sh "$tmp" "$rs_tokens"
 fi

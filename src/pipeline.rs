@@ -2,6 +2,7 @@
 //! session/role -> elevation -> [`Decision`]. One [`Engine`] is built per
 //! config and swapped whole on reload; it holds no tonic or axum types.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,19 +75,29 @@ enum Keys {
 }
 
 /// How one mode fared.
-enum Outcome {
+enum Outcome<'r> {
     /// No credential at its location: try the next mode.
     Absent,
     /// A credential was there and was refused.
     Invalid(DenyReason),
-    Verified(Session, Option<AccessToken>),
+    Verified(Session, Option<AccessToken<'r>>),
 }
 
 /// The verified bearer token behind a JWT session, for elevation grants.
+/// A Check borrows it from the request; an [`Identity`] owns it.
 #[derive(Debug, Clone)]
-pub struct AccessToken {
-    pub raw: String,
+pub struct AccessToken<'r> {
+    pub raw: Cow<'r, str>,
     pub exp: Option<i64>,
+}
+
+impl AccessToken<'_> {
+    pub fn into_owned(self) -> AccessToken<'static> {
+        AccessToken {
+            raw: Cow::Owned(self.raw.into_owned()),
+            exp: self.exp,
+        }
+    }
 }
 
 /// Who is calling, for authgate's own endpoints (WebAuthn).
@@ -94,7 +105,7 @@ pub struct AccessToken {
 pub struct Identity {
     pub session: Session,
     pub user_id: Option<String>,
-    pub token: Option<AccessToken>,
+    pub token: Option<AccessToken<'static>>,
     pub elevated: bool,
     pub mode: ModeRef,
 }
@@ -202,7 +213,7 @@ impl Engine {
         Ok(Identity {
             user_id: session.user_id(),
             session,
-            token,
+            token: token.map(AccessToken::into_owned),
             elevated,
             mode: auth.mode.clone(),
         })
@@ -213,11 +224,11 @@ impl Engine {
     }
 
     /// Modes in order; the first verified session wins (SPEC 3.1-3.2).
-    async fn first_verified<'s>(
+    async fn first_verified<'s, 'r>(
         &'s self,
-        req: &Request,
+        req: &'r Request,
         now: i64,
-    ) -> Result<(&'s Authenticator, Session, Option<AccessToken>), Decision> {
+    ) -> Result<(&'s Authenticator, Session, Option<AccessToken<'r>>), Decision> {
         let mode_filter = req
             .headers
             .get(MODE_HEADER)
@@ -258,13 +269,13 @@ impl Engine {
         })
     }
 
-    async fn authenticate(
+    async fn authenticate<'r>(
         &self,
         index: usize,
         auth: &Authenticator,
-        req: &Request,
+        req: &'r Request,
         now: i64,
-    ) -> Outcome {
+    ) -> Outcome<'r> {
         // Security rules apply once a mode has something to authenticate:
         // a mode whose credential is absent is skipped, rules or not.
         let blocked = || !auth.rules.is_empty() && !auth.rules.allows(req);
@@ -305,13 +316,9 @@ impl Engine {
                 Credential::Ambiguous => Outcome::Invalid(DenyReason::InvalidToken),
                 Credential::Present(_) if blocked() => Outcome::Invalid(DenyReason::BlockedByRule),
                 Credential::Present(token) => match self.verify_jwt(index, j, &token, now).await {
-                    Ok((session, exp)) => Outcome::Verified(
-                        session,
-                        Some(AccessToken {
-                            raw: token.into_owned(),
-                            exp,
-                        }),
-                    ),
+                    Ok((session, exp)) => {
+                        Outcome::Verified(session, Some(AccessToken { raw: token, exp }))
+                    }
                     Err(e) => {
                         tracing::debug!(mode = %auth.mode.id, error = %e, "token refused");
                         Outcome::Invalid(e.reason())
@@ -406,7 +413,7 @@ impl Engine {
     fn elevation_state(
         &self,
         session: &mut Session,
-        token: Option<&AccessToken>,
+        token: Option<&AccessToken<'_>>,
         req: &Request,
         now: i64,
     ) -> (bool, Option<GrantError>) {
@@ -447,7 +454,7 @@ impl Engine {
         &self,
         auth: &Authenticator,
         mut session: Session,
-        token: Option<AccessToken>,
+        token: Option<AccessToken<'_>>,
         req: &Request,
         now: i64,
     ) -> Decision {
