@@ -42,6 +42,23 @@ impl ClaimPath {
         ClaimPath { expression, fields }
     }
 
+    /// Like [`Self::search`], but a plain field path moves the value out of
+    /// the payload instead of copying it (the namespace object of every
+    /// newly verified token).
+    fn take(&self, payload: &mut Value, data: &mut Option<Rcvar>) -> Result<Value, ClaimsError> {
+        if let Some(fields) = &self.fields {
+            let mut at = payload;
+            for f in fields {
+                match at.get_mut(f.as_str()) {
+                    Some(v) => at = v,
+                    None => return Ok(Value::Null),
+                }
+            }
+            return Ok(std::mem::take(at));
+        }
+        self.search(payload, data)
+    }
+
     fn search(&self, payload: &Value, data: &mut Option<Rcvar>) -> Result<Value, ClaimsError> {
         if let Some(fields) = &self.fields {
             // JMESPath: a field of a non-object, or a missing field, is null.
@@ -80,10 +97,22 @@ fn collect_fields(ast: &Ast, out: &mut Vec<String>) -> bool {
 }
 
 pub fn extract(cfg: &ClaimsConfig, payload: &Value) -> Result<Session, ClaimsError> {
+    extract_owned(cfg, payload.clone())
+}
+
+/// [`extract`] from a payload it may take apart (the verify path's).
+pub fn extract_owned(cfg: &ClaimsConfig, mut payload: Value) -> Result<Session, ClaimsError> {
+    let payload = &mut payload;
     let mut data = None;
     let mut session = Session::new();
     if let Some(ns) = &cfg.namespace {
-        let found = ns.expression.search(payload, &mut data)?;
+        // Locations read the whole payload afterwards: only then is the
+        // namespace copied rather than moved out.
+        let found = if cfg.locations.is_empty() {
+            ns.expression.take(payload, &mut data)?
+        } else {
+            ns.expression.search(payload, &mut data)?
+        };
         let object = match (ns.format, found) {
             (_, Value::Null) => serde_json::Map::new(),
             (ClaimsFormat::Json, Value::Object(m)) => m,
@@ -104,7 +133,7 @@ pub fn extract(cfg: &ClaimsConfig, payload: &Value) -> Result<Session, ClaimsErr
                 if !is_session_key(&k) {
                     return Err(ClaimsError::InvalidName);
                 }
-                session.insert(&k, v);
+                session.insert(k, v);
             }
         }
     }
@@ -186,6 +215,26 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn locations_still_see_the_namespace_object() {
+        // With locations the namespace is copied, not moved out: a location
+        // may read inside it. Without, a nested namespace moves out whole.
+        let payload = json!({"h": {"in": {"x-hasura-role": "r", "id": "7"}}});
+        let c = cfg(
+            Some(("h.\"in\"", ClaimsFormat::Json)),
+            &[("x-hasura-user-id", Some("h.\"in\".id"), None)],
+        );
+        let s = extract(&c, &payload).unwrap();
+        assert_eq!(s.get_str("x-hasura-role"), Some("r"));
+        assert_eq!(s.get_str("x-hasura-user-id"), Some("7"));
+        let c = cfg(Some(("h.\"in\"", ClaimsFormat::Json)), &[]);
+        let s = extract_owned(&c, payload.clone()).unwrap();
+        assert_eq!(s.get_str("x-hasura-role"), Some("r"));
+        assert_eq!(s.len(), 1);
+        let c = cfg(Some(("h.missing", ClaimsFormat::Json)), &[]);
+        assert!(extract_owned(&c, payload).unwrap().is_empty());
     }
 
     #[test]

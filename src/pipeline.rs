@@ -382,8 +382,8 @@ impl Engine {
         let claims = parsed.claims()?;
         let exp = jwt::check_claims(&claims, &rules, now)?;
         let nbf = claims.get("nbf").and_then(Value::as_i64);
-        let session =
-            claims::extract(&j.claims, &Value::Object(claims)).map_err(|_| JwtError::Claims)?;
+        let session = claims::extract_owned(&j.claims, Value::Object(claims))
+            .map_err(|_| JwtError::Claims)?;
         if let (Some(cache), Some(key)) = (&self.token_cache, cache_key) {
             cache.insert(key, &session, exp, nbf, now);
         }
@@ -422,16 +422,18 @@ impl Engine {
             .as_ref()
             .map(|e| e.cfg.claim.as_str())
             .unwrap_or(session::ELEVATED);
-        let user_id = session.user_id();
-        let by_claim = match (session.get(claim), &user_id) {
-            (Some(Value::String(e)), Some(u)) => e == u,
+        let by_claim = match (session.get(claim), session.user_id_text()) {
+            (Some(Value::String(e)), Some(u)) => *e == *u,
             _ => false,
         };
         if by_claim {
             return (true, None);
         }
         session.remove(claim);
-        let (Some(el), Some(user)) = (&self.elevation, &user_id) else {
+        let Some(el) = &self.elevation else {
+            return (false, Some(GrantError::Missing));
+        };
+        let Some(user) = session.user_id() else {
             return (false, Some(GrantError::Missing));
         };
         let Some(grant) = el.grant_of(req) else {
@@ -440,9 +442,9 @@ impl Engine {
         let Some(token) = token else {
             return (false, Some(GrantError::Mismatch));
         };
-        match el.grants.verify(&grant, user, &token.raw, now) {
+        match el.grants.verify(&grant, &user, &token.raw, now) {
             Ok(()) => {
-                session.insert(claim, Value::String(user.clone()));
+                session.insert(claim, Value::String(user));
                 (true, None)
             }
             Err(e) => (false, Some(e)),

@@ -33,10 +33,12 @@ impl Session {
         self.vars.binary_search_by(|(k, _)| k.as_str().cmp(key))
     }
 
-    /// Inserts a variable; the key is lower-cased. `null` values are dropped:
-    /// a null cannot be expressed as a Hasura session string.
-    pub fn insert(&mut self, key: &str, value: Value) {
-        let key = key.to_ascii_lowercase();
+    /// Inserts a variable; the key is lower-cased (an owned key is reused).
+    /// `null` values are dropped: a null cannot be expressed as a Hasura
+    /// session string.
+    pub fn insert(&mut self, key: impl Into<String>, value: Value) {
+        let mut key = key.into();
+        key.make_ascii_lowercase();
         match (self.find(&key), value.is_null()) {
             (Ok(i), true) => {
                 self.vars.remove(i);
@@ -141,13 +143,12 @@ pub fn resolve_role(session: &mut Session, requested: Option<&str>) -> Result<()
     let default = as_role(default);
     let role = match allowed {
         Some(allowed) => {
-            let allowed = allowed_roles(&allowed);
             let requested = requested.map(str::trim).filter(|r| !r.is_empty());
             let role = match requested {
                 Some(r) => r.to_owned(),
                 None => claimed.or(default).ok_or(RoleError::Missing)?,
             };
-            if !allowed.contains(&role) {
+            if !role_allowed(&allowed, &role) {
                 return Err(RoleError::NotAllowed);
             }
             role
@@ -160,14 +161,16 @@ pub fn resolve_role(session: &mut Session, requested: Option<&str>) -> Result<()
 
 /// `x-hasura-allowed-roles` as a list: a JSON array of strings, or a Postgres
 /// array literal string (`{a,b}`) as webhooks and stringified claims send it.
-fn allowed_roles(v: &Value) -> Vec<String> {
-    match v {
-        Value::Array(items) => items
-            .iter()
-            .filter_map(|i| i.as_str().map(str::to_owned))
-            .collect(),
-        Value::String(s) => parse_pg_array(s).unwrap_or_else(|| vec![s.clone()]),
-        _ => Vec::new(),
+/// Whether `x-hasura-allowed-roles` (a JSON array, or a Postgres array
+/// literal as Hasura accepts in headers) lists `role`.
+fn role_allowed(allowed: &Value, role: &str) -> bool {
+    match allowed {
+        Value::Array(items) => items.iter().any(|i| i.as_str() == Some(role)),
+        Value::String(s) => match parse_pg_array(s) {
+            Some(items) => items.iter().any(|i| i == role),
+            None => s == role,
+        },
+        _ => false,
     }
 }
 

@@ -236,7 +236,7 @@ impl WebhookAuth {
                     "the hook's answer names an invalid session variable",
                 ));
             }
-            session.insert(&k, v);
+            session.insert(k, v);
         }
         Ok(session)
     }
