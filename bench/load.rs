@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! authgate-bench-load run URL STREAMS SECONDS EXPECTED_CODE REQUESTS [PATH] [CONNECTIONS]
-//!                                   (SECONDS 0: each request exactly once)
+//!                                   (SECONDS 0: each request exactly once;
+//!                                    BENCH_NO_REPEAT=1: none sent twice)
 //! authgate-bench-load mint ALG KEY_PEM COUNT [KID] [GRANT_KEY_PEM]   > REQUESTS
 //! authgate-bench-load jwks ALG KEY_PEM KID                            > jwks.json
 //! ```
@@ -171,6 +172,9 @@ fn run(args: &[String]) {
         // SECONDS = 0: every request exactly once (fills caches), no warm-up.
         let once = seconds <= 0.0;
         let warm = if once { 0 } else { bodies.len().min(100) };
+        // BENCH_NO_REPEAT: stop after SECONDS or once every request after the
+        // warm-up was sent, whichever comes first (distinct tokens stay new).
+        let no_repeat = once || std::env::var_os("BENCH_NO_REPEAT").is_some();
         for body in bodies.iter().take(warm) {
             let _ = call(&senders[0], &uri, body.clone()).await;
         }
@@ -187,7 +191,7 @@ fn run(args: &[String]) {
                 let mut latencies = Vec::with_capacity(200_000);
                 while !counters.stop.load(Ordering::Relaxed) {
                     let n = counters.next.fetch_add(1, Ordering::Relaxed) as usize;
-                    if once && n >= bodies.len() {
+                    if no_repeat && n + warm >= bodies.len() {
                         break;
                     }
                     let body = bodies[(n + warm) % bodies.len()].clone();
@@ -208,8 +212,11 @@ fn run(args: &[String]) {
             }));
         }
         if !once {
-            tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
-            counters.stop.store(true, Ordering::Relaxed);
+            let counters = counters.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+                counters.stop.store(true, Ordering::Relaxed);
+            });
         }
         let mut all = Vec::new();
         for t in tasks {

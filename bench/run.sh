@@ -198,8 +198,9 @@ point() { # SCENARIO STREAMS ROUND
     e) start_authgate "$tmp/hs.yaml"; run_point e_denied_bad_signature "$2" 16 "$tmp/bad.txt" "" "$3";;
     b) start_authgate "$tmp/jwks.yaml"; run_point b_rs256_jwks_cached "$2" 0 "$tmp/jwks-token.txt" "" "$3";;
     # Distinct tokens: a fresh server per point, so every token is new to it.
-    c) start_authgate "$tmp/rs.yaml"; run_point c_rs256_distinct "$2" 0 "$rs_tokens" "" "$3";;
-    d) start_authgate "$tmp/es.yaml"; run_point d_es256_distinct "$2" 0 "$es_tokens" "" "$3";;
+    # BENCH_NO_REPEAT: the point ends early rather than send a token twice.
+    c) start_authgate "$tmp/rs.yaml"; BENCH_NO_REPEAT=1 run_point c_rs256_distinct "$2" 0 "$rs_tokens" "" "$3";;
+    d) start_authgate "$tmp/es.yaml"; BENCH_NO_REPEAT=1 run_point d_es256_distinct "$2" 0 "$es_tokens" "" "$3";;
     f) start_authgate "$tmp/elev.yaml"; run_point f_elevated_route_grant "$2" 0 "$tmp/grant.txt" /admin/users "$3";;
   esac
   stop_server
