@@ -159,10 +159,9 @@ pub fn resolve_role(session: &mut Session, requested: Option<&str>) -> Result<()
     Ok(())
 }
 
-/// `x-hasura-allowed-roles` as a list: a JSON array of strings, or a Postgres
-/// array literal string (`{a,b}`) as webhooks and stringified claims send it.
-/// Whether `x-hasura-allowed-roles` (a JSON array, or a Postgres array
-/// literal as Hasura accepts in headers) lists `role`.
+/// Whether `x-hasura-allowed-roles` lists `role`: a JSON array of strings,
+/// or a Postgres array literal string (`{a,b}`) as webhooks and stringified
+/// claims send it (a plain string is a list of one).
 fn role_allowed(allowed: &Value, role: &str) -> bool {
     match allowed {
         Value::Array(items) => items.iter().any(|i| i.as_str() == Some(role)),
