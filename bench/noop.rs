@@ -40,8 +40,15 @@ impl Authorization for Noop {
     }
 }
 
-#[tokio::main]
-async fn main() {
+/// On authgate's own runtime configuration (`authgate::server::runtime`).
+fn main() {
+    match authgate::server::runtime() {
+        Ok(rt) => rt.block_on(serve()),
+        Err(e) => eprintln!("cannot start the runtime: {e}"),
+    }
+}
+
+async fn serve() {
     let addr: SocketAddr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:50061".into())

@@ -12,7 +12,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, EncodingKey, Header};
 use serde_json::{Map, Value, json};
 
 use crate::config::{self, Config};
-use crate::decision::Decision;
+use crate::decision::{Decision, DenyReason};
 use crate::jwks::JwksRegistry;
 use crate::keys;
 use crate::metrics::Metrics;
@@ -105,10 +105,7 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn block_on(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    match crate::server::runtime() {
         Ok(rt) => rt.block_on(f),
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -215,6 +212,11 @@ pub fn decision_json(d: &Decision) -> Value {
                 "modeId": &*a.mode.id,
             })
         }
+        // Bytes for the gRPC front door; `Engine::decide` never returns them.
+        Decision::Rendered(r) => decision_json(&Decision::deny(
+            DenyReason::InternalError,
+            Some(r.mode.clone()),
+        )),
         Decision::Deny(deny) => {
             let mut headers = Map::new();
             headers.insert("content-type".into(), json!("application/json"));

@@ -150,7 +150,34 @@ pub struct ModeRef {
 #[derive(Debug, Clone)]
 pub enum Decision {
     Allow(Allow),
+    /// An allow the gRPC front door rendered earlier for the same cached
+    /// token and an equivalent request, reused as bytes
+    /// ([`crate::pipeline::Engine::decide_reusing`]); only that front door
+    /// asks for it.
+    Rendered(Rendered),
     Deny(Deny),
+}
+
+/// A front door's rendering of an allow, lent by the token cache.
+#[derive(Clone)]
+pub struct Rendered {
+    pub mode: ModeRef,
+    pub bytes: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>,
+}
+
+impl Rendered {
+    pub fn bytes(&self) -> &[u8] {
+        (*self.bytes).as_ref()
+    }
+}
+
+impl fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rendered")
+            .field("mode", &self.mode)
+            .field("bytes", &self.bytes().len())
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -178,12 +205,12 @@ impl Decision {
     }
 
     pub fn is_allowed(&self) -> bool {
-        matches!(self, Decision::Allow(_))
+        matches!(self, Decision::Allow(_) | Decision::Rendered(_))
     }
 
     pub fn reason_label(&self) -> &'static str {
         match self {
-            Decision::Allow(_) => "",
+            Decision::Allow(_) | Decision::Rendered(_) => "",
             Decision::Deny(d) => d.reason.as_str(),
         }
     }
@@ -191,6 +218,7 @@ impl Decision {
     pub fn mode_label(&self) -> &'static str {
         match self {
             Decision::Allow(a) => a.mode.kind,
+            Decision::Rendered(r) => r.mode.kind,
             Decision::Deny(d) => d.mode.as_ref().map(|m| m.kind).unwrap_or("none"),
         }
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::Buf;
+use bytes::{Buf, BufMut};
 use prost::Message as _;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{Body, BoxFuture, Service, StdError};
@@ -28,7 +28,7 @@ use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value as PbValue, value::Kind};
 use envoy_types::pb::google::rpc::Status;
 
-use crate::decision::{Allow, Decision, Deny};
+use crate::decision::{Allow, Decision, Deny, DenyReason};
 use crate::metrics::Frontend;
 use crate::request::{Headers, Request};
 use crate::server::Shared;
@@ -146,6 +146,7 @@ impl Encoder for CheckEncoder {
     fn encode(&mut self, item: Decision, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
         match item {
             Decision::Allow(a) => encode::put_allow(&a, buf),
+            Decision::Rendered(r) => buf.put_slice(r.bytes()),
             Decision::Deny(d) => {
                 // Only fails for want of space, which an EncodeBuf grows.
                 deny(&d)
@@ -246,8 +247,23 @@ fn header(key: String, value: String) -> HeaderValueOption {
 pub fn render(decision: Decision) -> CheckResponse {
     match decision {
         Decision::Allow(a) => allow(a),
+        // Bytes this module wrote (`encode_allow`).
+        Decision::Rendered(r) => CheckResponse::decode(r.bytes()).unwrap_or_else(|_| {
+            deny(&Deny {
+                reason: DenyReason::InternalError,
+                mode: Some(r.mode),
+            })
+        }),
         Decision::Deny(d) => deny(&d),
     }
+}
+
+/// An allow as `CheckResponse` bytes, kept by the token cache for the
+/// token's repeats ([`crate::pipeline::Engine::decide_reusing`]).
+pub fn encode_allow(a: &Allow) -> Box<[u8]> {
+    let mut bytes = Vec::with_capacity(256);
+    put_allow(a, &mut bytes);
+    bytes.into_boxed_slice()
 }
 
 fn allow(a: Allow) -> CheckResponse {

@@ -184,6 +184,11 @@ pub fn render(decision: &Decision) -> Response {
             }
             resp
         }
+        // Bytes for the gRPC front door; never asked for here (fail closed).
+        Decision::Rendered(r) => render(&Decision::deny(
+            DenyReason::InternalError,
+            Some(r.mode.clone()),
+        )),
         Decision::Deny(d) => {
             let mut resp = Response::new(Body::from(d.reason.body()));
             *resp.status_mut() =

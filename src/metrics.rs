@@ -48,7 +48,7 @@ const OUTCOMES: usize = 1 + DenyReason::ALL.len();
 
 fn outcome_index(d: &Decision) -> usize {
     match d {
-        Decision::Allow(_) => 0,
+        Decision::Allow(_) | Decision::Rendered(_) => 0,
         Decision::Deny(deny) => {
             1 + DenyReason::ALL
                 .iter()

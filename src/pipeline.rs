@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 
 use crate::claims;
 use crate::config::{ClaimsConfig, Config, KeySource, ModeKind, Secret, Settings, TokenLocation};
-use crate::decision::{Allow, Decision, DenyReason, ModeRef};
+use crate::decision::{Allow, Decision, DenyReason, ModeRef, Rendered};
 use crate::elevation::{Elevation, GrantError};
 use crate::jwks::{JwksCache, JwksRegistry};
 use crate::jwt::{self, ClaimRules, JwtError};
@@ -80,8 +80,29 @@ enum Outcome<'r> {
     Absent,
     /// A credential was there and was refused.
     Invalid(DenyReason),
-    Verified(Session, Option<AccessToken<'r>>),
+    Verified(Session, Option<AccessToken<'r>>, Option<Arc<CachedToken>>),
+    /// A cached token whose allow was rendered for an equivalent request.
+    Rendered(Arc<CachedToken>),
 }
+
+/// What [`Engine::verify_jwt`] found.
+enum JwtOutcome {
+    /// A verified session; the token-cache entry when it came from the cache.
+    Session(Session, Option<i64>, Option<Arc<CachedToken>>),
+    Rendered(Arc<CachedToken>),
+}
+
+/// A mode verified a session: what the rest of the pipeline starts from.
+struct Verified<'s, 'r> {
+    auth: &'s Authenticator,
+    session: Session,
+    token: Option<AccessToken<'r>>,
+    /// The token-cache entry this session was served from (a repeat).
+    entry: Option<Arc<CachedToken>>,
+}
+
+/// How a front door renders an allow, for reuse on the token's repeats.
+pub type Render = fn(&Allow) -> Box<[u8]>;
 
 /// The verified bearer token behind a JWT session, for elevation grants.
 /// A Check borrows it from the request; an [`Identity`] owns it.
@@ -196,10 +217,44 @@ impl Engine {
 
     /// Decides one request.
     pub async fn decide(&self, req: &Request) -> Decision {
+        self.decide_reusing(req, None).await
+    }
+
+    /// Decides one request; with `render`, a token seen before whose allow
+    /// was rendered for an equivalent request ([`Engine::reusable`]) gets
+    /// that rendering back ([`Decision::Rendered`]), and the first repeat of
+    /// a token stores its rendering. New tokens store none: a token used
+    /// once costs the cache no more than its session.
+    pub async fn decide_reusing(&self, req: &Request, render: Option<Render>) -> Decision {
         let now = jwt::unix_now();
-        match self.first_verified(req, now).await {
-            Ok((auth, session, token)) => self.finish(auth, session, token, req, now).await,
-            Err(deny) => deny,
+        let v = match self.first_verified(req, now, render.is_some()).await {
+            Ok(v) => v,
+            Err(decided) => return decided,
+        };
+        let mode = v.auth.mode.clone();
+        let entry = v.entry.clone();
+        let decision = self.finish(v.auth, v.session, v.token, req, now).await;
+        match (render, entry, &decision) {
+            (Some(render), Some(entry), Decision::Allow(a)) if self.reusable(req) => {
+                // Another request may have stored the same bytes first.
+                let _ = entry.rendered.set(render(a));
+                Decision::Rendered(Rendered { mode, bytes: entry })
+            }
+            _ => decision,
+        }
+    }
+
+    /// Whether the allow for `req` depends on its token alone: no client
+    /// header authgate reserves (role or mode selection, headers to strip,
+    /// an elevation grant) and no elevation asked for, so role, elevation
+    /// and headers come out the same for every such request.
+    fn reusable(&self, req: &Request) -> bool {
+        if req.headers.iter().any(|(name, _)| is_reserved_header(name)) {
+            return false;
+        }
+        match &self.elevation {
+            None => !crate::elevation::context_requires(req),
+            Some(el) => !el.route_requires(req) && el.grant_of(req).is_none(),
         }
     }
 
@@ -207,7 +262,12 @@ impl Engine {
     /// for a Check, elevation computed but not enforced.
     pub async fn identify(&self, req: &Request) -> Result<Identity, Decision> {
         let now = jwt::unix_now();
-        let (auth, mut session, token) = self.first_verified(req, now).await?;
+        let Verified {
+            auth,
+            mut session,
+            token,
+            ..
+        } = self.first_verified(req, now, false).await?;
         self.resolve_role(auth, &mut session, req)?;
         let (elevated, _) = self.elevation_state(&mut session, token.as_ref(), req, now);
         Ok(Identity {
@@ -224,11 +284,14 @@ impl Engine {
     }
 
     /// Modes in order; the first verified session wins (SPEC 3.1-3.2).
+    /// `Err` is a decision already made: a denial, or (with `reuse`) an
+    /// allow reused from the token cache.
     async fn first_verified<'s, 'r>(
         &'s self,
         req: &'r Request,
         now: i64,
-    ) -> Result<(&'s Authenticator, Session, Option<AccessToken<'r>>), Decision> {
+        reuse: bool,
+    ) -> Result<Verified<'s, 'r>, Decision> {
         let mode_filter = req
             .headers
             .get(MODE_HEADER)
@@ -250,7 +313,7 @@ impl Engine {
             if matches!(auth.kind, AuthKind::NoAuth { .. }) && refused.is_some() {
                 continue;
             }
-            match self.authenticate(index, auth, req, now).await {
+            match self.authenticate(index, auth, req, now, reuse).await {
                 Outcome::Absent => {}
                 Outcome::Invalid(reason) => {
                     refused = Some((reason, &auth.mode));
@@ -258,8 +321,19 @@ impl Engine {
                         break;
                     }
                 }
-                Outcome::Verified(session, token) => {
-                    return Ok((auth, session, token));
+                Outcome::Verified(session, token, entry) => {
+                    return Ok(Verified {
+                        auth,
+                        session,
+                        token,
+                        entry,
+                    });
+                }
+                Outcome::Rendered(entry) => {
+                    return Err(Decision::Rendered(Rendered {
+                        mode: auth.mode.clone(),
+                        bytes: entry,
+                    }));
                 }
             }
         }
@@ -275,6 +349,7 @@ impl Engine {
         auth: &Authenticator,
         req: &'r Request,
         now: i64,
+        reuse: bool,
     ) -> Outcome<'r> {
         // Security rules apply once a mode has something to authenticate:
         // a mode whose credential is absent is skipped, rules or not.
@@ -284,7 +359,7 @@ impl Engine {
                 if blocked() {
                     return Outcome::Invalid(DenyReason::BlockedByRule);
                 }
-                Outcome::Verified(session.clone(), None)
+                Outcome::Verified(session.clone(), None, None)
             }
             AuthKind::ApiKey {
                 location,
@@ -296,7 +371,7 @@ impl Engine {
                 Credential::Present(_) if blocked() => Outcome::Invalid(DenyReason::BlockedByRule),
                 Credential::Present(given) => {
                     if bool::from(given.as_bytes().ct_eq(value.0.as_bytes())) {
-                        Outcome::Verified(session.clone(), None)
+                        Outcome::Verified(session.clone(), None, None)
                     } else {
                         Outcome::Invalid(DenyReason::InvalidApiKey)
                     }
@@ -307,7 +382,7 @@ impl Engine {
                     return Outcome::Invalid(DenyReason::BlockedByRule);
                 }
                 match w.authenticate(req).await {
-                    Ok(session) => Outcome::Verified(session, None),
+                    Ok(session) => Outcome::Verified(session, None, None),
                     Err(reason) => Outcome::Invalid(reason),
                 }
             }
@@ -315,15 +390,19 @@ impl Engine {
                 Credential::Absent => Outcome::Absent,
                 Credential::Ambiguous => Outcome::Invalid(DenyReason::InvalidToken),
                 Credential::Present(_) if blocked() => Outcome::Invalid(DenyReason::BlockedByRule),
-                Credential::Present(token) => match self.verify_jwt(index, j, &token, now).await {
-                    Ok((session, exp)) => {
-                        Outcome::Verified(session, Some(AccessToken { raw: token, exp }))
+                Credential::Present(token) => {
+                    let reusable = || reuse && self.reusable(req);
+                    match self.verify_jwt(index, j, &token, now, reusable).await {
+                        Ok(JwtOutcome::Session(session, exp, entry)) => {
+                            Outcome::Verified(session, Some(AccessToken { raw: token, exp }), entry)
+                        }
+                        Ok(JwtOutcome::Rendered(entry)) => Outcome::Rendered(entry),
+                        Err(e) => {
+                            tracing::debug!(mode = %auth.mode.id, error = %e, "token refused");
+                            Outcome::Invalid(e.reason())
+                        }
                     }
-                    Err(e) => {
-                        tracing::debug!(mode = %auth.mode.id, error = %e, "token refused");
-                        Outcome::Invalid(e.reason())
-                    }
-                },
+                }
             },
         }
     }
@@ -334,7 +413,8 @@ impl Engine {
         j: &JwtAuth,
         token: &str,
         now: i64,
-    ) -> Result<(Session, Option<i64>), JwtError> {
+        reuse: impl FnOnce() -> bool,
+    ) -> Result<JwtOutcome, JwtError> {
         let rules = ClaimRules {
             audience: &j.audience,
             issuer: j.issuer.as_deref(),
@@ -349,10 +429,14 @@ impl Engine {
             if let Some(hit) = cache.get(key) {
                 self.metrics.token_cache_hit.inc();
                 hit.check_time(now, &rules)?;
+                if hit.rendered.get().is_some() && reuse() {
+                    return Ok(JwtOutcome::Rendered(hit));
+                }
                 // The encoding is ours; failing to read it back is a bug, and
                 // the token is simply verified again.
                 if let Some(session) = Session::from_compact(&hit.session) {
-                    return Ok((session, hit.exp));
+                    let exp = (hit.exp != i64::MAX).then_some(hit.exp);
+                    return Ok(JwtOutcome::Session(session, exp, Some(hit)));
                 }
             }
             self.metrics.token_cache_miss.inc();
@@ -387,7 +471,7 @@ impl Engine {
         if let (Some(cache), Some(key)) = (&self.token_cache, cache_key) {
             cache.insert(key, &session, exp, nbf, now);
         }
-        Ok((session, exp))
+        Ok(JwtOutcome::Session(session, exp, None))
     }
 
     fn resolve_role(
@@ -576,22 +660,35 @@ struct TokenCache {
 struct CachedToken {
     /// [`Session::to_compact`]: one allocation per entry.
     session: Box<str>,
-    exp: Option<i64>,
-    nbf: Option<i64>,
+    /// `exp` and `nbf`; `i64::MAX` and `i64::MIN` when absent (not
+    /// `Option`s: 16 bytes less an entry, and the checks stay the same).
+    exp: i64,
+    nbf: i64,
     /// `tokenCacheTtl` after the insert.
     fresh_until: std::time::Instant,
+    /// The gRPC front door's allow for requests that add nothing to the
+    /// token ([`Engine::reusable`]), stored on the token's first repeat.
+    rendered: std::sync::OnceLock<Box<[u8]>>,
 }
 
 impl CachedToken {
     fn check_time(&self, now: i64, rules: &ClaimRules<'_>) -> Result<(), JwtError> {
         let skew = i64::try_from(rules.skew).unwrap_or(i64::MAX / 4);
-        if self.exp.is_some_and(|exp| now >= exp.saturating_add(skew)) {
+        if now >= self.exp.saturating_add(skew) {
             return Err(JwtError::Expired);
         }
-        if self.nbf.is_some_and(|nbf| now.saturating_add(skew) < nbf) {
+        if now.saturating_add(skew) < self.nbf {
             return Err(JwtError::NotYetValid);
         }
         Ok(())
+    }
+}
+
+/// A [`Decision::Rendered`] lends the entry's rendering (never empty: an
+/// entry is only handed out once `rendered` is set).
+impl AsRef<[u8]> for CachedToken {
+    fn as_ref(&self) -> &[u8] {
+        self.rendered.get().map_or(&[], |b| b)
     }
 }
 
@@ -641,10 +738,138 @@ impl TokenCache {
             key,
             Arc::new(CachedToken {
                 session: session.to_compact(),
-                exp,
-                nbf,
+                exp: exp.unwrap_or(i64::MAX),
+                nbf: nbf.unwrap_or(i64::MIN),
                 fresh_until: std::time::Instant::now() + self.ttl,
+                rendered: std::sync::OnceLock::new(),
             }),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    use super::*;
+    use crate::request::Headers;
+
+    const SECRET: &str = "a-secret-of-at-least-thirty-two-bytes!!";
+
+    fn engine() -> Engine {
+        let yaml = format!(
+            r#"
+definition:
+  modes:
+    - mode: jwt
+      key: {{algorithm: HS256, key: {{value: "{SECRET}"}}}}
+      claimsConfig: {{namespace: {{location: '"claims.jwt.hasura.io"'}}}}
+"#
+        );
+        let cfg = crate::config::parse(&yaml, &|_: &str| None).expect("config loads");
+        let registry = JwksRegistry::new().expect("registry");
+        Engine::new(cfg, &registry, Arc::new(Metrics::new()), false, None)
+    }
+
+    fn token(user: &str) -> String {
+        let claims = json!({
+            "sub": user,
+            "exp": jwt::unix_now() + 600,
+            "claims.jwt.hasura.io": {
+                "x-hasura-user-id": user,
+                "x-hasura-default-role": "user",
+                "x-hasura-allowed-roles": ["user", "editor"],
+            },
+        });
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(&Header::default(), &claims, &key).expect("token")
+    }
+
+    fn request(headers: &[(&str, &str)]) -> Request {
+        let mut h = Headers::new();
+        for (k, v) in headers {
+            h.push(k, *v);
+        }
+        Request {
+            headers: h,
+            method: "POST".into(),
+            path: "/v1/graphql".into(),
+            ..Default::default()
+        }
+    }
+
+    /// A stand-in for the gRPC front door's encoding: what it renders is
+    /// the front door's business, the pipeline only keeps and returns it.
+    fn render(a: &Allow) -> Box<[u8]> {
+        format!("{:?} {}", a.headers, a.elevated)
+            .into_bytes()
+            .into()
+    }
+
+    fn kind(d: &Decision) -> &'static str {
+        match d {
+            Decision::Allow(_) => "allow",
+            Decision::Rendered(_) => "rendered",
+            Decision::Deny(_) => "deny",
+        }
+    }
+
+    #[tokio::test]
+    async fn repeats_reuse_the_rendering_only_for_requests_that_add_nothing() {
+        let engine = engine();
+        let bearer = format!("Bearer {}", token("u-1"));
+        let plain = request(&[("authorization", &bearer)]);
+
+        // New token: decided in full, nothing stored.
+        let first = engine.decide_reusing(&plain, Some(render)).await;
+        let Decision::Allow(a) = &first else {
+            panic!("{first:?}")
+        };
+        let expected = render(a);
+        // First repeat: decided from the cached session, rendering stored.
+        // Later repeats: the stored rendering.
+        for _ in 0..3 {
+            match engine.decide_reusing(&plain, Some(render)).await {
+                Decision::Rendered(r) => {
+                    assert_eq!(r.bytes(), &*expected);
+                    assert_eq!(r.mode.kind, "jwt");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Without a renderer (HTTP front door, `check`), never reused.
+        assert_eq!(kind(&engine.decide(&plain).await), "allow");
+
+        // Requests that change the answer are decided in full.
+        let role = request(&[("authorization", &bearer), ("x-hasura-role", "editor")]);
+        let Decision::Allow(a) = engine.decide_reusing(&role, Some(render)).await else {
+            panic!("role request")
+        };
+        assert!(
+            a.headers
+                .contains(&("x-hasura-role".into(), "editor".into()))
+        );
+        let spoof = request(&[("authorization", &bearer), ("x-hasura-org-id", "7")]);
+        let Decision::Allow(a) = engine.decide_reusing(&spoof, Some(render)).await else {
+            panic!("spoofed header request")
+        };
+        assert_eq!(a.headers_to_remove, ["x-hasura-org-id"]);
+        let mut elevate = request(&[("authorization", &bearer)]);
+        elevate
+            .context
+            .insert("elevation".into(), "required".into());
+        let d = engine.decide_reusing(&elevate, Some(render)).await;
+        assert_eq!(d.reason_label(), "elevation_required", "{d:?}");
+
+        // Another token never gets this one's rendering.
+        let other = request(&[("authorization", &format!("Bearer {}", token("u-2")))]);
+        for _ in 0..3 {
+            match engine.decide_reusing(&other, Some(render)).await {
+                Decision::Allow(a) => assert_ne!(render(&a), expected),
+                Decision::Rendered(r) => assert_ne!(r.bytes(), &*expected),
+                d => panic!("{d:?}"),
+            }
+        }
     }
 }

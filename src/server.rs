@@ -128,7 +128,13 @@ impl Shared {
     pub async fn decide(&self, frontend: Frontend, req: &Request, started: Instant) -> Decision {
         let engine = self.engine.load_full();
         let timeout = engine.settings.decision_timeout;
-        let decision = match self.bounded(frontend, timeout, engine.decide(req)).await {
+        // Only the gRPC front door reuses renderings (as CheckResponse bytes).
+        let render: Option<crate::pipeline::Render> = match frontend {
+            Frontend::Grpc => Some(crate::grpc::encode_allow),
+            Frontend::Http | Frontend::Webhook => None,
+        };
+        let decided = engine.decide_reusing(req, render);
+        let decision = match self.bounded(frontend, timeout, decided).await {
             Some(d) => d,
             None => {
                 tracing::warn!(
@@ -313,6 +319,23 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
             return;
         }
     }
+}
+
+/// The runtime `authgate serve` runs on (and the benchmark baseline too).
+///
+/// By default a task that another task wakes runs next (tokio's LIFO slot):
+/// each Check's response then woke its HTTP/2 connection task at once, and
+/// every response was written with a syscall of its own. Without the slot,
+/// tasks run in the order they were woken, and a connection writes all the
+/// responses that are ready at once (docs/benchmarks.md: about one write
+/// per 25 Checks instead of one per Check at 64 streams). The switch needs
+/// `--cfg tokio_unstable` (.cargo/config.toml); without it, tokio's default.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    builder.build()
 }
 
 /// Binds both addresses and serves until [`Running::shutdown`].

@@ -818,10 +818,13 @@ definition:
     claims["exp"] = json!(now() + 2);
     let token = mint(Algorithm::HS256, SECRET, claims, None);
     let auth = bearer(&token);
-    assert_eq!(
-        outcome(&server.check(&[("authorization", &auth)]).await).code,
-        0
-    );
+    // New, repeat (session from the cache), repeats (the reused allow).
+    for _ in 0..3 {
+        assert_eq!(
+            outcome(&server.check(&[("authorization", &auth)]).await).code,
+            0
+        );
+    }
     // Per-request inputs apply after the cache: the role header still counts.
     let o = outcome(
         &server
@@ -838,4 +841,67 @@ definition:
     tokio::time::sleep(std::time::Duration::from_millis(2600)).await;
     let o = outcome(&server.check(&[("authorization", &auth)]).await);
     assert_eq!(o.reason(), "token_expired");
+}
+
+#[tokio::test]
+async fn repeated_tokens_get_the_same_answer_as_new_ones() {
+    let server = TestServer::start(&hs256_config("")).await;
+    let token = mint(
+        Algorithm::HS256,
+        SECRET,
+        hasura_claims("u-1", &["user", "editor"], "user"),
+        None,
+    );
+    let auth = bearer(&token);
+    // A new token (verified), its first repeat (session from the cache)
+    // and later repeats (the allow rendered for the first repeat, reused):
+    // one answer, byte for byte.
+    let first = server.check(&[("authorization", &auth)]).await;
+    assert_eq!(outcome(&first).code, 0);
+    assert_eq!(outcome(&first).headers["x-hasura-user-id"], "u-1");
+    for _ in 0..3 {
+        assert_eq!(server.check(&[("authorization", &auth)]).await, first);
+    }
+    // Requests that ask for more are answered for what they ask.
+    let o = outcome(
+        &server
+            .check(&[("authorization", &auth), ("x-hasura-role", "editor")])
+            .await,
+    );
+    assert_eq!(o.headers["x-hasura-role"], "editor");
+    let o = outcome(
+        &server
+            .check(&[("authorization", &auth), ("x-hasura-org-id", "7")])
+            .await,
+    );
+    assert_eq!(
+        (o.code, o.removed.clone()),
+        (0, vec!["x-hasura-org-id".to_string()])
+    );
+    let mut req = check_request(&[("authorization", &auth)], "/v1/graphql");
+    if let Some(a) = req.attributes.as_mut() {
+        a.context_extensions
+            .insert("elevation".into(), "required".into());
+    }
+    let o = outcome(&server.check_request(req).await);
+    assert_eq!(o.reason(), "elevation_required");
+    assert_eq!(server.check(&[("authorization", &auth)]).await, first);
+    // Another user's token gets its own answer.
+    let other = mint(
+        Algorithm::HS256,
+        SECRET,
+        hasura_claims("u-2", &["user"], "user"),
+        None,
+    );
+    for _ in 0..3 {
+        let o = outcome(&server.check(&[("authorization", &bearer(&other))]).await);
+        assert_eq!(o.headers["x-hasura-user-id"], "u-2");
+    }
+    let m = server.metrics().await;
+    for series in [r#"{result="hit"} 9"#, r#"{result="miss"} 2"#] {
+        assert!(
+            m.contains(&format!("authgate_token_cache_lookups_total{series}")),
+            "{m}"
+        );
+    }
 }

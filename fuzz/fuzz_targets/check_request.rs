@@ -29,6 +29,9 @@ mod common;
 struct World {
     rt: tokio::runtime::Runtime,
     engine: Engine,
+    /// The same config with a token cache, deciding as the gRPC front door
+    /// does (reusing rendered allows): it must answer as `engine` does.
+    cached: Engine,
 }
 
 static WORLD: LazyLock<World> = LazyLock::new(|| {
@@ -36,16 +39,25 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let cfg = match config::parse(&common::check_config(), &|_: &str| None) {
-        Ok(c) => c,
-        Err(e) => panic!("fuzz check config does not load: {e}"),
-    };
-    let elevation = rt
-        .block_on(authgate::server::open_elevation(&cfg, None))
-        .expect("elevation opens");
     let registry = JwksRegistry::new().expect("JWKS registry");
-    let engine = Engine::new(cfg, &registry, Arc::new(Metrics::new()), false, elevation);
-    World { rt, engine }
+    let engine = |text: &str| {
+        let cfg = match config::parse(text, &|_: &str| None) {
+            Ok(c) => c,
+            Err(e) => panic!("fuzz check config does not load: {e}"),
+        };
+        let elevation = rt
+            .block_on(authgate::server::open_elevation(&cfg, None))
+            .expect("elevation opens");
+        Engine::new(cfg, &registry, Arc::new(Metrics::new()), false, elevation)
+    };
+    let text = common::check_config();
+    let engine_without_cache = engine(&text);
+    let cached = engine(&text.replace("tokenCacheMaxEntries: 0", "tokenCacheMaxEntries: 1000"));
+    World {
+        engine: engine_without_cache,
+        cached,
+        rt,
+    }
 });
 
 /// What the pipeline can observe of a request, order-free (prost's maps
@@ -126,9 +138,24 @@ fuzz_target!(|data: &[u8]| {
             authgate::grpc::put_allow(a, &mut bytes);
             Some(bytes)
         }
-        Decision::Deny(_) => None,
+        Decision::Rendered(_) | Decision::Deny(_) => None,
     };
     let response = authgate::grpc::render(decision);
+    // Reuse (the gRPC front door's path): a token's repeats may be served an
+    // allow rendered for an earlier request; whatever the earlier requests
+    // were, the answer must be the one this request gets without reuse.
+    for _ in 0..3 {
+        let reused = world.rt.block_on(
+            world
+                .cached
+                .decide_reusing(&req, Some(authgate::grpc::encode_allow)),
+        );
+        assert_eq!(
+            authgate::grpc::render(reused),
+            response,
+            "a reused allow differs from the decision"
+        );
+    }
     let _ = response.encode_to_vec();
     if let Some(bytes) = direct {
         let read = CheckResponse::decode(bytes.as_slice())
