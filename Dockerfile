@@ -27,6 +27,8 @@ ENV CARGO_TERM_COLOR=never \
 #    (sqlx's bundled SQLite) and aws-lc are compiled with the image's C
 #    compiler.
 COPY Cargo.toml Cargo.lock build.rs ./
+# `--cfg tokio_unstable`, for the runtime's scheduling (src/server.rs: runtime).
+COPY .cargo ./.cargo
 RUN mkdir src \
  && echo 'fn main() {}' > src/main.rs \
  && : > src/lib.rs \
