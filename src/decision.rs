@@ -162,12 +162,13 @@ pub enum Decision {
 #[derive(Clone)]
 pub struct Rendered {
     pub mode: ModeRef,
-    pub bytes: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>,
+    /// What holds the bytes (the token-cache entry).
+    pub source: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>,
 }
 
 impl Rendered {
     pub fn bytes(&self) -> &[u8] {
-        (*self.bytes).as_ref()
+        (*self.source).as_ref()
     }
 }
 

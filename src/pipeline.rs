@@ -238,7 +238,10 @@ impl Engine {
             (Some(render), Some(entry), Decision::Allow(a)) if self.reusable(req) => {
                 // Another request may have stored the same bytes first.
                 let _ = entry.rendered.set(render(a));
-                Decision::Rendered(Rendered { mode, bytes: entry })
+                Decision::Rendered(Rendered {
+                    mode,
+                    source: entry,
+                })
             }
             _ => decision,
         }
@@ -332,7 +335,7 @@ impl Engine {
                 Outcome::Rendered(entry) => {
                     return Err(Decision::Rendered(Rendered {
                         mode: auth.mode.clone(),
-                        bytes: entry,
+                        source: entry,
                     }));
                 }
             }

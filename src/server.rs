@@ -321,14 +321,15 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     }
 }
 
-/// The runtime `authgate serve` runs on (and the benchmark baseline too).
+/// The runtime of `authgate serve` and `authgate check` (and of the
+/// benchmark baseline).
 ///
 /// By default a task that another task wakes runs next (tokio's LIFO slot):
 /// each Check's response then woke its HTTP/2 connection task at once, and
 /// every response was written with a syscall of its own. Without the slot,
 /// tasks run in the order they were woken, and a connection writes all the
-/// responses that are ready at once (docs/benchmarks.md: about one write
-/// per 25 Checks instead of one per Check at 64 streams). The switch needs
+/// responses that are ready at once (docs/benchmarks.md: one write per ~20
+/// Checks instead of one per Check at 64 streams). The switch needs
 /// `--cfg tokio_unstable` (.cargo/config.toml); without it, tokio's default.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
