@@ -231,15 +231,22 @@ impl Engine {
             Ok(v) => v,
             Err(decided) => return decided,
         };
-        let mode = v.auth.mode.clone();
-        let entry = v.entry.clone();
-        let decision = self.finish(v.auth, v.session, v.token, req, now).await;
+        let Verified {
+            auth,
+            session,
+            token,
+            entry,
+        } = v;
+        let decision = self.finish(auth, session, token, req, now).await;
         match (render, entry, &decision) {
-            (Some(render), Some(entry), Decision::Allow(a)) if self.reusable(req) => {
+            // A set rendering was already offered (and refused) in verify_jwt.
+            (Some(render), Some(entry), Decision::Allow(a))
+                if entry.rendered.get().is_none() && self.reusable(req) =>
+            {
                 // Another request may have stored the same bytes first.
                 let _ = entry.rendered.set(render(a));
                 Decision::Rendered(Rendered {
-                    mode,
+                    mode: auth.mode.clone(),
                     source: entry,
                 })
             }
