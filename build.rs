@@ -59,30 +59,66 @@ fn main() {
     .expect("OUT_DIR is writable");
 }
 
-/// Where cargo unpacked `envoy-types` (registry, vendor dir or git checkout).
+/// Where cargo unpacked `envoy-types`: asked of `cargo metadata` (registry,
+/// vendor dir or git checkout), else looked up in the registry cache.
 fn envoy_types_dir() -> PathBuf {
+    match from_metadata() {
+        Ok(dir) => dir,
+        Err(why) => from_registry().unwrap_or_else(|| {
+            panic!("cannot find the envoy-types sources: cargo metadata failed ({why}) and it is not under $CARGO_HOME/registry/src")
+        }),
+    }
+}
+
+/// `cargo metadata`, offline and for the target only: a build has unpacked
+/// the packages of its own target, not those of other platforms or the
+/// dev-dependencies a release build does not need (then this fails, and
+/// [`from_registry`] answers).
+fn from_metadata() -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo");
-    let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline"])
+    let mut cmd = Command::new(cargo);
+    cmd.args(["metadata", "--format-version", "1", "--offline"]);
+    if let Ok(target) = std::env::var("TARGET") {
+        cmd.args(["--filter-platform", &target]);
+    }
+    let output = cmd
         .current_dir(&manifest_dir)
         .output()
-        .expect("cargo metadata runs");
-    assert!(
-        output.status.success(),
-        "cargo metadata failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+        .map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        let err = String::from_utf8_lossy(&output.stderr);
+        return Err(err.lines().next().unwrap_or("").to_owned());
+    }
     let meta: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
-    let packages = meta["packages"].as_array().expect("packages array");
-    let manifest = packages
-        .iter()
-        .find(|p| p["name"] == "envoy-types")
+        serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
+    let manifest = meta["packages"]
+        .as_array()
+        .and_then(|packages| packages.iter().find(|p| p["name"] == "envoy-types"))
         .and_then(|p| p["manifest_path"].as_str())
-        .expect("envoy-types is a dependency");
+        .ok_or("envoy-types is not in the metadata")?;
     PathBuf::from(manifest)
         .parent()
-        .expect("manifest has a parent directory")
-        .to_path_buf()
+        .map(PathBuf::from)
+        .ok_or_else(|| "manifest has no parent directory".into())
+}
+
+/// `$CARGO_HOME/registry/src/*/envoy-types-<version locked in Cargo.lock>`.
+fn from_registry() -> Option<PathBuf> {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").ok()?);
+    let lock = std::fs::read_to_string(manifest_dir.join("Cargo.lock")).ok()?;
+    let version = regex::Regex::new(r#"name = "envoy-types"\nversion = "([^"]+)""#)
+        .ok()?
+        .captures(&lock)?
+        .get(1)?
+        .as_str()
+        .to_owned();
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+    std::fs::read_dir(home.join("registry/src"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|index| index.path().join(format!("envoy-types-{version}")))
+        .find(|dir| dir.join("src/generated/types.bin").exists())
 }

@@ -20,11 +20,15 @@ pub enum DenyReason {
     ElevationRequired,
     RoleNotAllowed,
     BlockedByRule,
+    /// The request itself cannot be decided safely: conflicting or duplicated
+    /// forward-auth headers, an ambiguous path on a route-matched request, an
+    /// Envoy `context_extensions` value authgate does not know.
+    InvalidRequest,
     InternalError,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 9] = [
+    pub const ALL: [DenyReason; 10] = [
         DenyReason::MissingCredentials,
         DenyReason::InvalidToken,
         DenyReason::TokenExpired,
@@ -33,6 +37,7 @@ impl DenyReason {
         DenyReason::ElevationRequired,
         DenyReason::RoleNotAllowed,
         DenyReason::BlockedByRule,
+        DenyReason::InvalidRequest,
         DenyReason::InternalError,
     ];
 
@@ -46,6 +51,7 @@ impl DenyReason {
             DenyReason::ElevationRequired => "elevation_required",
             DenyReason::RoleNotAllowed => "role_not_allowed",
             DenyReason::BlockedByRule => "blocked_by_rule",
+            DenyReason::InvalidRequest => "invalid_request",
             DenyReason::InternalError => "internal_error",
         }
     }
@@ -54,6 +60,7 @@ impl DenyReason {
     pub fn grpc_code(self) -> i32 {
         match self {
             DenyReason::RoleNotAllowed | DenyReason::BlockedByRule => 7, // PERMISSION_DENIED
+            DenyReason::InvalidRequest => 3,                             // INVALID_ARGUMENT
             DenyReason::InternalError => 14,                             // UNAVAILABLE
             _ => 16,                                                     // UNAUTHENTICATED
         }
@@ -62,6 +69,7 @@ impl DenyReason {
     pub fn http_status(self) -> u16 {
         match self {
             DenyReason::RoleNotAllowed | DenyReason::BlockedByRule => 403,
+            DenyReason::InvalidRequest => 400,
             DenyReason::InternalError => 503,
             _ => 401,
         }
@@ -78,9 +86,10 @@ impl DenyReason {
             DenyReason::ElevationRequired => {
                 Some("Bearer error=\"insufficient_user_authentication\"")
             }
-            DenyReason::RoleNotAllowed | DenyReason::BlockedByRule | DenyReason::InternalError => {
-                None
-            }
+            DenyReason::RoleNotAllowed
+            | DenyReason::BlockedByRule
+            | DenyReason::InvalidRequest
+            | DenyReason::InternalError => None,
         }
     }
 
@@ -95,6 +104,7 @@ impl DenyReason {
             DenyReason::TokenExpired => "token expired",
             DenyReason::ElevationRequired => "elevated access required",
             DenyReason::RoleNotAllowed | DenyReason::BlockedByRule => "access denied",
+            DenyReason::InvalidRequest => "malformed request",
             DenyReason::InternalError => "authorization temporarily unavailable",
         }
     }
@@ -123,6 +133,9 @@ impl DenyReason {
                 r#"{"error":"role_not_allowed","message":"access denied"}"#
             }
             DenyReason::BlockedByRule => r#"{"error":"blocked_by_rule","message":"access denied"}"#,
+            DenyReason::InvalidRequest => {
+                r#"{"error":"invalid_request","message":"malformed request"}"#
+            }
             DenyReason::InternalError => {
                 r#"{"error":"internal_error","message":"authorization temporarily unavailable"}"#
             }

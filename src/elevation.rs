@@ -16,10 +16,11 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header}
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::config::elevation::{ElevationConfig, ElevationMode, RoutePath};
+use crate::config::elevation::{ElevationConfig, ElevationMode};
 use crate::decision::DenyReason;
 use crate::keys::VerifyKey;
 use crate::request::Request;
+use crate::route::{self, Route};
 use crate::store::{CredentialStore, StoreOptions};
 
 /// `aud` of every grant, so no other token of ours can pass for one.
@@ -27,84 +28,43 @@ pub const GRANT_AUDIENCE: &str = "authgate-elevation";
 /// Header (and cookie) carrying a grant.
 pub const GRANT_HEADER: &str = "x-elevation-token";
 
-/// Decodes `%XX` for unreserved characters (and `/`, `\`, which must not
-/// hide a segment), turns `\` into `/`, drops `;` parameters from each
-/// segment (Servlet-style upstreams route `/a;x=1/b` and `/a/..;/b` as if
-/// they were not there), collapses `//`, resolves `.` and `..`, and drops the
-/// query and fragment. Matching on this form (case-insensitively, see
-/// [`route_matches`]) means no spelling of a protected path escapes its rule.
-pub fn normalize_path(raw: &str) -> String {
-    let raw = raw.split(['?', '#']).next().unwrap_or("");
-    let bytes = raw.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = |b: u8| (b as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                let c = (h * 16 + l) as u8;
-                if c.is_ascii_alphanumeric() || b"-._~/\\".contains(&c) {
-                    decoded.push(c);
-                    i += 3;
-                    continue;
-                }
-                // Keep other escapes, in upper case.
-                decoded.push(b'%');
-                decoded.extend(format!("{c:02X}").bytes());
-                i += 3;
-                continue;
-            }
-        }
-        decoded.push(bytes[i]);
-        i += 1;
-    }
-    let text = String::from_utf8_lossy(&decoded).replace('\\', "/");
-    let mut segments: Vec<&str> = Vec::new();
-    for seg in text.split('/') {
-        let seg = seg.split(';').next().unwrap_or("");
-        match seg {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            s => segments.push(s),
-        }
-    }
-    let mut out = String::with_capacity(text.len() + 1);
-    for s in &segments {
-        out.push('/');
-        out.push_str(s);
-    }
-    if out.is_empty() || (text.ends_with('/') && !segments.is_empty()) {
-        out.push('/');
-    }
-    out
-}
+/// Envoy's per-route `context_extensions` key asking for elevation.
+pub const CONTEXT_KEY: &str = "elevation";
 
-/// A prefix keeps its trailing slash (`/v1/user/` covers `/v1/user/x`).
-pub fn normalize_prefix(raw: &str) -> String {
-    normalize_path(raw)
-}
-
-/// Compares ASCII case-insensitively: upstreams that route without regard
-/// to case (Express, nhost's hasura-auth, ASP.NET) must not be reachable
-/// through `/V1/USER/...`, and protecting a case variant costs nothing.
-fn route_matches(prefix_or_path: &RoutePath, path: &str) -> bool {
-    let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
-    match prefix_or_path {
-        RoutePath::Exact(p) => same(path, p) || path.strip_suffix('/').is_some_and(|s| same(s, p)),
-        RoutePath::Prefix(p) => {
-            path.get(..p.len()).is_some_and(|head| same(head, p))
-                || (p.ends_with('/') && same(path, &p[..p.len() - 1]))
+/// What Envoy's per-route `context_extensions: {elevation: ...}` asks:
+/// `required`, or `optional` (the default when absent: only authgate's own
+/// routes decide). Any other value is a mistake in the Envoy config (`true`,
+/// `yes`, `required ` with a space), and a mistake in a security setting
+/// must not read as "not required": it is an error, which the pipeline
+/// turns into a denial.
+pub fn context_requires(req: &Request) -> Result<bool, DenyReason> {
+    match req.context.get(CONTEXT_KEY).map(String::as_str) {
+        None => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case("required") => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("optional") => Ok(false),
+        Some(v) => {
+            tracing::warn!(
+                value = %v.escape_debug().to_string().chars().take(64).collect::<String>(),
+                "unknown context_extensions elevation value (expected required or optional); denied"
+            );
+            Err(DenyReason::InternalError)
         }
     }
 }
 
-/// Envoy's per-route `context_extensions: {elevation: required}`.
-pub fn context_requires(req: &Request) -> bool {
-    req.context
-        .get("elevation")
-        .is_some_and(|v| v.eq_ignore_ascii_case("required"))
+/// Whether any of `routes` covers the request. A path that has no single
+/// reading ([`route::PathError`]) is refused with `invalid_request`, since
+/// it cannot be told whether the upstream would route it to a protected
+/// handler.
+pub fn routes_cover(routes: &[Route], req: &Request) -> Result<bool, DenyReason> {
+    if routes.is_empty() {
+        return Ok(false);
+    }
+    let path = route::canonical_path(&req.path).map_err(|e| {
+        tracing::debug!(error = %e, "path refused");
+        DenyReason::InvalidRequest
+    })?;
+    Ok(routes.iter().any(|r| r.covers(req, &path)))
 }
 
 /// authgate's grant signing keys and their public JWKS.
@@ -394,23 +354,10 @@ impl Elevation {
         })
     }
 
-    /// A route rule matches (method and normalized path), or Envoy's
-    /// `context_extensions` say `elevation: required`.
-    pub fn route_requires(&self, req: &Request) -> bool {
-        if context_requires(req) {
-            return true;
-        }
-        if self.cfg.routes.is_empty() {
-            return false;
-        }
-        let path = normalize_path(&req.path);
-        self.cfg.routes.iter().any(|r| {
-            (r.methods.is_empty()
-                || r.methods
-                    .iter()
-                    .any(|m| m.eq_ignore_ascii_case(&req.method)))
-                && route_matches(&r.path, &path)
-        })
+    /// Whether the request needs elevation: Envoy's `context_extensions`
+    /// ask for it, or a route rule covers it (method and canonical path).
+    pub fn route_requires(&self, req: &Request) -> Result<bool, DenyReason> {
+        Ok(context_requires(req)? || routes_cover(&self.cfg.routes, req)?)
     }
 
     pub async fn user_has_keys(&self, user: &str) -> Result<bool, DenyReason> {
@@ -467,47 +414,6 @@ impl Elevation {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn normalization_defeats_spellings() {
-        for (raw, want) in [
-            ("/v1/user/password", "/v1/user/password"),
-            ("/v1//user/./password?x=1", "/v1/user/password"),
-            ("/v1/user/x/../password", "/v1/user/password"),
-            ("/v1/%75ser/password", "/v1/user/password"),
-            ("/v1/user%2Fpassword", "/v1/user/password"),
-            ("/v1/user%2fpassword", "/v1/user/password"),
-            ("/v1\\user\\password", "/v1/user/password"),
-            ("/v1/user/%2e%2e/user/password", "/v1/user/password"),
-            ("/../../v1/user/password#f", "/v1/user/password"),
-            ("/v1/user/", "/v1/user/"),
-            ("", "/"),
-            ("/a%20b", "/a%20b"),
-            ("/v1/user/password;jsessionid=1", "/v1/user/password"),
-            ("/v1/user;x=1/password", "/v1/user/password"),
-            ("/v1/x/..;/user/password", "/v1/user/password"),
-            ("/v1/;/user", "/v1/user"),
-        ] {
-            assert_eq!(normalize_path(raw), want, "{raw}");
-        }
-    }
-
-    #[test]
-    fn routes_match_exact_and_prefix() {
-        let exact = RoutePath::Exact("/v1/user/password".into());
-        assert!(route_matches(&exact, "/v1/user/password"));
-        assert!(route_matches(&exact, "/v1/user/password/"));
-        assert!(!route_matches(&exact, "/v1/user/passwords"));
-        assert!(route_matches(&exact, "/V1/User/PASSWORD"));
-        let prefix = RoutePath::Prefix("/v1/user/".into());
-        assert!(route_matches(&prefix, "/v1/user/email"));
-        assert!(route_matches(&prefix, "/v1/user"));
-        assert!(!route_matches(&prefix, "/v1/username"));
-        assert!(route_matches(&prefix, "/V1/USER/x"));
-        assert!(route_matches(&prefix, "/V1/User"));
-        assert!(!route_matches(&prefix, "/v1/us"));
-        assert!(!route_matches(&prefix, "/v1/usé/x"));
-    }
 
     #[test]
     fn grants_bind_user_and_token() {

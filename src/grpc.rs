@@ -28,10 +28,12 @@ use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value as PbValue, value::Kind};
 use envoy_types::pb::google::rpc::Status;
 
+use crate::budget::{ByteBudget, Charge};
+use crate::conn::Connection;
 use crate::decision::{Allow, Decision, Deny, DenyReason};
 use crate::metrics::Frontend;
 use crate::request::{Headers, Request};
-use crate::server::Shared;
+use crate::server::{self, Shared};
 
 mod encode;
 mod wire;
@@ -85,7 +87,34 @@ where
                 Ok(tonic::Status::unimplemented("").into_http::<tonic::body::Body>())
             });
         }
-        let check = Check(self.shared.clone());
+        let conn = req.extensions().get::<Arc<Connection>>().cloned();
+        let peer = conn.as_ref().map(|c| c.peer.ip());
+        let detached;
+        let budget = match &conn {
+            Some(c) => &c.body_budget,
+            None => {
+                detached = ByteBudget::new(server::GRPC_CONNECTION_BYTES);
+                &detached
+            }
+        };
+        let mut charge = Charge::new(budget, &self.shared.grpc_bytes);
+        // The headers are held as long as the message: charged first.
+        let head: usize = req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum::<usize>()
+            + req.uri().path().len();
+        if charge.take(head).is_err() {
+            return Box::pin(async { Ok(exhausted().into_http::<tonic::body::Body>()) });
+        }
+        let req = req.map(|body| MessageBody {
+            inner: body,
+            charge,
+            started: tokio::time::Instant::now(),
+            deadline: None,
+        });
+        let check = Check(self.shared.clone(), peer);
         let max = self.max_request_bytes;
         Box::pin(async move {
             let mut grpc =
@@ -95,8 +124,79 @@ where
     }
 }
 
-/// One Check call: decide, render.
-struct Check(Arc<Shared>);
+fn exhausted() -> tonic::Status {
+    tonic::Status::resource_exhausted("too many CheckRequest bytes in progress")
+}
+
+pin_project_lite::pin_project! {
+    /// A Check's request body, bounded: its bytes are charged to the
+    /// connection's and the shared budget as they arrive (and given back when
+    /// tonic is done with the body), and the whole message must arrive within
+    /// [`server::GRPC_MESSAGE_TIMEOUT`]. A stream that announces a large
+    /// message and withholds its end thus holds bounded memory for a bounded
+    /// time. The timer is armed only once the body has to be waited for: a
+    /// Check whose message came with its headers (Envoy's) never starts one.
+    struct MessageBody<B> {
+        #[pin]
+        inner: B,
+        charge: Charge,
+        started: tokio::time::Instant,
+        deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl<B> Body for MessageBody<B>
+where
+    B: Body,
+    B::Error: Into<StdError>,
+{
+    type Data = B::Data;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, tonic::Status>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let n = frame.data_ref().map_or(0, Buf::remaining);
+                if this.charge.take(n).is_err() {
+                    return Poll::Ready(Some(Err(exhausted())));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                Poll::Ready(Some(Err(tonic::Status::from_error(e.into()))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let until = *this.started + server::GRPC_MESSAGE_TIMEOUT;
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(
+                        "CheckRequest not received in time",
+                    ))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// One Check call: decide, render. Holds the TCP peer's address, the
+/// client address when Envoy sends none.
+struct Check(Arc<Shared>, Option<IpAddr>);
 
 impl UnaryService<Request> for Check {
     type Response = Decision;
@@ -104,9 +204,9 @@ impl UnaryService<Request> for Check {
 
     fn call(&mut self, request: tonic::Request<Request>) -> Self::Future {
         let shared = self.0.clone();
+        let peer = self.1;
         Box::pin(async move {
             let started = Instant::now();
-            let peer = request.remote_addr().map(|a| a.ip());
             let mut req = request.into_inner();
             if req.source_ip.is_none() {
                 req.source_ip = peer;
@@ -228,9 +328,14 @@ pub fn to_request(check: CheckRequest, peer: Option<IpAddr>) -> Request {
 }
 
 /// `append = false` and `OVERWRITE_IF_EXISTS_OR_ADD` both: older Envoys read
-/// the deprecated `append`, newer ones `append_action`.
+/// the deprecated `append`, newer ones `append_action`. An empty value is
+/// sent with `keep_empty_value`: an Envoy that honours the flag would drop
+/// an empty mutation without it, and the client's header of that name
+/// would reach the upstream (the name is not in `headers_to_remove`, since
+/// authgate sets it).
 #[allow(deprecated)]
 fn header(key: String, value: String) -> HeaderValueOption {
+    let keep_empty_value = value.is_empty();
     HeaderValueOption {
         header: Some(HeaderValue {
             key,
@@ -239,7 +344,7 @@ fn header(key: String, value: String) -> HeaderValueOption {
         }),
         append: Some(BoolValue { value: false }),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-        keep_empty_value: false,
+        keep_empty_value,
     }
 }
 

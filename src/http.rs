@@ -4,23 +4,32 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use bytes::BytesMut;
 
+use crate::budget::Charge;
+use crate::conn::Connection;
 use crate::decision::{Decision, DenyReason};
+use crate::forward_auth::{self, ForwardAuthProxy, ForwardError};
 use crate::metrics::Frontend;
 use crate::request::{Headers, Request};
-use crate::server::Shared;
+use crate::server::{self, Shared, Slots};
 
 /// The denial reason on `/check` answers, so nginx can rebuild the body.
 pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-authgate-reason");
+
+/// Envoy's HTTP ext_authz reads the headers to remove upstream from this
+/// header of an allow (comma-separated).
+pub const HEADERS_TO_REMOVE: HeaderName = HeaderName::from_static("x-envoy-auth-headers-to-remove");
 
 /// Most header fields one HTTP request may carry (hyper also refuses more
 /// than 100 on HTTP/1.1).
@@ -36,14 +45,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
     let hooks = Router::new()
         .route("/auth/ddn", get(hasura_ddn_get).post(hasura_ddn_post))
         .route("/auth/hasura", get(hasura_v2_get).post(hasura_v2_post))
-        .layer(DefaultBodyLimit::max(MAX_HOOK_BODY_BYTES));
+        .route_layer(middleware::from_fn_with_state(shared.clone(), hook_body));
     let webauthn = crate::webauthn_api::router()
-        .layer(DefaultBodyLimit::max(MAX_WEBAUTHN_BODY_BYTES))
-        .route_layer(middleware::from_fn_with_state(shared.clone(), bounded));
+        .route_layer(middleware::from_fn_with_state(shared.clone(), ceremony));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(
+            "/.well-known/jwks.json",
+            get(crate::webauthn_api::grant_jwks),
+        )
         .route("/check", any(check))
         .route("/check/", any(check))
         .route("/check/{*rest}", any(check))
@@ -76,15 +88,178 @@ async fn header_limits(req: axum::extract::Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// A WebAuthn call runs in an HTTP slot and within the decision timeout,
-/// like a decision: a hung store or IdP answers `internal_error` (503).
-async fn bounded(
+/// Why a request body was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// Longer than the endpoint's limit.
+    TooLarge,
+    /// Not received whole within [`server::HTTP_BODY_TIMEOUT`].
+    TooSlow,
+    /// The connection's or the shared body budget is spent.
+    Busy,
+    /// The connection failed while the body was read.
+    Broken,
+}
+
+impl IntoResponse for BodyError {
+    fn into_response(self) -> Response {
+        let (status, error, message) = match self {
+            BodyError::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+                "request body too large",
+            ),
+            BodyError::TooSlow => (
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request",
+                "request body not received in time",
+            ),
+            BodyError::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "internal_error",
+                "too many requests in progress; retry",
+            ),
+            BodyError::Broken => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "request body could not be read",
+            ),
+        };
+        let mut resp = json_error(status, error, message);
+        match self {
+            // The rest of a slow body may still come: close rather than read it.
+            BodyError::TooSlow | BodyError::Broken | BodyError::TooLarge => {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            BodyError::Busy => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+        }
+        resp
+    }
+}
+
+fn json_error(status: StatusCode, error: &str, message: &str) -> Response {
+    let body = serde_json::json!({"error": error, "message": message}).to_string();
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Reads a whole request body: at most `limit` bytes, within `timeout`,
+/// each chunk charged to `charge` as it arrives (before it is kept).
+pub async fn read_body(
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+    charge: &mut Charge,
+) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut out = BytesMut::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| BodyError::Broken)?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            if out.len() + data.len() > limit {
+                return Err(BodyError::TooLarge);
+            }
+            charge.take(data.len()).map_err(|_| BodyError::Busy)?;
+            out.extend_from_slice(&data);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(())) => Ok(out.freeze()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(BodyError::TooSlow),
+    }
+}
+
+/// The connection a request came on (set by [`crate::conn::serve_http`]);
+/// a stand-in with its own budget for a router served some other way.
+fn connection_of(req: &axum::extract::Request) -> Arc<Connection> {
+    req.extensions()
+        .get::<Arc<Connection>>()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(Connection::detached(server::HTTP_CONNECTION_BODY_BYTES)))
+}
+
+/// Reads the body of a request whole, charged to its connection's and the
+/// shared budget, and hands the request on with it.
+async fn with_read_body(
+    shared: &Shared,
+    conn: &Connection,
+    req: axum::extract::Request,
+    limit: usize,
+) -> Result<(axum::extract::Request, Charge), BodyError> {
+    let (parts, body) = req.into_parts();
+    let mut charge = Charge::new(&conn.body_budget, &shared.http_body_bytes);
+    let bytes = read_body(body, limit, server::HTTP_BODY_TIMEOUT, &mut charge).await?;
+    Ok((
+        axum::extract::Request::from_parts(parts, Body::from(bytes)),
+        charge,
+    ))
+}
+
+/// The Hasura webhook endpoints read their body (up to
+/// [`MAX_HOOK_BODY_BYTES`]) before they take a decision slot.
+async fn hook_body(
     State(shared): State<Arc<Shared>>,
     req: axum::extract::Request,
     next: Next,
 ) -> Response {
+    let conn = connection_of(&req);
+    match with_read_body(&shared, &conn, req, MAX_HOOK_BODY_BYTES).await {
+        Ok((req, _charge)) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Admission of a WebAuthn call, so that ceremonies cannot starve
+/// decisions: at most [`server::CEREMONIES_PER_CONNECTION`] per connection
+/// and [`server::MAX_PENDING_CEREMONIES`] in all (more are refused at once);
+/// the body is read with a deadline before a slot is taken; the call then
+/// runs in a ceremony slot (never a decision's), within the decision
+/// timeout: a hung store or IdP answers `internal_error` (503).
+async fn ceremony(
+    State(shared): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let conn = connection_of(&req);
+    let Ok(_on_connection) = conn.ceremonies.clone().try_acquire_owned() else {
+        let mut resp = json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "too many WebAuthn calls on this connection",
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return resp;
+    };
+    let Ok(_admitted) = shared.ceremonies_pending.clone().try_acquire_owned() else {
+        return BodyError::Busy.into_response();
+    };
+    let (req, _charge) = match with_read_body(&shared, &conn, req, MAX_WEBAUTHN_BODY_BYTES).await {
+        Ok(read) => read,
+        Err(e) => return e.into_response(),
+    };
     let timeout = shared.decision_timeout();
-    match shared.bounded(Frontend::Http, timeout, next.run(req)).await {
+    match shared
+        .bounded(Slots::Ceremony, timeout, next.run(req))
+        .await
+    {
         Some(resp) => resp,
         None => {
             tracing::warn!(timeout_s = timeout.as_secs(), "WebAuthn call timed out");
@@ -124,15 +299,29 @@ async fn check(
     headers: HeaderMap,
 ) -> Response {
     let started = Instant::now();
-    let req = to_request(&method, &uri, &headers, peer);
-    let decision = shared.decide(Frontend::Http, &req, started).await;
+    let proxy = shared.engine().settings.forward_auth;
+    let decision = match to_request(proxy, &method, &uri, &headers, peer) {
+        Ok(req) => shared.decide(Frontend::Http, &req, started).await,
+        Err(e) => {
+            let reason = if e.is_proxy_config() {
+                tracing::warn!(proxy = ?proxy, "forward-auth call refused: {e}; check definition.settings.forwardAuth.proxy and the proxy's config");
+                DenyReason::InternalError
+            } else {
+                tracing::info!(proxy = ?proxy, "forward-auth call refused: {e}");
+                DenyReason::InvalidRequest
+            };
+            let d = Decision::deny(reason, None);
+            shared
+                .metrics
+                .record(Frontend::Http, &d, started.elapsed().as_secs_f64());
+            d
+        }
+    };
     render(&decision)
 }
 
-/// The original request: nginx's `X-Original-URI` / `X-Original-Method`,
-/// Traefik's `X-Forwarded-Uri` / `X-Forwarded-Method`, else the path after
-/// `/check` (Envoy's HTTP ext_authz `path_prefix`) and this call's method.
-pub fn to_request(method: &Method, uri: &Uri, headers: &HeaderMap, peer: SocketAddr) -> Request {
+/// The request headers as the pipeline reads them (names lower-cased).
+pub fn headers_of(headers: &HeaderMap) -> Headers {
     let mut h = Headers::with_capacity(headers.len());
     for (name, value) in headers {
         let v = match value.to_str() {
@@ -141,32 +330,30 @@ pub fn to_request(method: &Method, uri: &Uri, headers: &HeaderMap, peer: SocketA
         };
         h.push(name.as_str(), v);
     }
-    let path = h
-        .get("x-original-uri")
-        .or_else(|| h.get("x-forwarded-uri"))
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            let full = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/check");
-            let rest = full.strip_prefix("/check").unwrap_or(full);
-            if rest.is_empty() || rest.starts_with('?') {
-                format!("/{rest}")
-            } else {
-                rest.to_owned()
-            }
-        });
-    let method = h
-        .get("x-original-method")
-        .or_else(|| h.get("x-forwarded-method"))
-        .map(str::to_owned)
-        .unwrap_or_else(|| method.as_str().to_owned());
-    Request {
+    h
+}
+
+/// The original request of a forward-auth call, described by the headers of
+/// the configured `proxy` only ([`forward_auth::original`]).
+pub fn to_request(
+    proxy: ForwardAuthProxy,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<Request, ForwardError> {
+    let h = headers_of(headers);
+    let full = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/check");
+    let after_check = full.strip_prefix("/check").unwrap_or(full);
+    let original = forward_auth::original(proxy, method.as_str(), after_check, &h)?;
+    Ok(Request {
         headers: h,
-        method,
-        path,
+        method: original.method,
+        path: original.path,
         source_ip: Some(peer.ip()),
         context: Default::default(),
         body: None,
-    }
+    })
 }
 
 pub fn render(decision: &Decision) -> Response {
@@ -181,6 +368,14 @@ pub fn render(decision: &Decision) -> Response {
                 {
                     headers.insert(name, value);
                 }
+            }
+            // Envoy's HTTP ext_authz removes these from the upstream request
+            // (its equivalent of `headers_to_remove`); nginx and Traefik
+            // ignore it and strip by their own config (envoy/, docs/).
+            if !a.headers_to_remove.is_empty()
+                && let Ok(value) = HeaderValue::from_str(&a.headers_to_remove.join(","))
+            {
+                headers.insert(HEADERS_TO_REMOVE, value);
             }
             resp
         }
@@ -237,8 +432,12 @@ async fn hasura_ddn_get(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let req = to_request(&Method::GET, &uri, &headers, peer);
-    hook_answer(&shared, req, Dialect::Ddn).await
+    hook_answer(
+        &shared,
+        hook_get_request(&uri, &headers, peer),
+        Dialect::Ddn,
+    )
+    .await
 }
 
 async fn hasura_v2_get(
@@ -247,8 +446,12 @@ async fn hasura_v2_get(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let req = to_request(&Method::GET, &uri, &headers, peer);
-    hook_answer(&shared, req, Dialect::Strings).await
+    hook_answer(
+        &shared,
+        hook_get_request(&uri, &headers, peer),
+        Dialect::Strings,
+    )
+    .await
 }
 
 async fn hasura_ddn_post(
@@ -276,6 +479,21 @@ async fn hasura_v2_post(
             tracing::debug!("malformed Hasura webhook body");
             empty_401()
         }
+    }
+}
+
+/// A GET webhook call: Hasura sends the client's headers, so none of them
+/// may say which request this is (no forward-auth headers are read).
+fn hook_get_request(uri: &Uri, headers: &HeaderMap, peer: SocketAddr) -> Request {
+    Request {
+        headers: headers_of(headers),
+        method: Method::GET.as_str().to_owned(),
+        path: uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned()),
+        source_ip: Some(peer.ip()),
+        context: Default::default(),
+        body: None,
     }
 }
 

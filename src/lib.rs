@@ -2,11 +2,14 @@
 //! front of Hasura. See `README.md` and `docs/`.
 #![forbid(unsafe_code)]
 
+pub mod budget;
 pub mod claims;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod decision;
 pub mod elevation;
+pub mod forward_auth;
 pub mod grpc;
 pub mod http;
 pub mod jwks;
@@ -15,6 +18,7 @@ pub mod keys;
 pub mod metrics;
 pub mod pipeline;
 pub mod request;
+pub mod route;
 pub mod rules;
 pub mod server;
 pub mod session;

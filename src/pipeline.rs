@@ -263,8 +263,8 @@ impl Engine {
             return false;
         }
         match &self.elevation {
-            None => !crate::elevation::context_requires(req),
-            Some(el) => !el.route_requires(req) && el.grant_of(req).is_none(),
+            None => crate::elevation::context_requires(req) == Ok(false),
+            Some(el) => el.route_requires(req) == Ok(false) && el.grant_of(req).is_none(),
         }
     }
 
@@ -561,12 +561,15 @@ impl Engine {
         // Without an elevation config, an Envoy route that asks for elevation
         // can only be satisfied by an elevated token (fail closed).
         let must = match &self.elevation {
-            _ if elevated => Ok(false),
-            Some(el) if el.route_requires(req) => {
-                el.must_elevate(session.user_id().as_deref()).await
-            }
-            Some(_) => Ok(false),
-            None => Ok(crate::elevation::context_requires(req)),
+            // Even an elevated request is refused when the route's
+            // requirement cannot be read (an unknown context value, a path
+            // with no single reading): such a config or request is broken.
+            Some(el) => match el.route_requires(req) {
+                Ok(true) if !elevated => el.must_elevate(session.user_id().as_deref()).await,
+                Ok(_) => Ok(false),
+                Err(reason) => Err(reason),
+            },
+            None => crate::elevation::context_requires(req).map(|needed| needed && !elevated),
         };
         match must {
             Ok(false) => {}

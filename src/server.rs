@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tonic::transport::server::TcpIncoming;
 
+use crate::budget::ByteBudget;
 use crate::config::elevation::ElevationMode;
 use crate::config::{self, Config, ConfigErrors};
+use crate::conn::{HttpSettings, Limits, Listener};
 use crate::decision::{Decision, DenyReason};
 use crate::elevation::Elevation;
 use crate::jwks::JwksRegistry;
@@ -21,15 +22,58 @@ use crate::metrics::{Frontend, Metrics};
 use crate::pipeline::Engine;
 use crate::request::Request;
 
-/// Requests of one front door that may be inside the pipeline at once
-/// (gRPC Check; or HTTP `/check`, `/auth/*` and the WebAuthn endpoints).
-/// More wait for a slot, within their decision timeout.
+/// Decisions of one front door that may be inside the pipeline at once
+/// (gRPC Check; or HTTP `/check` and `/auth/*`). More wait for a slot,
+/// within their decision timeout.
 pub const MAX_CONCURRENT_REQUESTS: usize = 1024;
+/// WebAuthn calls inside the pipeline at once: their own slots, so that
+/// ceremonies can never hold the slots decisions need.
+pub const MAX_CONCURRENT_CEREMONIES: usize = 64;
+/// WebAuthn calls admitted at once, reading their body or waiting for or
+/// holding a slot; one more is refused with 503 at once.
+pub const MAX_PENDING_CEREMONIES: usize = 256;
 /// Largest gRPC `CheckRequest` decoded; a larger one is refused as a call
 /// (`OUT_OF_RANGE`), which Envoy turns into a denial.
 pub const MAX_CHECK_REQUEST_BYTES: usize = 1024 * 1024;
 /// HTTP/2 streams one gRPC connection may have open at once.
 pub const GRPC_MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Connections the gRPC address keeps open at once (Envoy opens one or a
+/// few per worker).
+pub const GRPC_MAX_CONNECTIONS: usize = 256;
+/// Bytes of `CheckRequest` messages (headers included) not yet decided on,
+/// per gRPC connection and in all.
+pub const GRPC_CONNECTION_BYTES: usize = 8 * 1024 * 1024;
+pub const GRPC_TOTAL_BYTES: usize = 64 * 1024 * 1024;
+/// Time from a Check's headers to the end of its message.
+pub const GRPC_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections the HTTP address keeps open at once.
+pub const HTTP_MAX_CONNECTIONS: usize = 2048;
+/// Bytes of request bodies (webhook and WebAuthn calls) being read or
+/// held, per HTTP connection and in all.
+pub const HTTP_CONNECTION_BODY_BYTES: usize = 2 * 1024 * 1024;
+pub const HTTP_TOTAL_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// Time to receive a whole request body once its head has arrived.
+pub const HTTP_BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/1.1: time to receive a whole request head, idle keep-alive time
+/// included.
+pub const HTTP_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/1.1 read buffer: the header limit (`http::MAX_HEADER_BYTES`) plus
+/// room for the request line and separators.
+pub const HTTP_MAX_BUF_SIZE: usize = crate::http::MAX_HEADER_BYTES + 8 * 1024;
+/// HTTP/2 streams one HTTP connection may have open at once.
+pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// WebAuthn calls in progress on one HTTP connection.
+pub const CEREMONIES_PER_CONNECTION: usize = 4;
+/// A connection that sends and receives nothing for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Which slots a piece of work takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slots {
+    Grpc,
+    Http,
+    Ceremony,
+}
 
 /// What every front door shares: the current engine (swapped atomically on
 /// reload), metrics and the readiness state.
@@ -42,6 +86,12 @@ pub struct Shared {
     inflight: AtomicUsize,
     grpc_slots: Semaphore,
     http_slots: Semaphore,
+    ceremony_slots: Semaphore,
+    /// WebAuthn calls admitted (see [`MAX_PENDING_CEREMONIES`]).
+    pub ceremonies_pending: Arc<Semaphore>,
+    /// What all gRPC messages and HTTP bodies in progress may hold.
+    pub grpc_bytes: ByteBudget,
+    pub http_body_bytes: ByteBudget,
     /// SIGHUP and the file watcher both reload: one at a time, so an older
     /// file read cannot be swapped in after a newer one.
     reload_lock: tokio::sync::Mutex<()>,
@@ -82,6 +132,10 @@ impl Shared {
             inflight: AtomicUsize::new(0),
             grpc_slots: Semaphore::new(MAX_CONCURRENT_REQUESTS),
             http_slots: Semaphore::new(MAX_CONCURRENT_REQUESTS),
+            ceremony_slots: Semaphore::new(MAX_CONCURRENT_CEREMONIES),
+            ceremonies_pending: Arc::new(Semaphore::new(MAX_PENDING_CEREMONIES)),
+            grpc_bytes: ByteBudget::new(GRPC_TOTAL_BYTES),
+            http_body_bytes: ByteBudget::new(HTTP_TOTAL_BODY_BYTES),
             reload_lock: tokio::sync::Mutex::new(()),
         }))
     }
@@ -95,18 +149,19 @@ impl Shared {
         !self.draining.load(Ordering::Relaxed) && self.engine.load().is_ready()
     }
 
-    /// Runs `work` in a slot of the front door, within the decision timeout
-    /// (the wait for a slot included); `None` when the time ran out.
+    /// Runs `work` in one of `slots`, within the decision timeout (the wait
+    /// for a slot included); `None` when the time ran out.
     pub async fn bounded<T>(
         &self,
-        frontend: Frontend,
+        slots: Slots,
         timeout: Duration,
         work: impl Future<Output = T>,
     ) -> Option<T> {
         let _inflight = InFlight::enter(&self.inflight);
-        let slots = match frontend {
-            Frontend::Grpc => &self.grpc_slots,
-            Frontend::Http | Frontend::Webhook => &self.http_slots,
+        let slots = match slots {
+            Slots::Grpc => &self.grpc_slots,
+            Slots::Http => &self.http_slots,
+            Slots::Ceremony => &self.ceremony_slots,
         };
         tokio::time::timeout(timeout, async {
             // The semaphores are never closed, so this waits or succeeds.
@@ -134,7 +189,11 @@ impl Shared {
             Frontend::Http | Frontend::Webhook => None,
         };
         let decided = engine.decide_reusing(req, render);
-        let decision = match self.bounded(frontend, timeout, decided).await {
+        let slots = match frontend {
+            Frontend::Grpc => Slots::Grpc,
+            Frontend::Http | Frontend::Webhook => Slots::Http,
+        };
+        let decision = match self.bounded(slots, timeout, decided).await {
             Some(d) => d,
             None => {
                 tracing::warn!(
@@ -313,6 +372,35 @@ impl Running {
     }
 }
 
+/// Deletes expired WebAuthn challenges from the store of the current
+/// config: once per `challengeTtl`, at least once a minute, so abandoned
+/// ceremonies do not pile up.
+async fn purge_challenges(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let engine = shared.engine();
+        let Some(elevation) = engine.elevation() else {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(60)) => continue,
+                _ = stop.changed() => return,
+            }
+        };
+        let every = elevation
+            .cfg
+            .challenge_ttl
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
+        match elevation.store.purge_expired(crate::jwt::unix_now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(purged = n, "expired WebAuthn challenges deleted"),
+            Err(e) => tracing::warn!(error = %e, "cannot delete expired WebAuthn challenges"),
+        }
+        drop(engine);
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 async fn stopped(mut rx: watch::Receiver<bool>) {
     while !*rx.borrow() {
         if rx.changed().await.is_err() {
@@ -345,8 +433,24 @@ pub async fn start(
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
 ) -> std::io::Result<Running> {
-    let grpc_listener = TcpListener::bind(grpc_addr).await?;
-    let http_listener = TcpListener::bind(http_addr).await?;
+    let grpc_listener = Listener::new(
+        TcpListener::bind(grpc_addr).await?,
+        Limits {
+            connections: GRPC_MAX_CONNECTIONS,
+            body_bytes: GRPC_CONNECTION_BYTES,
+            ceremonies: 0,
+            idle: None,
+        },
+    );
+    let http_listener = Listener::new(
+        TcpListener::bind(http_addr).await?,
+        Limits {
+            connections: HTTP_MAX_CONNECTIONS,
+            body_bytes: HTTP_CONNECTION_BODY_BYTES,
+            ceremonies: CEREMONIES_PER_CONNECTION,
+            idle: Some(IDLE_TIMEOUT),
+        },
+    );
     let grpc_addr = grpc_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
     let (stop, rx) = watch::channel(false);
@@ -370,7 +474,7 @@ pub async fn start(
     if let Some(reflection) = reflection {
         router = router.add_service(reflection);
     }
-    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let incoming = grpc_listener.into_stream();
     let grpc_task = tokio::spawn(async move {
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, stopped(grpc_rx))
@@ -380,17 +484,18 @@ pub async fn start(
         }
     });
 
-    let app =
-        crate::http::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let http_rx = rx.clone();
-    let http_task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(http_listener, app)
-            .with_graceful_shutdown(stopped(http_rx))
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
+    let app = crate::http::router(shared.clone());
+    let settings = HttpSettings {
+        header_read_timeout: HTTP_HEADER_READ_TIMEOUT,
+        max_buf_size: HTTP_MAX_BUF_SIZE,
+        max_concurrent_streams: HTTP2_MAX_CONCURRENT_STREAMS,
+    };
+    let http_task = tokio::spawn(crate::conn::serve_http(
+        http_listener,
+        app,
+        settings,
+        rx.clone(),
+    ));
 
     // Readiness latch for gRPC health: SERVING once every JWKS has keys.
     let health_shared = shared.clone();
@@ -417,11 +522,13 @@ pub async fn start(
         }
     });
 
+    let purge_task = tokio::spawn(purge_challenges(shared.clone(), rx.clone()));
+
     Ok(Running {
         grpc_addr,
         http_addr,
         shared,
         stop,
-        tasks: vec![grpc_task, http_task, health_task],
+        tasks: vec![grpc_task, http_task, health_task, purge_task],
     })
 }

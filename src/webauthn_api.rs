@@ -17,8 +17,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use webauthn_rs::prelude::{
-    PublicKeyCredential, RegisterPublicKeyCredential, SecurityKey, SecurityKeyAuthentication,
-    SecurityKeyRegistration,
+    CreationChallengeResponse, PublicKeyCredential, RegisterPublicKeyCredential, SecurityKey,
+    SecurityKeyAuthentication, SecurityKeyRegistration, WebauthnError,
 };
 
 use crate::config::elevation::ElevationMode;
@@ -26,7 +26,7 @@ use crate::decision::{Decision, DenyReason};
 use crate::elevation::Elevation;
 use crate::jwt::unix_now;
 use crate::pipeline::Identity;
-use crate::request::{Headers, Request};
+use crate::request::Request;
 use crate::server::Shared;
 use crate::store::{ChallengeKind, PendingChallenge, StoreError, StoredKey};
 
@@ -38,7 +38,6 @@ pub fn router() -> Router<Arc<Shared>> {
         .route("/elevate/webauthn/verify", post(elevate_finish))
         .route("/user/webauthn", get(list_keys))
         .route("/user/webauthn/{id}", delete(delete_key))
-        .route("/.well-known/jwks.json", get(grant_jwks))
 }
 
 fn api_error(status: StatusCode, error: &str, message: &str) -> Response {
@@ -91,15 +90,8 @@ async fn caller(
             "WebAuthn is not configured",
         ));
     };
-    let mut h = Headers::with_capacity(headers.len());
-    for (name, value) in headers {
-        h.push(
-            name.as_str(),
-            String::from_utf8_lossy(value.as_bytes()).into_owned(),
-        );
-    }
     let req = Request {
-        headers: h,
+        headers: crate::http::headers_of(headers),
         method: method.as_str().to_owned(),
         path: uri.path().to_owned(),
         source_ip: Some(peer.ip()),
@@ -159,6 +151,119 @@ async fn may_add_key(c: &Caller) -> Result<bool, Response> {
         .await
         .map_err(store_error)?;
     Ok(count == 0 || c.identity.elevated || c.elevation.cfg.mode == ElevationMode::Disabled)
+}
+
+/// Makes webauthn-rs' security-key registration options acceptable to
+/// browsers. webauthn-rs asks for the credProtect extension with
+/// `userVerificationRequired` while it asks for user verification only as
+/// `preferred`; Chromium refuses that pair before it asks the authenticator
+/// ("Requested protection policy is inconsistent or incongruent with other
+/// requested parameters", kanidm/webauthn-rs#490). authgate does not
+/// require user verification (a PIN-less key can step up, as with nhost),
+/// so the extension goes: a key then keeps its default protection. The
+/// registration state still says it was asked for, and webauthn-rs does
+/// not require the extension's output, so the ceremony verifies the same.
+/// docs/elevation.md ("User verification").
+pub fn consistent_registration_options(options: &mut CreationChallengeResponse) {
+    if let Some(ext) = options.public_key.extensions.as_mut() {
+        ext.cred_protect = None;
+    }
+}
+
+/// Why a ceremony failed, told so that a user or an operator can act on
+/// it. A cause names what did not match, never a value the client could
+/// not see anyway (the configured origins are not echoed).
+pub fn failure_cause(e: &WebauthnError) -> (StatusCode, &'static str, &'static str) {
+    use WebauthnError as E;
+    match e {
+        E::InvalidRPOrigin | E::CredentialCrossOrigin => (
+            StatusCode::UNAUTHORIZED,
+            "origin_mismatch",
+            "the page's origin is not allowed for this relying party (webauthn.origins)",
+        ),
+        E::InvalidRPIDHash => (
+            StatusCode::UNAUTHORIZED,
+            "rp_id_mismatch",
+            "the security key answered for another relying party ID (webauthn.rpId)",
+        ),
+        E::UserNotPresent => (
+            StatusCode::UNAUTHORIZED,
+            "user_not_present",
+            "the security key did not confirm the user's presence (touch)",
+        ),
+        E::UserNotVerified => (
+            StatusCode::UNAUTHORIZED,
+            "user_not_verified",
+            "the security key did not verify the user (PIN or biometric), which this key requires",
+        ),
+        E::AuthenticationFailure | E::SignatureInvalid => (
+            StatusCode::UNAUTHORIZED,
+            "bad_signature",
+            "the security key's signature did not verify",
+        ),
+        E::MismatchedChallenge => (
+            StatusCode::UNAUTHORIZED,
+            "challenge_mismatch",
+            "the credential answers another challenge",
+        ),
+        E::InvalidClientDataType => (
+            StatusCode::UNAUTHORIZED,
+            "wrong_ceremony",
+            "the credential was made for the other ceremony (registration or authentication)",
+        ),
+        E::CredentialNotFound => (
+            StatusCode::UNAUTHORIZED,
+            "unknown_credential",
+            "this security key is not registered for the user",
+        ),
+        E::CredentialExcludedFromRequest | E::CredentialAlreadyExists => (
+            StatusCode::CONFLICT,
+            "credential_exists",
+            "this security key is already registered",
+        ),
+        E::ParseBase64Failure(_)
+        | E::ParseCBORFailure(_)
+        | E::ParseJSONFailure(_)
+        | E::ParseNOMFailure
+        | E::ParseInsufficientBytesAvailable
+        | E::MissingAttestationCredentialData
+        | E::AuthenticatorDataMissingExtension
+        | E::InvalidExtensions => (
+            StatusCode::BAD_REQUEST,
+            "malformed_credential",
+            "the credential could not be parsed",
+        ),
+        E::COSEKeyInvalidCBORValue
+        | E::COSEKeyInvalidType
+        | E::COSEKeyEDUnsupported
+        | E::COSEKeyECDSAXYInvalid
+        | E::COSEKeyRSANEInvalid
+        | E::COSEKeyECDSAInvalidCurve
+        | E::COSEKeyEDDSAXInvalid
+        | E::COSEKeyEDDSAInvalidCurve
+        | E::COSEKeyInvalidAlgorithm
+        | E::CredentialAlteredAlgFromRequest
+        | E::CredentialInsecureCryptography => (
+            StatusCode::BAD_REQUEST,
+            "unsupported_key",
+            "the security key's public key or algorithm is not supported",
+        ),
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            "ceremony_failed",
+            "the security key could not be verified",
+        ),
+    }
+}
+
+/// `{"error": "ceremony_failed", "cause": ..., "message": ...}`.
+fn ceremony_failed(e: &WebauthnError) -> Response {
+    let (status, cause, message) = failure_cause(e);
+    (
+        status,
+        Json(json!({"error": "ceremony_failed", "cause": cause, "message": message})),
+    )
+        .into_response()
 }
 
 /// A malformed request (400), small enough to travel in a `Result`.
@@ -242,7 +347,7 @@ async fn add_begin(
         None,
         None,
     );
-    let (options, state) = match started {
+    let (mut options, state) = match started {
         Ok(x) => x,
         Err(e) => {
             tracing::warn!(error = %e, "cannot start a WebAuthn registration");
@@ -254,6 +359,7 @@ async fn add_begin(
             );
         }
     };
+    consistent_registration_options(&mut options);
     let challenge = URL_SAFE_NO_PAD.encode(&options.public_key.challenge);
     let pending = PendingChallenge {
         challenge,
@@ -341,11 +447,7 @@ async fn add_finish(
         Err(e) => {
             tracing::info!(error = %e, "WebAuthn registration refused");
             ceremony(&shared, "register", false);
-            return api_error(
-                StatusCode::UNAUTHORIZED,
-                "ceremony_failed",
-                "the security key could not be verified",
-            );
+            return ceremony_failed(&e);
         }
     };
     let nickname = nickname.or_else(|| pending.state["nickname"].as_str().map(str::to_owned));
@@ -513,11 +615,7 @@ async fn elevate_finish(
         Err(e) => {
             tracing::info!(error = %e, "WebAuthn assertion refused");
             ceremony(&shared, "verify", false);
-            return api_error(
-                StatusCode::UNAUTHORIZED,
-                "ceremony_failed",
-                "the security key could not be verified",
-            );
+            return ceremony_failed(&e);
         }
     };
     // Persist the new signature counter.
@@ -626,7 +724,8 @@ async fn delete_key(
     }
 }
 
-async fn grant_jwks(State(shared): State<Arc<Shared>>) -> Response {
+/// `GET /.well-known/jwks.json`: the public keys of elevation grants.
+pub async fn grant_jwks(State(shared): State<Arc<Shared>>) -> Response {
     let engine = shared.engine();
     let body = match engine.elevation() {
         Some(e) => e.grants.jwks().clone(),

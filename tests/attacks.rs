@@ -129,6 +129,7 @@ definition:
 fn expected_codes(reason: &str) -> (i32, i32) {
     match reason {
         "role_not_allowed" | "blocked_by_rule" => (7, 403),
+        "invalid_request" => (3, 400),
         "internal_error" => (14, 503),
         _ => (16, 401),
     }
@@ -2379,9 +2380,16 @@ async fn webauthn_cross_user_replayed_and_malformed_ceremonies() {
         cd[field] = value;
         a["credential"]["response"]["clientDataJSON"] = json!(b64(cd.to_string()));
         let (status, body) = api.finish(&alice, &a).await;
+        // Fields checked before the signature name what is wrong; any other
+        // change breaks the signature over clientDataJSON.
+        let cause = match field {
+            "type" => "wrong_ceremony",
+            "origin" => "origin_mismatch",
+            _ => "bad_signature",
+        };
         assert_eq!(
-            (status, body["error"].as_str()),
-            (401, Some("ceremony_failed")),
+            (status, body["error"].as_str(), body["cause"].as_str()),
+            (401, Some("ceremony_failed"), Some(cause)),
             "{field}: {body}"
         );
     }
@@ -2489,6 +2497,9 @@ async fn path_normalization_bypasses_on_elevated_routes() {
         ("GET", "/public/..%2fadmin/x"),
         ("GET", "/admin/../admin/x"),
         ("GET", "/admin;x/users"),
+        // Double encoding: a proxy and an upstream may each decode once.
+        ("POST", "/v1/user%252Fpassword"),
+        ("GET", "/public/%252e%252e/admin/x"),
     ] {
         assert_elevation_required(
             &decide_path(method, path.into()).await,
@@ -2501,11 +2512,7 @@ async fn path_normalization_bypasses_on_elevated_routes() {
         ("GET", "/v1/user/password"),
         ("POST", "/v1/user/passwords"),
         ("POST", "/v1/user/password."),
-        ("POST", "/v1/user%252Fpassword"),
-        ("POST", "/v1/user/password%3Fx"),
-        ("POST", "/v1/user/password%00"),
         ("GET", "/administrator"),
-        ("GET", "/public/%252e%252e/admin/x"),
     ] {
         let o = decide_path(method, path.into()).await;
         assert_allowed(&o, &format!("{method} {path}"));
@@ -2536,7 +2543,8 @@ async fn path_normalization_bypasses_on_elevated_routes() {
             "{uri}: {body}"
         );
     }
-    // A client's X-Forwarded-Uri does not override nginx's X-Original-URI.
+    // A client's X-Forwarded-Uri beside nginx's X-Original-URI: the two
+    // disagree, and without `forwardAuth.proxy` that is refused.
     let (status, _, _) = http(
         &server,
         "GET",
@@ -2549,7 +2557,7 @@ async fn path_normalization_bypasses_on_elevated_routes() {
         ],
     )
     .await;
-    assert_eq!(status, 401);
+    assert_eq!(status, 400);
     for target in [
         "/check/v1/x/%2e%2e/user/password",
         "/check/v1/x/..%2fuser/password",
@@ -2703,4 +2711,772 @@ async fn cancelled_checks_keep_the_connection_and_reset_floods_stay_contained() 
         Ok(0),
         "and so is the first one"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Forward auth: which headers describe the original request
+// ---------------------------------------------------------------------------
+
+/// Elevation routes for the forward-auth and route-matching attacks.
+fn routes_config(db: &std::path::Path, settings: &str) -> String {
+    hs256_config(&format!(
+        r#"{settings}  elevation:
+    mode: required
+    routes:
+      - {{methods: [POST], path: /v1/user/password}}
+      - {{methods: [DELETE], path: /v1/keys}}
+      - {{methods: [GET], path: /v1/secrets}}
+      - {{path: /v1/account:changePassword}}
+      - {{pathPrefix: /users/@me/}}
+      - {{path: /v1/slash/}}
+    webauthn: {{rpId: example.com, rpName: Example, origins: ["{ORIGIN}"]}}
+    store: {{url: "sqlite://{}"}}
+"#,
+        db.display()
+    ))
+}
+
+fn forward_auth(proxy: &str) -> String {
+    format!("  settings:\n    forwardAuth: {{proxy: {proxy}}}\n")
+}
+
+/// `GET /check` as Traefik's forwardAuth sends it for `method uri`, plus
+/// whatever the client added (Traefik passes every other header through).
+async fn traefik_check(
+    server: &TestServer,
+    token: &str,
+    method: &str,
+    uri: &str,
+    client: &[(&str, &str)],
+) -> (u16, String) {
+    let auth = bearer(token);
+    let mut headers: Vec<(&str, &[u8])> = vec![
+        ("authorization", auth.as_bytes()),
+        ("x-forwarded-method", method.as_bytes()),
+        ("x-forwarded-uri", uri.as_bytes()),
+        ("x-forwarded-host", b"api.example.com"),
+        ("x-forwarded-proto", b"https"),
+        ("x-forwarded-for", b"203.0.113.9"),
+    ];
+    headers.extend(client.iter().map(|(k, v)| (*k, v.as_bytes())));
+    let (status, h, _) = http(server, "GET", "/check", &headers).await;
+    let reason = h
+        .get("x-authgate-reason")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, reason)
+}
+
+/// A client's copy of another proxy's headers must not change which request
+/// authgate decides on (Traefik passes `X-Original-Method: GET` on to the
+/// auth server; authgate used to prefer it to Traefik's own header).
+#[tokio::test]
+async fn forward_auth_reads_only_the_configured_proxys_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = user_token("alice");
+    let elevation = (401, "elevation_required".to_owned());
+    let refused = (400, "invalid_request".to_owned());
+
+    // Not configured: every source is read; disagreeing or repeated ones
+    // are refused.
+    let any = TestServer::start(&routes_config(&dir.path().join("a.db"), "")).await;
+    let post = |client: &'static [(&'static str, &'static str)]| {
+        traefik_check(&any, &token, "POST", "/v1/user/password", client)
+    };
+    assert_eq!(post(&[]).await, elevation);
+    for client in [
+        &[("x-original-method", "GET")][..],
+        &[("x-original-method", "")],
+        &[("x-original-method", "get ")],
+        &[("x-original-uri", "/public")],
+        &[("x-original-uri", "")],
+        &[("x-forwarded-method", "GET")],
+        &[("x-forwarded-method", "POST")],
+        &[("x-forwarded-uri", "/v1/user/password")],
+    ] {
+        assert_eq!(post(client).await, refused, "{client:?}");
+    }
+    // A copy that agrees changes nothing.
+    assert_eq!(post(&[("x-original-method", "POST")]).await, elevation);
+    // Envoy's HTTP ext_authz (`/check/<path>`, original method): headers
+    // that disagree with the call itself are refused too.
+    let auth = bearer(&token);
+    for (extra, want) in [
+        (None, 401),
+        (Some(("x-original-method", "GET")), 400),
+        (Some(("x-forwarded-method", "GET")), 400),
+        (Some(("x-original-uri", "/public")), 400),
+        (Some(("x-original-method", "POST")), 401),
+    ] {
+        let mut headers: Vec<(&str, &[u8])> = vec![("authorization", auth.as_bytes())];
+        if let Some((k, v)) = extra {
+            headers.push((k, v.as_bytes()));
+        }
+        let (status, _, body) = http(&any, "POST", "/check/v1/user/password", &headers).await;
+        assert_eq!(status, want, "{extra:?}: {body}");
+    }
+
+    // Traefik: only X-Forwarded-Method and X-Forwarded-Uri count.
+    let traefik = TestServer::start(&routes_config(
+        &dir.path().join("t.db"),
+        &forward_auth("traefik"),
+    ))
+    .await;
+    for client in [
+        &[][..],
+        &[("x-original-method", "GET")],
+        &[("x-original-method", "")],
+        &[("x-original-uri", "/public")],
+    ] {
+        assert_eq!(
+            traefik_check(&traefik, &token, "POST", "/v1/user/password", client).await,
+            elevation,
+            "{client:?}"
+        );
+    }
+    assert_eq!(
+        traefik_check(
+            &traefik,
+            &token,
+            "POST",
+            "/v1/user/password",
+            &[("x-forwarded-method", "GET")]
+        )
+        .await,
+        refused,
+        "a repeated source"
+    );
+    // Without Traefik's headers, the proxy is not the one configured.
+    let (status, h, _) = http(
+        &traefik,
+        "GET",
+        "/check",
+        &[("authorization", auth.as_bytes())],
+    )
+    .await;
+    assert_eq!(
+        (status, h["x-authgate-reason"].to_str().unwrap()),
+        (503, "internal_error")
+    );
+
+    // nginx: only X-Original-Method and X-Original-URI count.
+    let nginx = TestServer::start(&routes_config(
+        &dir.path().join("n.db"),
+        &forward_auth("nginx"),
+    ))
+    .await;
+    let (status, h, _) = http(
+        &nginx,
+        "GET",
+        "/check",
+        &[
+            ("authorization", auth.as_bytes()),
+            ("x-original-method", b"POST"),
+            ("x-original-uri", b"/v1/user/password"),
+            ("x-forwarded-method", b"GET"),
+            ("x-forwarded-uri", b"/public"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (status, h["x-authgate-reason"].to_str().unwrap()),
+        (401, "elevation_required")
+    );
+
+    // Envoy: the call's own method and path; no header counts.
+    let envoy = TestServer::start(&routes_config(
+        &dir.path().join("e.db"),
+        &forward_auth("envoy"),
+    ))
+    .await;
+    let (status, _, _) = http(
+        &envoy,
+        "POST",
+        "/check/v1/user/password",
+        &[
+            ("authorization", auth.as_bytes()),
+            ("x-original-method", b"GET"),
+            ("x-forwarded-method", b"GET"),
+            ("x-original-uri", b"/public"),
+            ("x-forwarded-uri", b"/public"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _, _) = http(
+        &envoy,
+        "GET",
+        "/check/public",
+        &[("authorization", auth.as_bytes())],
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+/// Other headers the forward-auth door could be made to trust: method
+/// overrides (a POST acting as DELETE upstream), and `X-Forwarded-For`
+/// (the client's left-most entries never count).
+#[tokio::test]
+async fn method_overrides_and_forwarded_for_cannot_dodge_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&routes_config(&dir.path().join("m.db"), "")).await;
+    let token = user_token("alice");
+    let auth = bearer(&token);
+    for (method, path, extra) in [
+        ("POST", "/v1/keys", ("x-http-method-override", "DELETE")),
+        ("POST", "/v1/keys", ("x-http-method", "delete")),
+        ("POST", "/v1/keys", ("x-method-override", "PUT,DELETE")),
+        ("POST", "/v1/keys?_method=DELETE", ("x-unrelated", "1")),
+        ("PUT", "/v1/keys?x=1&_method=delete", ("x-unrelated", "1")),
+        // HEAD is served by the GET handler.
+        ("HEAD", "/v1/secrets", ("x-unrelated", "1")),
+        ("POST", "/v1/secrets", ("x-http-method-override", "GET")),
+    ] {
+        let req = with_method(
+            check_request(&[("authorization", &auth), extra], path),
+            method,
+        );
+        assert_elevation_required(
+            &outcome(&server.check_request(req).await),
+            &format!("{method} {path} {extra:?}"),
+        );
+        let (status, reason) = traefik_check(&server, &token, method, path, &[extra]).await;
+        assert_eq!(
+            (status, reason.as_str()),
+            (401, "elevation_required"),
+            "{method} {path} {extra:?}"
+        );
+    }
+    let req = with_method(
+        check_request(
+            &[
+                ("authorization", &auth),
+                ("x-http-method-override", "PATCH"),
+            ],
+            "/v1/keys",
+        ),
+        "POST",
+    );
+    assert_allowed(
+        &outcome(&server.check_request(req).await),
+        "an override to a method no route names",
+    );
+
+    // An IP rule reads the right-most X-Forwarded-For entry, the one the
+    // proxy added: a client's own entries in front of it change nothing.
+    let ip_server = TestServer::start(&hs256_config(
+        r#"    - id: internal
+      mode: apiKey
+      tokenLocation: {in: header, name: X-Api-Key}
+      value: {value: internal-key}
+      sessionVariables: {x-hasura-role: {value: service}}
+      securityRules:
+        allowedIPs: {include: {value: ["10.0.0.0/8"]}}
+"#,
+    ))
+    .await;
+    for (xff, want) in [
+        ("10.1.2.3", 200),
+        ("203.0.113.9", 403),
+        ("10.1.2.3, 203.0.113.9", 403),
+        ("10.1.2.3,10.9.9.9, 203.0.113.9", 403),
+    ] {
+        let (status, _, _) = http(
+            &ip_server,
+            "GET",
+            "/check",
+            &[
+                ("x-api-key", b"internal-key"),
+                ("x-forwarded-for", xff.as_bytes()),
+            ],
+        )
+        .await;
+        assert_eq!(status, want, "X-Forwarded-For: {xff}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Routes: percent-encodings, trailing slashes, ambiguous paths
+// ---------------------------------------------------------------------------
+
+/// Encoded reserved characters (`%3A`, `%40`) reach the protected handler on
+/// Starlette, Go's ServeMux, ASP.NET Core and Spring: they must match the
+/// route too, over gRPC and `/check`. A path with no single reading is
+/// refused (`invalid_request`).
+#[tokio::test]
+async fn encoded_reserved_characters_and_ambiguous_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&routes_config(&dir.path().join("r.db"), "")).await;
+    let token = user_token("alice");
+    let auth = bearer(&token);
+    let grpc = |path: &str| {
+        let req = check_request(&[("authorization", &auth)], path);
+        let server = &server;
+        async move { outcome(&server.check_request(req).await) }
+    };
+    let check_raw = |path: &str| {
+        let request = format!(
+            "GET /check HTTP/1.1\r\nHost: a\r\nAuthorization: {auth}\r\nX-Original-URI: {path}\r\nX-Original-Method: GET\r\nConnection: close\r\n\r\n"
+        );
+        raw_http(server.running.http_addr, request)
+    };
+    for path in [
+        "/v1/account:changePassword",
+        "/v1/account%3AchangePassword",
+        "/v1/account%3achangePassword",
+        "/v1/account%253AchangePassword",
+        "/v1/%61ccount%3AchangePassword",
+        "/users/@me/delete",
+        "/users/%40me/delete",
+        "/users/%2540me/delete",
+        "/users/%40me",
+        "/users%2F%40me%2Fdelete",
+        // A trailing slash in the config covers the path without it.
+        "/v1/slash",
+        "/v1/slash/",
+    ] {
+        assert_elevation_required(&grpc(path).await, path);
+        let (status, text) = check_raw(path).await;
+        assert_eq!(status, 401, "{path}: {text}");
+        assert!(text.contains("elevation_required"), "{path}: {text}");
+    }
+    for path in [
+        "/v1/account%00:changePassword",
+        "/users/%40me%00/delete",
+        "/v1/account%C0%AFchangePassword",
+        "/users/%FF/x",
+        "/v1/%0d%0aaccount",
+        "/v1/account%25252533AchangePassword",
+        "/v1/account%3FchangePassword",
+        "/users/%40me%23/delete",
+    ] {
+        assert_denied(&grpc(path).await, "invalid_request", path);
+        let (status, text) = check_raw(path).await;
+        assert_eq!(status, 400, "{path}: {text}");
+    }
+    // Other resources stay open.
+    for path in [
+        "/v1/accounts",
+        "/users/@mex/delete",
+        "/v1/slashes",
+        "/graphql?x=%00",
+    ] {
+        assert_allowed(&grpc(path).await, path);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Empty session values and the client's header of the same name
+// ---------------------------------------------------------------------------
+
+/// A session value that renders empty must still replace the client's
+/// header: an Envoy that honours `keep_empty_value: false` drops an empty
+/// mutation, and the name is not in `headers_to_remove` (authgate sets it).
+#[tokio::test]
+async fn empty_session_values_still_replace_the_clients_header() {
+    let server = TestServer::start(&hs256_config("")).await;
+    let mut claims = claims_for("alice");
+    claims["claims.jwt.hasura.io"]["x-hasura-org-id"] = json!("");
+    claims["claims.jwt.hasura.io"]["x-hasura-tags"] = json!([]);
+    let token = mint(Algorithm::HS256, SECRET, claims, None);
+    let o = decide(
+        &server,
+        &[
+            ("authorization", &bearer(&token)),
+            ("x-hasura-org-id", "victim-org"),
+            ("x-hasura_org-id", "victim-org"),
+            ("x_hasura-role", "admin"),
+        ],
+    )
+    .await;
+    assert_allowed(&o, "empty org id");
+    assert_eq!(o.headers["x-hasura-org-id"], "");
+    assert!(
+        o.kept_empty.contains(&"x-hasura-org-id".to_owned()),
+        "{o:?}"
+    );
+    assert!(!o.removed.contains(&"x-hasura-org-id".to_owned()));
+    assert!(
+        !o.kept_empty.contains(&"x-hasura-role".to_owned()),
+        "non-empty values are plain"
+    );
+    for spelling in ["x-hasura_org-id", "x_hasura-role"] {
+        assert!(
+            o.removed.contains(&spelling.to_owned()),
+            "{spelling}: {o:?}"
+        );
+    }
+
+    // /check: the empty header is in the answer (Envoy's HTTP ext_authz
+    // copies it, empty, over the client's), and the other spellings are
+    // named in x-envoy-auth-headers-to-remove.
+    let auth = bearer(&token);
+    let (status, h, _) = http(
+        &server,
+        "GET",
+        "/check",
+        &[
+            ("authorization", auth.as_bytes()),
+            ("x-hasura-org-id", b"victim-org"),
+            ("x-hasura_org-id", b"victim-org"),
+            ("x_hasura-role", b"admin"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(h["x-hasura-org-id"], "");
+    let remove = h["x-envoy-auth-headers-to-remove"].to_str().unwrap();
+    let remove: Vec<&str> = remove.split(',').collect();
+    assert_eq!(remove, ["x-hasura_org-id", "x_hasura-role"]);
+}
+
+// ---------------------------------------------------------------------------
+// Security settings that would validate and never trigger
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn security_settings_that_could_never_trigger_are_refused() {
+    let route = |r: &str| {
+        hs256_config(&format!(
+            "  elevation:\n    mode: required\n    routes:\n      - {r}\n    webauthn: {{rpId: example.com, origins: [\"{ORIGIN}\"]}}\n    store: {{url: \"sqlite::memory:\"}}\n"
+        ))
+    };
+    let no_env = |_: &str| None;
+    for (r, needle) in [
+        ("{methods: ['*'], path: /a}", "unknown HTTP method `*`"),
+        ("{methods: [ANY], path: /a}", "leave `methods` out"),
+        ("{methods: [POTS], path: /a}", "unknown HTTP method `POTS`"),
+        ("{methods: [], path: /a}", "an empty list"),
+        ("{methods: [POST, GETT], path: /a}", "`GETT`"),
+        ("{path: '/a%00b'}", "control character"),
+        ("{pathPrefix: '/a%FF/'}", "invalid UTF-8"),
+    ] {
+        let err = authgate::config::parse(&route(r), &no_env)
+            .err()
+            .unwrap_or_else(|| panic!("{r} validated"))
+            .to_string();
+        assert!(err.contains(needle), "{r}: {err}");
+    }
+    for r in ["{methods: [post, Get, HEAD], path: /a}", "{path: /a/}"] {
+        assert!(authgate::config::parse(&route(r), &no_env).is_ok(), "{r}");
+    }
+    let err = authgate::config::parse(
+        &hs256_config("  settings:\n    forwardAuth: {proxy: traefk}\n"),
+        &no_env,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("unknown proxy `traefk`"), "{err}");
+
+    // Envoy's context_extensions are free-form: an unknown elevation value
+    // is refused at request time, never read as "not required".
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&routes_config(&dir.path().join("c.db"), "")).await;
+    let plain = TestServer::start(&hs256_config("")).await;
+    let token = user_token("alice");
+    let auth = bearer(&token);
+    for s in [&server, &plain] {
+        for (value, want) in [
+            ("required", Some("elevation_required")),
+            ("REQUIRED", Some("elevation_required")),
+            ("optional", None),
+            ("true", Some("internal_error")),
+            ("yes", Some("internal_error")),
+            ("required ", Some("internal_error")),
+            ("", Some("internal_error")),
+        ] {
+            let mut req = check_request(&[("authorization", &auth)], "/graphql");
+            req.attributes
+                .as_mut()
+                .unwrap()
+                .context_extensions
+                .insert("elevation".into(), value.into());
+            let o = outcome(&s.check_request(req).await);
+            match want {
+                Some(reason) => assert_denied(&o, reason, value),
+                None => assert_allowed(&o, value),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Resource floods: what unauthenticated or unfinished requests may hold
+// ---------------------------------------------------------------------------
+
+/// Opens a connection and writes `head` (and nothing more).
+async fn half_sent(addr: SocketAddr, head: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head).await.unwrap();
+    s
+}
+
+/// What the server answers on `s` before it closes it: the status of the
+/// first response (0 when it closes without one). Gives up after `guard`.
+async fn answer_or_close(mut s: tokio::net::TcpStream, guard: Duration) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(guard, read).await.ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    Some(
+        text.split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+    )
+}
+
+/// 1100 connections each start `POST /elevate/webauthn/verify` with a body
+/// of 100 bytes and send one. Before, each took one of the 1024 HTTP slots
+/// shared with `/check` before reading its body and held it until
+/// `decisionTimeout` (30 s here): a valid `/check` waited that long for a
+/// slot. Ceremonies now read their body within 5 s before taking a slot of
+/// their own, at most 256 at once. The 10 s guard on each decision is a
+/// liveness bound (answered while the flood holds its connections), far from
+/// both the new behaviour (no wait) and the old one (30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_ceremony_bodies_cannot_starve_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = elevation_config(&dir.path().join("s.db")).replace(
+        "  elevation:\n",
+        "  settings: {decisionTimeout: 30}\n  elevation:\n",
+    );
+    let server = TestServer::start(&yaml).await;
+    let token = user_token("alice");
+    let auth = bearer(&token);
+    let head = format!(
+        "POST /elevate/webauthn/verify HTTP/1.1\r\nHost: a\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    let mut slow = Vec::new();
+    for _ in 0..1100 {
+        slow.push(half_sent(server.running.http_addr, head.as_bytes()).await);
+    }
+    // Every decision still answers, on new connections and over gRPC.
+    let guard = Duration::from_secs(10);
+    for _ in 0..5 {
+        let (status, h, body) = tokio::time::timeout(
+            guard,
+            http(
+                &server,
+                "GET",
+                "/check",
+                &[("authorization", auth.as_bytes())],
+            ),
+        )
+        .await
+        .expect("a /check during the flood is answered while the flood holds its connections");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(h["x-hasura-role"], "user");
+    }
+    assert_allowed(
+        &decide_token(&server, &token).await,
+        "gRPC during the flood",
+    );
+    // The flood itself: refused at once past the admission limit (503), cut
+    // off with 408 after the body deadline; nothing is left hanging.
+    let answers = futures_util::future::join_all(
+        slow.into_iter()
+            .map(|s| answer_or_close(s, Duration::from_secs(60))),
+    )
+    .await;
+    let count = |code: u16| answers.iter().filter(|a| **a == Some(code)).count();
+    assert_eq!(count(408) + count(503), 1100, "{:?}", {
+        let mut other: Vec<_> = answers
+            .iter()
+            .filter(|a| !matches!(a, Some(408 | 503)))
+            .collect();
+        other.dedup();
+        other
+    });
+    assert!(count(408) <= 256, "{} bodies were read at once", count(408));
+    // Afterwards a real ceremony call is admitted again.
+    let api = Api::new(&server);
+    let (status, _) = api
+        .call("POST", "/user/webauthn/add", &token, None, Some(&json!({})))
+        .await;
+    assert_eq!(status, 200);
+}
+
+/// Request heads that never end: each connection is closed once the
+/// header-read timeout (10 s) passes, a head over the buffer limit is
+/// refused at once, and `/check` answers meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_request_heads_are_cut_off() {
+    let server = TestServer::start(&hs256_config("")).await;
+    let mut head = b"GET /check HTTP/1.1\r\nHost: a\r\nX-Pad: ".to_vec();
+    head.extend(std::iter::repeat_n(b'a', 60 * 1024));
+    let mut heads = Vec::new();
+    for _ in 0..200 {
+        heads.push(half_sent(server.running.http_addr, &head).await);
+    }
+    let token = mint(Algorithm::HS256, SECRET, claims_for("alice"), None);
+    let (status, _, _) = http(
+        &server,
+        "GET",
+        "/check",
+        &[("authorization", bearer(&token).as_bytes())],
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Over the 72 KiB buffer: 431 at once.
+    let mut big = b"GET /check HTTP/1.1\r\nHost: a\r\nX-Pad: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 100 * 1024));
+    let s = half_sent(server.running.http_addr, &big).await;
+    assert_eq!(answer_or_close(s, Duration::from_secs(5)).await, Some(431));
+    // Every half-sent head is closed (408 or a plain close), none held.
+    let answers = futures_util::future::join_all(
+        heads
+            .into_iter()
+            .map(|s| answer_or_close(s, Duration::from_secs(30))),
+    )
+    .await;
+    assert!(
+        answers.iter().all(|a| matches!(a, Some(0 | 408))),
+        "{:?}",
+        answers
+            .iter()
+            .filter(|a| !matches!(a, Some(0 | 408)))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// The gRPC status of a stream: from its trailers, or from a trailers-only
+/// response's headers.
+async fn grpc_status_of(response: h2::client::ResponseFuture) -> Result<String, String> {
+    let response = response.await.map_err(|e| e.to_string())?;
+    if let Some(s) = response.headers().get("grpc-status") {
+        return Ok(s.to_str().unwrap_or("?").to_owned());
+    }
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body.trailers().await.map_err(|e| e.to_string())?;
+    Ok(trailers
+        .and_then(|t| {
+            t.get("grpc-status")
+                .map(|s| s.to_str().unwrap_or("?").to_owned())
+        })
+        .unwrap_or_default())
+}
+
+/// One connection opens 300 Check streams, each announcing a ~1 MiB
+/// message and withholding its last byte. Before, every stream buffered its
+/// megabyte and stayed open (279 MiB held). Now the connection's streams
+/// hold at most 8 MiB (`RESOURCE_EXHAUSTED` past it), each message must
+/// arrive within 5 s (`DEADLINE_EXCEEDED`), and other connections are
+/// served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_grpc_messages_are_bounded_in_bytes_and_time() {
+    let server = TestServer::start(&hs256_config("")).await;
+    let send = h2_connect(server.running.grpc_addr).await;
+    let announced: usize = 1_000_000;
+    let mut partial = Vec::with_capacity(announced + 4);
+    partial.push(0u8);
+    partial.extend_from_slice(&u32::try_from(announced).unwrap().to_be_bytes());
+    partial.resize(5 + announced - 1, b'x');
+    let partial = bytes::Bytes::from(partial);
+    let mut pending = Vec::new();
+    let mut streams = Vec::new();
+    for _ in 0..300 {
+        let mut ready = send.clone().ready().await.unwrap();
+        let (response, mut stream) = ready.send_request(check_post(), false).unwrap();
+        stream.send_data(partial.clone(), false).unwrap();
+        streams.push(stream);
+        pending.push(tokio::spawn(tokio::time::timeout(
+            Duration::from_secs(30),
+            grpc_status_of(response),
+        )));
+    }
+    // Another connection is served while those are open.
+    let token = mint(Algorithm::HS256, SECRET, claims_for("alice"), None);
+    assert_allowed(&decide_token(&server, &token).await, "another connection");
+    let mut statuses = std::collections::BTreeMap::new();
+    for p in pending {
+        let status = match p.await.unwrap() {
+            Ok(Ok(code)) => code,
+            Ok(Err(e)) => format!("error: {e}"),
+            Err(_) => "no answer in 30 s".to_owned(),
+        };
+        *statuses.entry(status).or_insert(0) += 1;
+    }
+    drop(streams);
+    // 8 RESOURCE_EXHAUSTED, 4 DEADLINE_EXCEEDED; nothing else.
+    let other: usize = statuses
+        .iter()
+        .filter(|(k, _)| *k != "8" && *k != "4")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(other, 0, "{statuses:?}");
+    assert!(statuses.get("8").copied().unwrap_or(0) > 0, "{statuses:?}");
+}
+
+/// Abandoned ceremonies: each `POST /user/webauthn/add` stores a challenge.
+/// A user keeps at most 8 pending, and expired ones are deleted on a
+/// schedule (every `challengeTtl`, at most a minute), so 300 calls leave no
+/// pile of rows behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_challenges_are_bounded_and_purged() {
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let yaml = elevation_config(&db).replace(
+        "    grant: {ttl: 900}\n",
+        "    grant: {ttl: 900}\n    challengeTtl: 2\n",
+    );
+    assert!(yaml.contains("challengeTtl: 2"));
+    let server = TestServer::start(&yaml).await;
+    let api = Api::new(&server);
+    let (alice, bob) = (user_token("alice"), user_token("bob"));
+    for i in 0..300 {
+        let token = if i % 3 == 0 { &bob } else { &alice };
+        let (status, body) = api
+            .call("POST", "/user/webauthn/add", token, None, Some(&json!({})))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let url = format!("sqlite://{}", db.display());
+    let rows = || {
+        let url = url.clone();
+        async move {
+            let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM authgate_challenges")
+                .fetch_one(&mut c)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    let after_calls = rows().await;
+    assert!(
+        after_calls <= 16,
+        "{after_calls} pending challenges for two users"
+    );
+    // Expired after 2 s; the purge runs every 2 s.
+    let mut left = after_calls;
+    for _ in 0..100 {
+        left = rows().await;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "expired challenges are deleted");
 }

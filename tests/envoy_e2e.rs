@@ -62,14 +62,6 @@ async fn upstream() -> (SocketAddr, Seen) {
     (addr, seen)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Envoy(Child);
 
 impl Drop for Envoy {
@@ -79,73 +71,196 @@ impl Drop for Envoy {
     }
 }
 
-/// `envoy/envoy.yaml` with its addresses pointed at this test's processes.
-fn bootstrap(listen: u16, admin: u16, authz: SocketAddr, upstream: SocketAddr) -> String {
-    let path = format!("{}/envoy/envoy.yaml", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(path).unwrap();
-    let replaced = text
-        .replace("port_value: 9901", &format!("port_value: {admin}"))
-        .replace(
-            "address: 0.0.0.0, port_value: 8000",
-            &format!("address: 127.0.0.1, port_value: {listen}"),
-        )
-        .replace(
-            "address: authgate, port_value: 50051",
-            &format!("address: 127.0.0.1, port_value: {}", authz.port()),
-        )
-        .replace(
-            "address: hasura, port_value: 8080",
-            &format!("address: 127.0.0.1, port_value: {}", upstream.port()),
-        )
-        .replace("timeout: 0.25s", "timeout: 2s");
-    assert!(!replaced.contains("address: authgate") && !replaced.contains("address: hasura"));
-    replaced
+/// An Envoy config of `envoy/` with its addresses pointed at this test's
+/// processes.
+struct Bootstrap {
+    yaml: String,
+    listen: u16,
+    admin: u16,
+}
+
+impl Bootstrap {
+    fn of(file: &str, server: &authgate::server::Running, upstream: SocketAddr) -> Self {
+        let (listen, admin) = (free_port(), free_port());
+        let path = format!("{}/envoy/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(path).unwrap();
+        let port = |a: SocketAddr| format!("address: 127.0.0.1, port_value: {}", a.port());
+        let yaml = text
+            .replace("port_value: 9901", &format!("port_value: {admin}"))
+            .replace(
+                "address: 0.0.0.0, port_value: 8000",
+                &format!("address: 127.0.0.1, port_value: {listen}"),
+            )
+            .replace(
+                "address: authgate, port_value: 50051",
+                &port(server.grpc_addr),
+            )
+            .replace(
+                "address: authgate, port_value: 8080",
+                &port(server.http_addr),
+            )
+            .replace(
+                "uri: http://authgate:8080",
+                &format!("uri: http://{}", server.http_addr),
+            )
+            .replace("address: hasura, port_value: 8080", &port(upstream))
+            .replace("timeout: 0.25s", "timeout: 2s");
+        assert!(!yaml.contains("address: authgate") && !yaml.contains("address: hasura"));
+        Bootstrap {
+            yaml,
+            listen,
+            admin,
+        }
+    }
+
+    /// Without the HTTP filter named `name` (its list entry).
+    fn without_filter(mut self, name: &str) -> Self {
+        let start = self
+            .yaml
+            .find(&format!("          - name: {name}\n"))
+            .unwrap_or_else(|| panic!("no filter {name}"));
+        let rest = &self.yaml[start + 1..];
+        let end = start + 1 + rest.find("          - name: ").expect("a filter follows");
+        self.yaml = format!("{}{}", &self.yaml[..start], &self.yaml[end..]);
+        self
+    }
+
+    /// Envoy running this config, ready; the URL base of its listener.
+    async fn run(&self) -> (Envoy, String, tempfile::TempDir) {
+        let envoy_bin = envoy_binary();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg_path = dir.path().join("envoy.yaml");
+        std::fs::write(&cfg_path, &self.yaml).unwrap();
+        let envoy = Envoy(
+            Command::new(&envoy_bin)
+                .args(["-c"])
+                .arg(&cfg_path)
+                .args([
+                    "--concurrency",
+                    "1",
+                    "--disable-hot-restart",
+                    "--log-level",
+                    "warn",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", envoy_bin.display())),
+        );
+        let client = reqwest::Client::new();
+        let ready_url = format!("http://127.0.0.1:{}/ready", self.admin);
+        let mut ready = false;
+        for _ in 0..300 {
+            if let Ok(r) = client.get(&ready_url).send().await
+                && r.status() == 200
+            {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(ready, "Envoy did not become ready");
+        (envoy, format!("http://127.0.0.1:{}", self.listen), dir)
+    }
+}
+
+/// What the upstream received of each header named by `names`.
+fn received(seen: &Seen, names: &[&str]) -> Vec<(String, String)> {
+    let got = seen.lock().unwrap().last().cloned().unwrap();
+    got.into_iter()
+        .filter(|(k, _)| names.contains(&k.as_str()))
+        .collect()
+}
+
+const SPOOFED: [(&str, &str); 5] = [
+    ("x-hasura-org-id", "victim-org"),
+    ("x-hasura_org-id", "victim-org"),
+    ("x_hasura-org-id", "victim-org"),
+    ("x_hasura-role", "admin"),
+    ("x-elevation_token", "forged"),
+];
+
+/// A token whose `x-hasura-org-id` is empty, for the client's headers of
+/// that name to compete with.
+fn empty_org_token() -> String {
+    let mut claims = hasura_claims("user-42", &["user"], "user");
+    claims["claims.jwt.hasura.io"]["x-hasura-org-id"] = json!("");
+    mint(Algorithm::HS256, SECRET, claims, None)
+}
+
+/// Over gRPC, relying on authgate's answer alone (as Istio and Envoy setups
+/// without the strip filter do): an empty session value still replaces the
+/// client's header, and every other spelling is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_session_values_and_mixed_spellings_through_envoy_grpc() {
+    let server = TestServer::start(&hs256_config("")).await;
+    let (up_addr, seen) = upstream().await;
+    let (_envoy, base, _dir) = Bootstrap::of("envoy.yaml", &server.running, up_addr)
+        .without_filter("strip-client-session-headers")
+        .without_filter("strip-authgate-inputs")
+        .run()
+        .await;
+    let mut rb = reqwest::Client::new()
+        .post(format!("{base}/v1/graphql"))
+        .bearer_auth(empty_org_token());
+    for (k, v) in SPOOFED {
+        rb = rb.header(k, v);
+    }
+    let resp = rb.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let names: Vec<&str> = SPOOFED.iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        received(&seen, &names),
+        vec![("x-hasura-org-id".to_owned(), String::new())],
+        "only authgate's (empty) value"
+    );
+}
+
+/// `envoy/envoy-http.yaml` (HTTP ext_authz, which passes authgate only the
+/// allowed headers): its filters remove every spelling, and authgate's
+/// empty value replaces the client's header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_session_values_and_mixed_spellings_through_envoy_http() {
+    let server =
+        TestServer::start(&hs256_config("  settings: {forwardAuth: {proxy: envoy}}\n")).await;
+    let (up_addr, seen) = upstream().await;
+    for strip in [false, true] {
+        // Without the first filter, only authgate's answer replaces the
+        // client's x-hasura-org-id (the mixed spellings are not sent then:
+        // outside `allowed_headers`, authgate never sees them).
+        let mut bootstrap = Bootstrap::of("envoy-http.yaml", &server.running, up_addr);
+        if !strip {
+            bootstrap = bootstrap.without_filter("strip-client-session-headers");
+        }
+        let (envoy, base, _dir) = bootstrap.run().await;
+        let mut rb = reqwest::Client::new()
+            .post(format!("{base}/v1/graphql"))
+            .bearer_auth(empty_org_token());
+        let spoofed: &[(&str, &str)] = if strip { &SPOOFED } else { &SPOOFED[..1] };
+        for (k, v) in spoofed {
+            rb = rb.header(*k, *v);
+        }
+        let resp = rb.send().await.unwrap();
+        assert_eq!(resp.status(), 200, "strip filter: {strip}");
+        let names: Vec<&str> = SPOOFED.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            received(&seen, &names),
+            vec![("x-hasura-org-id".to_owned(), String::new())],
+            "strip filter: {strip}"
+        );
+        drop(envoy);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_forwards_allowed_requests_with_session_headers_and_blocks_denials() {
-    let envoy_bin = envoy_binary();
     let server = TestServer::start(&hs256_config("")).await;
     let (up_addr, seen) = upstream().await;
-    let listen = free_port();
-    let admin = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg_path = dir.path().join("envoy.yaml");
-    std::fs::write(
-        &cfg_path,
-        bootstrap(listen, admin, server.running.grpc_addr, up_addr),
-    )
-    .unwrap();
-    let _envoy = Envoy(
-        Command::new(&envoy_bin)
-            .args(["-c"])
-            .arg(&cfg_path)
-            .args([
-                "--concurrency",
-                "1",
-                "--disable-hot-restart",
-                "--log-level",
-                "warn",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", envoy_bin.display())),
-    );
+    let (_envoy, base, _dir) = Bootstrap::of("envoy.yaml", &server.running, up_addr)
+        .run()
+        .await;
     let client = reqwest::Client::new();
-    let ready_url = format!("http://127.0.0.1:{admin}/ready");
-    let mut ready = false;
-    for _ in 0..300 {
-        if let Ok(r) = client.get(&ready_url).send().await
-            && r.status() == 200
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "Envoy did not become ready");
-    let url = format!("http://127.0.0.1:{listen}/v1/graphql");
+    let url = format!("{base}/v1/graphql");
 
     // Allowed: authgate's values reach the upstream; spoofed ones do not.
     let token = mint(
@@ -250,7 +365,7 @@ async fn envoy_forwards_allowed_requests_with_session_headers_and_blocks_denials
 
     // The /v1/user/ route carries context_extensions {elevation: required}:
     // a plain token is refused, an elevated (nhost-style) one passes.
-    let user_url = format!("http://127.0.0.1:{listen}/v1/user/email");
+    let user_url = format!("{base}/v1/user/email");
     let resp = client
         .post(&user_url)
         .bearer_auth(&token)

@@ -82,9 +82,9 @@ definition:
         serde_json::json!({"h": {"x-hasura-role": "q"}}),
         None,
     );
-    // nginx: X-Original-URI wins over the path after /check.
+    // nginx: X-Original-URI on a call to /check.
     let resp = client
-        .get(server.http_url("/check/other"))
+        .get(server.http_url("/check"))
         .header("x-original-uri", format!("/v1/graphql?token={token}"))
         .header("x-original-method", "POST")
         .send()
@@ -92,6 +92,30 @@ definition:
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-hasura-role"], "q");
+    // A path after /check that disagrees with X-Original-URI: which proxy
+    // sent it is not configured, so the call is refused ...
+    let resp = client
+        .get(server.http_url("/check/other"))
+        .header("x-original-uri", format!("/v1/graphql?token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.headers()["x-authgate-reason"], "invalid_request");
+    // ... unless it is: behind nginx, only X-Original-URI counts.
+    let nginx = TestServer::start(&cfg.replace(
+        "definition:\n",
+        "definition:\n  settings: {forwardAuth: {proxy: nginx}}\n",
+    ))
+    .await;
+    let resp = client
+        .get(nginx.http_url("/check/other"))
+        .header("x-original-uri", format!("/v1/graphql?token={token}"))
+        .header("x-original-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     // Traefik: X-Forwarded-Uri.
     let resp = client
         .get(server.http_url("/check"))

@@ -96,14 +96,6 @@ async fn upstream() -> (SocketAddr, Log) {
     (addr, log)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Nginx(Child);
 
 impl Drop for Nginx {
@@ -305,10 +297,29 @@ async fn nginx_forwards_allowed_requests_with_session_headers_and_blocks_denials
         "denied requests never reach the upstream"
     );
 
+    // A client's copy of Traefik's header disagreeing with nginx's: without
+    // `forwardAuth.proxy` authgate refuses it (400), which auth_request turns
+    // into 500 and nginx.conf back into authgate's 400 and body.
+    let resp = client
+        .post(&url)
+        .bearer_auth(&token)
+        .header("x-forwarded-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap(),
+        json!({"error": "invalid_request", "message": "malformed request"})
+    );
+    assert_eq!(seen.lock().unwrap().len(), forwarded);
+
     // authgate decided each request once, over HTTP forward-auth.
     let m = server.metrics().await;
     for line in [
         r#"authgate_check_requests_total{decision="allow",frontend="http",mode="jwt",reason="none"} 2"#,
+        r#"reason="invalid_request"} 1"#,
         r#"reason="missing_credentials"} 1"#,
         r#"reason="role_not_allowed"} 1"#,
         r#"reason="token_expired"} 1"#,

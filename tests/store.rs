@@ -426,6 +426,49 @@ async fn purge_removes_only_expired(db: &TestDb) {
     assert!(live.is_some());
 }
 
+/// A user's pending challenges are bounded: the oldest (expired first) go
+/// when a new one comes; other users' stay.
+async fn pending_challenges_are_bounded_per_user(db: &TestDb) {
+    let s = db.open().await;
+    s.put_challenge(&challenge("bob", "bob", ChallengeKind::Register, NOW + 60))
+        .await
+        .unwrap();
+    let n = store::MAX_PENDING_CHALLENGES_PER_USER;
+    for i in 0..n + 4 {
+        // The first two are already expired.
+        let expires = if i < 2 {
+            NOW - 10
+        } else {
+            NOW + 100 + i as i64
+        };
+        s.put_challenge(&challenge(
+            &format!("a{i}"),
+            "alice",
+            ChallengeKind::Register,
+            expires,
+        ))
+        .await
+        .unwrap();
+    }
+    let mut kept = Vec::new();
+    for i in 0..n + 4 {
+        if s.take_challenge(&format!("a{i}"), "alice", ChallengeKind::Register, NOW)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            kept.push(i);
+        }
+    }
+    assert_eq!(kept, (4..n + 4).collect::<Vec<_>>());
+    assert!(
+        s.take_challenge("bob", "bob", ChallengeKind::Register, NOW)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
 async fn reopen_keeps_data(db: &TestDb) {
     {
         let s = db.open().await;
@@ -446,7 +489,7 @@ async fn reopen_keeps_data(db: &TestDb) {
             .unwrap()
             .is_some()
     );
-    assert_eq!(schema_versions(db).await, ["1"]);
+    assert_eq!(schema_versions(db).await, ["1", "2"]);
 }
 
 async fn concurrent_opens_migrate_once(db: &TestDb) {
@@ -471,7 +514,7 @@ async fn concurrent_opens_migrate_once(db: &TestDb) {
     for s in &stores {
         assert_eq!(s.count_keys("alice").await.unwrap(), 1);
     }
-    assert_eq!(schema_versions(db).await, ["1"]);
+    assert_eq!(schema_versions(db).await, ["1", "2"]);
 }
 
 async fn tables_are_where_documented(db: &TestDb) {
@@ -540,6 +583,7 @@ both_backends!(
     expired_challenge_is_none_and_removed,
     wrong_user_or_kind_is_none_and_not_consumed,
     purge_removes_only_expired,
+    pending_challenges_are_bounded_per_user,
     reopen_keeps_data,
     concurrent_opens_migrate_once,
     tables_are_where_documented,

@@ -269,6 +269,19 @@ fn main() {
         "h x-token Token\n/check\nx-forwarded-uri: /x?token=Bearer+q\nx-forwarded-method: PUT\nX-Token: token   v\n",
     );
 
+    // --- route ---------------------------------------------------------
+    out.put(
+        "route",
+        "reserved",
+        "/v1/account%3AchangePassword?x=1\n/users/@me/\nX-HTTP-Method-Override: DELETE\n",
+    );
+    out.put(
+        "route",
+        "dots",
+        "/v1/x/%252e%252e/user;a=b//password/\n/v1/user/\nx-method-override: PUT, DELETE\n",
+    );
+    out.put("route", "ambiguous", "/v1/%C0%AF%00\\\\a\n/\n");
+
     // --- config --------------------------------------------------------
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     for name in ["quickstart", "elevation"] {

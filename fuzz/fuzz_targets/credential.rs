@@ -1,8 +1,8 @@
 //! Credential extraction (SPEC 3.1): `Request::credential` for header,
 //! cookie and query token locations, with and without a scheme, on a
 //! request built directly (as the gRPC front door does) and through the
-//! HTTP forward-auth front door (`http::to_request`: `X-Original-URI`,
-//! `X-Forwarded-Uri`, `/check` prefix).
+//! HTTP forward-auth front door (`http::to_request` for each proxy setting:
+//! `X-Original-URI`, `X-Forwarded-Uri`, `/check` prefix).
 //!
 //! Input, as lines: `<h|c|q> <name> [scheme]` (an extra location), the URI
 //! (path and query), then `name: value` header lines.
@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 
 use authgate::config::{Place, TokenLocation};
+use authgate::forward_auth::ForwardAuthProxy;
 use authgate::request::{Credential, Headers, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use libfuzzer_sys::fuzz_target;
@@ -102,11 +103,23 @@ fuzz_target!(|data: &[u8]| {
     }
     let uri = Uri::try_from(uri).unwrap_or_else(|_| Uri::from_static("/check"));
     let peer = SocketAddr::from(([192, 0, 2, 1], 40000));
-    let via_http = authgate::http::to_request(&Method::POST, &uri, &map, peer);
-    assert!(
-        !via_http.path.is_empty()
-            || map.contains_key("x-original-uri")
-            || map.contains_key("x-forwarded-uri")
-    );
-    check(&via_http, &locations);
+    for proxy in [
+        ForwardAuthProxy::Any,
+        ForwardAuthProxy::Nginx,
+        ForwardAuthProxy::Traefik,
+        ForwardAuthProxy::Envoy,
+    ] {
+        let Ok(via_http) = authgate::http::to_request(proxy, &Method::POST, &uri, &map, peer) else {
+            // Refused: only because of the headers of some proxy.
+            assert!(proxy != ForwardAuthProxy::Envoy);
+            continue;
+        };
+        // The original request is always an origin-form path and a method.
+        assert!(via_http.path.starts_with('/'), "{proxy:?}: {:?}", via_http.path);
+        assert!(!via_http.method.is_empty());
+        if proxy == ForwardAuthProxy::Envoy {
+            assert_eq!(via_http.method, "POST");
+        }
+        check(&via_http, &locations);
+    }
 });

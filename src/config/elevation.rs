@@ -8,25 +8,13 @@ use serde_json::Value;
 use super::env::{Env, env_string};
 use super::reader::{Diagnostics, Obj, YamlPath, as_str, as_str_list};
 use super::{Secret, check_variable_name};
+use crate::route::{KNOWN_METHODS, Route, RoutePath};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ElevationMode {
     Disabled,
     Required,
     Recommended,
-}
-
-/// Which requests need elevation: a method set (empty = any) and a path or prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    pub methods: Vec<String>,
-    pub path: RoutePath,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RoutePath {
-    Exact(String),
-    Prefix(String),
 }
 
 #[derive(Debug, Clone)]
@@ -191,21 +179,15 @@ pub(super) fn elevation(
 fn route(d: &mut Diagnostics, path: YamlPath, v: &Value) -> Option<Route> {
     let mut o = Obj::open(d, path.clone(), v)?;
     let methods = match o.get("methods") {
-        Some((p, v)) => {
-            as_str_list(d, &p, v).map(|m| m.iter().map(|s| s.trim().to_ascii_uppercase()).collect())
-        }
+        Some((p, v)) => methods(d, &p, v),
         None => Some(Vec::new()),
     };
     let exact = o.str(d, "path").map(str::to_owned);
     let prefix = o.str(d, "pathPrefix").map(str::to_owned);
     o.finish(d, &["methods", "path", "pathPrefix"]);
-    let route_path = match (exact, prefix) {
-        (Some(p), None) if p.starts_with('/') => {
-            RoutePath::Exact(crate::elevation::normalize_path(&p))
-        }
-        (None, Some(p)) if p.starts_with('/') => {
-            RoutePath::Prefix(crate::elevation::normalize_prefix(&p))
-        }
+    let (key, parsed) = match (&exact, &prefix) {
+        (Some(p), None) if p.starts_with('/') => ("path", RoutePath::exact(p)),
+        (None, Some(p)) if p.starts_with('/') => ("pathPrefix", RoutePath::prefix(p)),
         (Some(_), Some(_)) => {
             d.error(&path, "set `path` or `pathPrefix`, not both");
             return None;
@@ -219,10 +201,50 @@ fn route(d: &mut Diagnostics, path: YamlPath, v: &Value) -> Option<Route> {
             return None;
         }
     };
+    let route_path = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            d.error(&path.key(key), e.to_string());
+            return None;
+        }
+    };
     Some(Route {
         methods: methods?,
         path: route_path,
     })
+}
+
+/// A route's `methods`: known HTTP methods, any case. `*`, `ANY` or a typo
+/// would validate and never match, so they are errors; an empty list is
+/// one too (leave `methods` out to cover every method).
+fn methods(d: &mut Diagnostics, path: &YamlPath, v: &Value) -> Option<Vec<String>> {
+    let list = as_str_list(d, path, v)?;
+    if list.is_empty() {
+        d.error(
+            path,
+            "an empty list matches nothing; leave `methods` out to cover every method",
+        );
+        return None;
+    }
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    let mut ok = true;
+    for (i, m) in list.iter().enumerate() {
+        let upper = m.to_ascii_uppercase();
+        if KNOWN_METHODS.contains(&upper.as_str()) {
+            if !out.contains(&upper) {
+                out.push(upper);
+            }
+        } else {
+            let hint = if matches!(m.trim(), "*" | "ANY" | "any" | "ALL" | "all") {
+                "; leave `methods` out to cover every method".to_owned()
+            } else {
+                format!("; expected one of {}", KNOWN_METHODS.join(", "))
+            };
+            d.error(&path.index(i), format!("unknown HTTP method `{m}`{hint}"));
+            ok = false;
+        }
+    }
+    ok.then_some(out)
 }
 
 fn webauthn(d: &mut Diagnostics, path: YamlPath, v: &Value) -> Option<WebauthnSettings> {

@@ -55,6 +55,9 @@ pub struct Settings {
     /// slot and for dependencies included; past it the answer is
     /// `internal_error`.
     pub decision_timeout: Duration,
+    /// The proxy in front of the forward-auth door (`/check`), whose headers
+    /// alone describe the original request.
+    pub forward_auth: crate::forward_auth::ForwardAuthProxy,
 }
 
 impl Default for Settings {
@@ -65,6 +68,7 @@ impl Default for Settings {
             token_cache_max_entries: 100_000,
             token_cache_ttl: Duration::from_secs(300),
             decision_timeout: Duration::from_secs(10),
+            forward_auth: Default::default(),
         }
     }
 }
@@ -329,6 +333,23 @@ fn settings(d: &mut Diagnostics, path: YamlPath, v: &Value) -> Settings {
             None => {}
         }
     }
+    if let Some((p, v)) = o.get("forwardAuth")
+        && let Some(mut fa) = Obj::open(d, p.clone(), v)
+    {
+        if let Some(name) = fa.str(d, "proxy") {
+            match crate::forward_auth::ForwardAuthProxy::parse(name) {
+                Some(proxy) => s.forward_auth = proxy,
+                None => d.error(
+                    &p.key("proxy"),
+                    format!(
+                        "unknown proxy `{name}`; expected one of {}",
+                        crate::forward_auth::ForwardAuthProxy::NAMES.join(", ")
+                    ),
+                ),
+            }
+        }
+        fa.finish(d, &["proxy"]);
+    }
     o.finish(
         d,
         &[
@@ -337,6 +358,7 @@ fn settings(d: &mut Diagnostics, path: YamlPath, v: &Value) -> Settings {
             "tokenCacheMaxEntries",
             "tokenCacheTtl",
             "decisionTimeout",
+            "forwardAuth",
         ],
     );
     s

@@ -65,9 +65,14 @@ fn header_value(k: &str, v: &str) -> usize {
 }
 
 /// `HeaderValueOption { header: 1, append: 2 (BoolValue false: an empty
-/// message), append_action: 3 }` length (see `super::header`).
+/// message), append_action: 3, keep_empty_value: 4 (true for an empty
+/// value) }` length (see `super::header`).
 fn header_option(k: &str, v: &str) -> usize {
-    len_field(header_value(k, v)) + 2 + 1 + varint_len(APPEND_ACTION)
+    len_field(header_value(k, v))
+        + 2
+        + 1
+        + varint_len(APPEND_ACTION)
+        + if v.is_empty() { 2 } else { 0 }
 }
 
 /// A dynamic-metadata field: `Value.string_value` (3) or `bool_value` (4).
@@ -138,6 +143,10 @@ pub fn put_allow(a: &Allow, buf: &mut impl BufMut) {
         put_len(buf, 2, 0);
         buf.put_u8(key(3, VARINT));
         put_varint(buf, APPEND_ACTION);
+        if v.is_empty() {
+            buf.put_u8(key(4, VARINT));
+            buf.put_u8(1);
+        }
     }
     for h in &a.headers_to_remove {
         // OkHttpResponse.headers_to_remove (5): every entry, even "".

@@ -140,7 +140,9 @@ pub trait CredentialStore: Send + Sync {
         user_id: &'a str,
         id: &'a str,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
-    /// Stores a challenge; Conflict if the same challenge text exists.
+    /// Stores a challenge; Conflict if the same challenge text exists. The
+    /// user's oldest pending challenges (expired ones first) are dropped so
+    /// that at most [`MAX_PENDING_CHALLENGES_PER_USER`] remain.
     fn put_challenge<'a>(
         &'a self,
         c: &'a PendingChallenge,
@@ -159,6 +161,10 @@ pub trait CredentialStore: Send + Sync {
     /// Removes the challenges with `expires_at <= now`; returns how many.
     fn purge_expired<'a>(&'a self, now: i64) -> BoxFuture<'a, Result<u64, StoreError>>;
 }
+
+/// Pending challenges kept per user: a user may have a few ceremonies open
+/// at once (tabs, devices), never an unbounded number.
+pub const MAX_PENDING_CHALLENGES_PER_USER: usize = 8;
 
 /// Options for [`open`].
 #[derive(Debug, Clone, Default)]

@@ -11,9 +11,9 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{Connection as _, Row};
 
 use super::{
-    BoxFuture, ChallengeKind, CredentialStore, Migration, NHOST_ID_PREFIX, PendingChallenge,
-    StoreError, StoreOptions, StoredKey, challenge_from_row, db_error, json_text, key_from_row,
-    redact_url, scrub,
+    BoxFuture, ChallengeKind, CredentialStore, MAX_PENDING_CHALLENGES_PER_USER, Migration,
+    NHOST_ID_PREFIX, PendingChallenge, StoreError, StoreOptions, StoredKey, challenge_from_row,
+    db_error, json_text, key_from_row, redact_url, scrub,
 };
 
 /// The key of the transaction-scoped advisory lock that serialises migrations
@@ -21,10 +21,11 @@ use super::{
 const MIGRATION_LOCK: i64 = 0x6175_7468_6761_7465;
 
 /// The schema, one entry per version; never edit a released entry, add one.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS authgate.authgate_security_keys (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS authgate.authgate_security_keys (
             id text PRIMARY KEY,
             user_id text NOT NULL,
             credential_id bytea NOT NULL UNIQUE,
@@ -33,19 +34,25 @@ const MIGRATIONS: &[Migration] = &[Migration {
             counter bigint NOT NULL,
             created_at bigint NOT NULL
         )",
-        "CREATE INDEX IF NOT EXISTS authgate_security_keys_user_id_idx
+            "CREATE INDEX IF NOT EXISTS authgate_security_keys_user_id_idx
             ON authgate.authgate_security_keys (user_id)",
-        "CREATE TABLE IF NOT EXISTS authgate.authgate_challenges (
+            "CREATE TABLE IF NOT EXISTS authgate.authgate_challenges (
             challenge text PRIMARY KEY,
             user_id text NOT NULL,
             kind text NOT NULL CHECK (kind IN ('register', 'authenticate')),
             state text NOT NULL,
             expires_at bigint NOT NULL
         )",
-        "CREATE INDEX IF NOT EXISTS authgate_challenges_expires_at_idx
+            "CREATE INDEX IF NOT EXISTS authgate_challenges_expires_at_idx
             ON authgate.authgate_challenges (expires_at)",
-    ],
-}];
+        ],
+    },
+    Migration {
+        version: 2,
+        statements: &["CREATE INDEX IF NOT EXISTS authgate_challenges_user_id_idx
+            ON authgate.authgate_challenges (user_id, expires_at)"],
+    },
+];
 
 const KEY_COLUMNS: &str = "id, user_id, credential_id, nickname, credential, counter, created_at";
 const CHALLENGE_COLUMNS: &str = "challenge, user_id, kind, state, expires_at";
@@ -414,6 +421,18 @@ impl CredentialStore for PostgresStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let state = json_text(&c.state)?;
+            let mut tx = self.pool.begin().await.map_err(db_error)?;
+            // Room for this one: the user's newest `MAX - 1` stay.
+            sqlx::query(
+                "DELETE FROM authgate.authgate_challenges WHERE user_id = $1 AND challenge IN (
+                    SELECT challenge FROM authgate.authgate_challenges WHERE user_id = $1
+                    ORDER BY expires_at DESC, challenge OFFSET $2)",
+            )
+            .bind(&c.user_id)
+            .bind(MAX_PENDING_CHALLENGES_PER_USER as i64 - 1)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
             sqlx::query(&format!(
                 "INSERT INTO authgate.authgate_challenges ({CHALLENGE_COLUMNS})
                  VALUES ($1, $2, $3, $4, $5)"
@@ -423,9 +442,10 @@ impl CredentialStore for PostgresStore {
             .bind(c.kind.as_str())
             .bind(state)
             .bind(c.expires_at)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)?;
             Ok(())
         })
     }

@@ -11,15 +11,17 @@ use sqlx::sqlite::{
 };
 
 use super::{
-    BoxFuture, ChallengeKind, CredentialStore, Migration, NHOST_ID_PREFIX, PendingChallenge,
-    StoreError, StoredKey, challenge_from_row, db_error, json_text, key_from_row,
+    BoxFuture, ChallengeKind, CredentialStore, MAX_PENDING_CHALLENGES_PER_USER, Migration,
+    NHOST_ID_PREFIX, PendingChallenge, StoreError, StoredKey, challenge_from_row, db_error,
+    json_text, key_from_row,
 };
 
 /// The schema, one entry per version; never edit a released entry, add one.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    statements: &[
-        "CREATE TABLE IF NOT EXISTS authgate_security_keys (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS authgate_security_keys (
             id TEXT PRIMARY KEY NOT NULL,
             user_id TEXT NOT NULL,
             credential_id BLOB NOT NULL UNIQUE,
@@ -28,19 +30,25 @@ const MIGRATIONS: &[Migration] = &[Migration {
             counter INTEGER NOT NULL,
             created_at INTEGER NOT NULL
         )",
-        "CREATE INDEX IF NOT EXISTS authgate_security_keys_user_id_idx
+            "CREATE INDEX IF NOT EXISTS authgate_security_keys_user_id_idx
             ON authgate_security_keys (user_id)",
-        "CREATE TABLE IF NOT EXISTS authgate_challenges (
+            "CREATE TABLE IF NOT EXISTS authgate_challenges (
             challenge TEXT PRIMARY KEY NOT NULL,
             user_id TEXT NOT NULL,
             kind TEXT NOT NULL CHECK (kind IN ('register', 'authenticate')),
             state TEXT NOT NULL,
             expires_at INTEGER NOT NULL
         )",
-        "CREATE INDEX IF NOT EXISTS authgate_challenges_expires_at_idx
+            "CREATE INDEX IF NOT EXISTS authgate_challenges_expires_at_idx
             ON authgate_challenges (expires_at)",
-    ],
-}];
+        ],
+    },
+    Migration {
+        version: 2,
+        statements: &["CREATE INDEX IF NOT EXISTS authgate_challenges_user_id_idx
+            ON authgate_challenges (user_id, expires_at)"],
+    },
+];
 
 const KEY_COLUMNS: &str = "id, user_id, credential_id, nickname, credential, counter, created_at";
 const CHALLENGE_COLUMNS: &str = "challenge, user_id, kind, state, expires_at";
@@ -307,6 +315,22 @@ impl CredentialStore for SqliteStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let state = json_text(&c.state)?;
+            let mut tx = self
+                .pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(db_error)?;
+            // Room for this one: the user's newest `MAX - 1` stay.
+            sqlx::query(
+                "DELETE FROM authgate_challenges WHERE user_id = ?1 AND challenge IN (
+                    SELECT challenge FROM authgate_challenges WHERE user_id = ?1
+                    ORDER BY expires_at DESC, challenge LIMIT -1 OFFSET ?2)",
+            )
+            .bind(&c.user_id)
+            .bind(MAX_PENDING_CHALLENGES_PER_USER as i64 - 1)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
             sqlx::query(&format!(
                 "INSERT INTO authgate_challenges ({CHALLENGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"
             ))
@@ -315,9 +339,10 @@ impl CredentialStore for SqliteStore {
             .bind(c.kind.as_str())
             .bind(state)
             .bind(c.expires_at)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)?;
             Ok(())
         })
     }

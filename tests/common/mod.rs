@@ -36,6 +36,15 @@ pub fn fixture(name: &str) -> String {
     .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
 }
 
+/// A port free at the moment (for processes that must be told their port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -311,6 +320,8 @@ pub struct Outcome {
     pub http_status: i32,
     pub headers: HashMap<String, String>,
     pub header_options: Vec<(String, String, Option<bool>, i32)>,
+    /// Headers sent with `keep_empty_value: true`.
+    pub kept_empty: Vec<String>,
     pub removed: Vec<String>,
     pub body: String,
     pub metadata: HashMap<String, String>,
@@ -333,6 +344,7 @@ pub fn outcome(r: &CheckResponse) -> Outcome {
         http_status: 0,
         headers: HashMap::new(),
         header_options: Vec::new(),
+        kept_empty: Vec::new(),
         removed: Vec::new(),
         body: String::new(),
         metadata: HashMap::new(),
@@ -354,6 +366,9 @@ pub fn outcome(r: &CheckResponse) -> Outcome {
             for h in &ok.headers {
                 let hv = h.header.as_ref().unwrap();
                 o.headers.insert(hv.key.clone(), hv.value.clone());
+                if h.keep_empty_value {
+                    o.kept_empty.push(hv.key.clone());
+                }
                 o.header_options.push((
                     hv.key.clone(),
                     hv.value.clone(),

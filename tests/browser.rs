@@ -1,0 +1,391 @@
+//! The WebAuthn ceremonies in a real browser: Debian's Chromium, driven by
+//! its ChromeDriver over WebDriver, with the DevTools virtual authenticator
+//! (the WebDriver extension of the Web Authentication spec). The page is on
+//! authgate's own origin (`http://localhost:<port>`, a secure context), so
+//! it calls the endpoints as a web app of that origin would, converting the
+//! server's JSON with the browser's own helpers
+//! (`PublicKeyCredential.parseCreationOptionsFromJSON`, `toJSON()`).
+//!
+//! A soft authenticator applies none of the browser's checks; Chromium
+//! refused webauthn-rs' security-key options (credProtect
+//! `userVerificationRequired` with user verification only `preferred`)
+//! before it asked the authenticator. These tests fail, not skip, without
+//! `/usr/bin/chromium` and `/usr/bin/chromedriver` (`CHROMIUM_BIN`,
+//! `CHROMEDRIVER_BIN`); `.ci/run` installs both.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use jsonwebtoken::Algorithm;
+use serde_json::{Value, json};
+
+fn binary(var: &str, default: &str) -> String {
+    let path = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "{path} not found: install Debian's chromium and chromium-driver (.ci/run does), or set {var}"
+    );
+    path
+}
+
+struct Driver {
+    child: Child,
+    base: String,
+    session: String,
+    client: reqwest::Client,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Driver {
+    /// ChromeDriver on a free port and a headless Chromium session.
+    async fn start() -> Self {
+        let chromium = binary("CHROMIUM_BIN", "/usr/bin/chromium");
+        let chromedriver = binary("CHROMEDRIVER_BIN", "/usr/bin/chromedriver");
+        let port = free_port();
+        let child = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let mut up = false;
+        for _ in 0..200 {
+            if let Ok(r) = client.get(format!("{base}/status")).send().await
+                && r.status() == 200
+            {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(up, "chromedriver did not start");
+        let profile = tempfile::tempdir().unwrap();
+        // Without the background-networking switches Chromium keeps trying
+        // Google's hosts, which this sandbox refuses.
+        let args = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            &format!("--user-data-dir={}", profile.path().display()),
+        ];
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": chromium, "args": args},
+        }}});
+        let resp: Value = client
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = resp["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {resp}"))
+            .to_owned();
+        Driver {
+            child,
+            base,
+            session,
+            client,
+            _profile: profile,
+        }
+    }
+
+    async fn command(&self, method: &str, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let rb = self.client.request(method.parse().unwrap(), url);
+        let rb = if method == "GET" || method == "DELETE" {
+            rb
+        } else {
+            rb.json(&body)
+        };
+        let resp: Value = rb.send().await.unwrap().json().await.unwrap();
+        if let Some(err) = resp["value"]["error"].as_str() {
+            panic!(
+                "WebDriver {method} {path}: {err}: {}",
+                resp["value"]["message"]
+            );
+        }
+        resp["value"].clone()
+    }
+
+    async fn open(&self, url: &str) {
+        self.command("POST", "/url", json!({"url": url})).await;
+    }
+
+    /// A virtual security key (CTAP2 over USB, no resident keys).
+    async fn add_authenticator(&self, user_verification: bool) -> String {
+        let id = self
+            .command(
+                "POST",
+                "/webauthn/authenticator",
+                json!({
+                    "protocol": "ctap2",
+                    "transport": "usb",
+                    "hasResidentKey": false,
+                    "hasUserVerification": user_verification,
+                    "isUserConsenting": true,
+                    "isUserVerified": user_verification,
+                }),
+            )
+            .await;
+        id.as_str().unwrap().to_owned()
+    }
+
+    async fn remove_authenticator(&self, id: &str) {
+        self.command(
+            "DELETE",
+            &format!("/webauthn/authenticator/{id}"),
+            Value::Null,
+        )
+        .await;
+    }
+
+    async fn credentials(&self, id: &str) -> Vec<Value> {
+        self.command(
+            "GET",
+            &format!("/webauthn/authenticator/{id}/credentials"),
+            Value::Null,
+        )
+        .await
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    }
+
+    /// Runs `body` (an async function of `token`, `grant` returning a JSON
+    /// value) in the page.
+    async fn run(&self, body: &str, token: &str, grant: Option<&str>) -> Value {
+        let script = format!(
+            "const done = arguments[arguments.length - 1];\n\
+             const token = arguments[0], grant = arguments[1];\n\
+             {PAGE_HELPERS}\n\
+             (async () => {{ {body} }})().then(done, e => done({{step: 'script', error: String(e)}}));"
+        );
+        self.command(
+            "POST",
+            "/execute/async",
+            json!({"script": script, "args": [token, grant]}),
+        )
+        .await
+    }
+}
+
+/// What a web app of authgate's origin does for the ceremonies, with the
+/// browser's JSON helpers only.
+const PAGE_HELPERS: &str = r#"
+const call = async (method, path, body, extra) => {
+  const headers = Object.assign({'authorization': 'Bearer ' + token}, extra || {});
+  const init = {method, headers};
+  if (body !== undefined) { headers['content-type'] = 'application/json'; init.body = JSON.stringify(body); }
+  const r = await fetch(path, init);
+  const text = await r.text();
+  let json = null; try { json = JSON.parse(text); } catch (e) {}
+  return {status: r.status, json, text};
+};
+const addKey = async (nickname, extra) => {
+  const begin = await call('POST', '/user/webauthn/add', {nickname}, extra);
+  if (begin.status !== 200) return {step: 'add', begin};
+  let cred;
+  try {
+    cred = await navigator.credentials.create({publicKey: PublicKeyCredential.parseCreationOptionsFromJSON(begin.json.publicKey)});
+  } catch (e) { return {step: 'create', error: e.name + ': ' + e.message, options: begin.json}; }
+  const finish = await call('POST', '/user/webauthn/verify', {credential: cred.toJSON(), nickname}, extra);
+  return {step: 'verify', status: finish.status, answer: finish.json || finish.text};
+};
+const elevate = async () => {
+  const begin = await call('POST', '/elevate/webauthn', {});
+  if (begin.status !== 200) return {step: 'elevate', begin};
+  let cred;
+  try {
+    cred = await navigator.credentials.get({publicKey: PublicKeyCredential.parseRequestOptionsFromJSON(begin.json.publicKey)});
+  } catch (e) { return {step: 'get', error: e.name + ': ' + e.message, options: begin.json}; }
+  const finish = await call('POST', '/elevate/webauthn/verify', {credential: cred.toJSON()});
+  return {step: 'verify', status: finish.status, answer: finish.json || finish.text};
+};
+"#;
+
+/// authgate with elevation required on `POST /v1/user/password`, its
+/// relying party `localhost` and allowed origin `origin` (`None`: its own).
+async fn server(db: &std::path::Path, origin: Option<&str>) -> (authgate::server::Running, String) {
+    let port = free_port();
+    let own = format!("http://localhost:{port}");
+    let origin = origin.unwrap_or(&own);
+    let yaml = hs256_config(&format!(
+        r#"  elevation:
+    mode: required
+    routes:
+      - {{methods: [POST], path: /v1/user/password}}
+    webauthn: {{rpId: localhost, rpName: authgate test, origins: ["{origin}"]}}
+    store: {{url: "sqlite://{}"}}
+"#,
+        db.display()
+    ));
+    let config = authgate::config::parse(&yaml, &|_: &str| None).unwrap();
+    let shared = authgate::server::Shared::new(config, None).await.unwrap();
+    let grpc: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let http: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let running = authgate::server::start(shared, grpc, http).await.unwrap();
+    (running, own)
+}
+
+fn token(user: &str) -> String {
+    mint(
+        Algorithm::HS256,
+        SECRET,
+        hasura_claims(user, &["user"], "user"),
+        None,
+    )
+}
+
+/// A Check on the protected route, with or without a grant.
+async fn password_change(
+    running: &authgate::server::Running,
+    token: &str,
+    grant: Option<&str>,
+) -> Outcome {
+    let auth = format!("Bearer {token}");
+    let mut headers = vec![("authorization", auth.as_str())];
+    if let Some(g) = grant {
+        headers.push(("x-elevation-token", g));
+    }
+    let mut client = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
+        format!("http://{}", running.grpc_addr),
+    )
+    .await
+    .unwrap();
+    let resp = client
+        .check(check_request(&headers, "/v1/user/password"))
+        .await
+        .unwrap()
+        .into_inner();
+    outcome(&resp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_keys_register_and_step_up_in_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, origin) = server(&dir.path().join("b.db"), None).await;
+    let driver = Driver::start().await;
+    driver.open(&format!("{origin}/healthz")).await;
+    let alice = token("alice");
+
+    // Without a key, the protected route needs elevation.
+    let o = password_change(&running, &alice, None).await;
+    assert_eq!(o.http_status, 401, "{o:?}");
+
+    // A key with user verification (a PIN set), then one without: both are
+    // security keys authgate accepts.
+    let with_pin = driver.add_authenticator(true).await;
+    let first = driver
+        .run("return await addKey('with PIN');", &alice, None)
+        .await;
+    assert_eq!(
+        first["status"], 200,
+        "first key, no elevation needed: {first}"
+    );
+    assert_eq!(first["answer"]["nickname"], "with PIN", "{first}");
+    assert_eq!(driver.credentials(&with_pin).await.len(), 1);
+
+    // A second key needs elevation first (mode required).
+    let second = driver
+        .run("return await addKey('second');", &alice, None)
+        .await;
+    assert_eq!(second["begin"]["status"], 401, "{second}");
+    assert_eq!(
+        second["begin"]["json"]["error"], "elevation_required",
+        "{second}"
+    );
+
+    // Step-up with the first key: the grant opens the protected route.
+    let elevated = driver.run("return await elevate();", &alice, None).await;
+    assert_eq!(elevated["status"], 200, "{elevated}");
+    let grant = elevated["answer"]["elevationToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let o = password_change(&running, &alice, Some(&grant)).await;
+    assert_eq!(o.http_status, 200, "{o:?}");
+    assert_eq!(o.headers["x-hasura-auth-elevated"], "alice");
+    // Another user's token with Alice's grant: still needs elevation.
+    let o = password_change(&running, &token("bob"), Some(&grant)).await;
+    assert_eq!(o.http_status, 401, "{o:?}");
+
+    // Elevated, Alice adds a PIN-less key: user verification is not required.
+    driver.remove_authenticator(&with_pin).await;
+    let pinless = driver.add_authenticator(false).await;
+    let added = driver
+        .run(
+            "return await addKey('no PIN', {'x-elevation-token': grant});",
+            &alice,
+            Some(&grant),
+        )
+        .await;
+    assert_eq!(added["status"], 200, "{added}");
+    assert_eq!(driver.credentials(&pinless).await.len(), 1);
+    let elevated = driver.run("return await elevate();", &alice, None).await;
+    assert_eq!(
+        elevated["status"], 200,
+        "step-up with the PIN-less key: {elevated}"
+    );
+
+    let listed = driver
+        .run(
+            "return (await call('GET', '/user/webauthn')).json;",
+            &alice,
+            None,
+        )
+        .await;
+    let names: Vec<&str> = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["nickname"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{listed}");
+    assert!(
+        names.contains(&"with PIN") && names.contains(&"no PIN"),
+        "{listed}"
+    );
+    running.shutdown().await;
+}
+
+/// A page on an origin the config does not allow: the browser makes the
+/// credential (the RP ID matches), authgate refuses it and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_origin_is_named_in_the_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, origin) = server(&dir.path().join("o.db"), Some("https://app.localhost")).await;
+    let driver = Driver::start().await;
+    driver.open(&format!("{origin}/healthz")).await;
+    driver.add_authenticator(true).await;
+    let refused = driver
+        .run("return await addKey('k');", &token("carol"), None)
+        .await;
+    assert_eq!(refused["status"], 401, "{refused}");
+    assert_eq!(refused["answer"]["error"], "ceremony_failed", "{refused}");
+    assert_eq!(refused["answer"]["cause"], "origin_mismatch", "{refused}");
+    running.shutdown().await;
+}
