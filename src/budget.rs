@@ -5,25 +5,40 @@
 //! given back when the request is done with them. A charge never waits:
 //! when a budget is spent, the request is refused at once (gRPC
 //! `RESOURCE_EXHAUSTED`, HTTP 503), so a client that withholds the end of
-//! its messages cannot make others queue behind it. docs/security.md
-//! ("Resource limits") lists the budgets.
+//! its messages cannot make others queue behind it. A budget is one atomic
+//! counter (no lock on the Check path). docs/security.md ("Resource
+//! limits") lists the budgets.
 
 use std::sync::Arc;
-
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A number of bytes that may be held at once.
 #[derive(Clone, Debug)]
-pub struct ByteBudget(Arc<Semaphore>);
+pub struct ByteBudget(Arc<AtomicUsize>);
 
 impl ByteBudget {
     pub fn new(bytes: usize) -> Self {
-        ByteBudget(Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))))
+        ByteBudget(Arc::new(AtomicUsize::new(bytes)))
     }
 
     /// Bytes not charged at the moment.
     pub fn available(&self) -> usize {
-        self.0.available_permits()
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn take(&self, n: usize) -> Result<(), Exhausted> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(n)
+            })
+            .map(|_| ())
+            .map_err(|_| Exhausted)
+    }
+
+    fn give(&self, n: usize) {
+        if n > 0 {
+            self.0.fetch_add(n, Ordering::AcqRel);
+        }
     }
 }
 
@@ -35,16 +50,18 @@ pub struct Exhausted;
 /// given back when dropped.
 #[derive(Debug)]
 pub struct Charge {
-    budgets: [ByteBudget; 2],
-    held: [Option<OwnedSemaphorePermit>; 2],
+    connection: ByteBudget,
+    shared: ByteBudget,
+    held: usize,
 }
 
 impl Charge {
     /// An empty charge against a connection's budget and the shared one.
     pub fn new(connection: &ByteBudget, shared: &ByteBudget) -> Self {
         Charge {
-            budgets: [connection.clone(), shared.clone()],
-            held: [None, None],
+            connection: connection.clone(),
+            shared: shared.clone(),
+            held: 0,
         }
     }
 
@@ -53,33 +70,25 @@ impl Charge {
         if n == 0 {
             return Ok(());
         }
-        let n = u32::try_from(n).map_err(|_| Exhausted)?;
-        let mut taken: [Option<OwnedSemaphorePermit>; 2] = [None, None];
-        for (slot, budget) in taken.iter_mut().zip(&self.budgets) {
-            // On failure, what was taken here goes back as `taken` drops.
-            *slot = Some(
-                budget
-                    .0
-                    .clone()
-                    .try_acquire_many_owned(n)
-                    .map_err(|_| Exhausted)?,
-            );
+        self.connection.take(n)?;
+        if let Err(e) = self.shared.take(n) {
+            self.connection.give(n);
+            return Err(e);
         }
-        for (held, new) in self.held.iter_mut().zip(taken) {
-            match (held.as_mut(), new) {
-                (Some(h), Some(p)) => h.merge(p),
-                (None, p) => *held = p,
-                (Some(_), None) => {}
-            }
-        }
+        self.held += n;
         Ok(())
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.held[0]
-            .as_ref()
-            .map_or(0, OwnedSemaphorePermit::num_permits)
+        self.held
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.connection.give(self.held);
+        self.shared.give(self.held);
     }
 }
 
@@ -110,5 +119,25 @@ mod tests {
         drop(b);
         assert_eq!((other.available(), shared.available()), (100, 150));
         assert_eq!(Charge::new(&conn, &shared).take(usize::MAX), Err(Exhausted));
+        assert_eq!((conn.available(), shared.available()), (100, 150));
+    }
+
+    #[test]
+    fn concurrent_charges_never_overdraw() {
+        let conn = ByteBudget::new(1_000);
+        let shared = ByteBudget::new(1_000);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..10_000 {
+                        let mut c = Charge::new(&conn, &shared);
+                        if c.take(300).is_ok() {
+                            assert!(conn.available() <= 700);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!((conn.available(), shared.available()), (1_000, 1_000));
     }
 }

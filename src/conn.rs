@@ -1,33 +1,36 @@
 //! Connections: how many each address keeps, what each may hold, and how
 //! the HTTP address serves them.
 //!
-//! Every accepted connection holds a slot of its listener until it closes;
-//! with every slot taken, the listener stops accepting (new connections
-//! wait in the kernel's backlog) while established ones, such as a proxy's
-//! pooled connections, go on. Each connection carries a [`Connection`]
-//! into its requests: its peer, its share of the body budget and its
-//! WebAuthn ceremony slots. docs/security.md ("Resource limits") lists the
-//! figures.
+//! Every accepted connection holds a slot of its listener until it closes.
+//! When a new connection arrives and every slot is taken, the connection
+//! that has gone longest without a request in progress is closed to make
+//! room (a connection that never sent a request counts as idle since it
+//! opened), so idle or silent sockets cannot keep a proxy out; only when
+//! every connection has a request in progress does the newcomer wait. Each
+//! connection carries a [`Connection`] into its requests: its peer, its
+//! share of the body budget and its WebAuthn ceremony slots.
+//! docs/security.md ("Resource limits") lists the figures.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use futures_util::Stream;
+use futures_util::task::AtomicWaker;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::budget::ByteBudget;
 
-/// What one connection may hold, and how long it may stay quiet.
+/// What one connection may hold.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Connections open at once on the address.
@@ -36,11 +39,6 @@ pub struct Limits {
     pub body_bytes: usize,
     /// WebAuthn calls in progress on one connection.
     pub ceremonies: usize,
-    /// A connection that neither sends nor receives a byte for this long is
-    /// closed (gracefully: requests in progress finish). `None`: not
-    /// tracked (the gRPC address, whose peer is Envoy's pool, relies on
-    /// HTTP/2 keep-alive pings instead).
-    pub idle: Option<Duration>,
 }
 
 /// One accepted connection, as its requests see it.
@@ -52,9 +50,22 @@ pub struct Connection {
     /// WebAuthn calls in progress on this connection.
     pub ceremonies: Arc<Semaphore>,
     opened: Instant,
-    /// Milliseconds after `opened` of the last byte read or written, when
-    /// idle time is tracked.
-    last_io_ms: Option<AtomicU64>,
+    /// Requests in progress.
+    in_flight: AtomicUsize,
+    /// Milliseconds after `opened` when a request last started or ended.
+    last_request_ms: AtomicU64,
+    /// One more than the milliseconds after `opened` when the first byte of
+    /// a request head arrived with no request in progress (HTTP/1.1); 0 when
+    /// no head is being received.
+    head_since_ms: AtomicU64,
+    /// Whether a byte has been read, and whether the first ones were the
+    /// HTTP/2 preface.
+    read_any: AtomicBool,
+    http2: AtomicBool,
+    /// Asked to close (evicted): reads see the end of the stream.
+    closing: AtomicBool,
+    closed: Notify,
+    reader: AtomicWaker,
 }
 
 impl Connection {
@@ -64,7 +75,14 @@ impl Connection {
             body_budget: ByteBudget::new(limits.body_bytes),
             ceremonies: Arc::new(Semaphore::new(limits.ceremonies)),
             opened: Instant::now(),
-            last_io_ms: limits.idle.map(|_| AtomicU64::new(0)),
+            in_flight: AtomicUsize::new(0),
+            last_request_ms: AtomicU64::new(0),
+            head_since_ms: AtomicU64::new(0),
+            read_any: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            closed: Notify::new(),
+            reader: AtomicWaker::new(),
         }
     }
 
@@ -77,31 +95,86 @@ impl Connection {
                 connections: 1,
                 body_bytes,
                 ceremonies: 1,
-                idle: None,
             },
         )
     }
 
-    fn touch(&self) {
-        if let Some(last) = &self.last_io_ms {
-            let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-            last.store(ms, Ordering::Relaxed);
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Marks a request in progress until the guard is dropped.
+    pub fn request(self: &Arc<Self>) -> RequestGuard {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_since_ms.store(0, Ordering::Release);
+        self.last_request_ms.store(self.now_ms(), Ordering::Release);
+        RequestGuard(self.clone())
+    }
+
+    /// How long the connection has gone without a request in progress;
+    /// `None` while one is.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_request_ms.load(Ordering::Acquire));
+        Some(self.opened.elapsed().saturating_sub(last))
+    }
+
+    /// How long an HTTP/1.1 request head has been arriving without being
+    /// complete; `None` when none is.
+    pub fn head_for(&self) -> Option<Duration> {
+        match self.head_since_ms.load(Ordering::Acquire) {
+            0 => None,
+            since => Some(
+                self.opened
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(since - 1)),
+            ),
         }
     }
 
-    /// How long since the last byte either way (zero when not tracked).
-    pub fn quiet_for(&self) -> Duration {
-        match &self.last_io_ms {
-            Some(last) => {
-                let last = Duration::from_millis(last.load(Ordering::Relaxed));
-                self.opened.elapsed().saturating_sub(last)
-            }
-            None => Duration::ZERO,
+    /// Closes the connection: its reads end, its writes fail.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.closed.notify_one();
+        self.reader.wake();
+    }
+
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Bytes arrived: the first ones tell HTTP/2 (its preface) from
+    /// HTTP/1.1, whose request heads are timed from their first byte.
+    fn on_read(&self, bytes: &[u8]) {
+        if !self.read_any.swap(true, Ordering::AcqRel) {
+            self.http2
+                .store(bytes.starts_with(b"PRI "), Ordering::Release);
+        }
+        if !self.http2.load(Ordering::Acquire)
+            && self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_since_ms.load(Ordering::Acquire) == 0
+        {
+            self.head_since_ms
+                .store(self.now_ms() + 1, Ordering::Release);
         }
     }
 }
 
-/// An accepted stream: holds its listener slot and records activity.
+/// A request in progress on its connection.
+pub struct RequestGuard(Arc<Connection>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let c = &self.0;
+        c.last_request_ms.store(c.now_ms(), Ordering::Release);
+        c.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An accepted stream: holds its listener slot, reports what it reads to
+/// its [`Connection`], and ends when the connection is closed.
 pub struct Admitted {
     io: TcpStream,
     conn: Arc<Connection>,
@@ -120,13 +193,21 @@ impl AsyncRead for Admitted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.conn.is_closing() {
+            return Poll::Ready(Ok(()));
+        }
+        self.conn.reader.register(cx.waker());
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.conn.touch();
+            self.conn.on_read(&buf.filled()[before..]);
         }
         polled
     }
+}
+
+fn closed_error() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "connection closed by authgate")
 }
 
 impl AsyncWrite for Admitted {
@@ -135,11 +216,10 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.conn.touch();
+        if self.conn.is_closing() {
+            return Poll::Ready(Err(closed_error()));
         }
-        polled
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -147,11 +227,10 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.conn.touch();
+        if self.conn.is_closing() {
+            return Poll::Ready(Err(closed_error()));
         }
-        polled
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -181,6 +260,7 @@ pub struct Listener {
     tcp: TcpListener,
     slots: Arc<Semaphore>,
     limits: Limits,
+    open: Mutex<Vec<Weak<Connection>>>,
 }
 
 impl Listener {
@@ -189,6 +269,7 @@ impl Listener {
             tcp,
             slots: Arc::new(Semaphore::new(limits.connections)),
             limits,
+            open: Mutex::new(Vec::new()),
         }
     }
 
@@ -196,34 +277,64 @@ impl Listener {
         self.tcp.local_addr()
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
-    /// The next connection, once a slot is free. Accept errors (a full file
-    /// table, a connection reset before it was accepted) are logged and
-    /// waited out, never returned: the listener must go on.
+    /// The next connection. With every slot taken, the connection idle the
+    /// longest is closed to make room; with none idle, the newcomer waits
+    /// for a slot. Accept errors (a full file table, a connection reset
+    /// before it was accepted) are logged and waited out, never returned:
+    /// the listener must go on. Not cancel-safe: dropped while it waits for
+    /// a slot, it drops the connection it accepted.
     pub async fn accept(&self) -> Admitted {
-        let slot = match self.slots.clone().acquire_owned().await {
-            Ok(s) => s,
-            // Never closed; should it be, wait instead of spinning.
-            Err(_) => std::future::pending().await,
-        };
-        loop {
+        let (io, peer) = loop {
             match self.tcp.accept().await {
-                Ok((io, peer)) => {
-                    let _ = io.set_nodelay(true);
-                    return Admitted {
-                        io,
-                        conn: Arc::new(Connection::new(peer, &self.limits)),
-                        _slot: slot,
-                    };
-                }
+                Ok(accepted) => break accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
+        };
+        let _ = io.set_nodelay(true);
+        let slot = match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                self.evict_idlest();
+                match self.slots.clone().acquire_owned().await {
+                    Ok(slot) => slot,
+                    // Never closed; should it be, wait instead of spinning.
+                    Err(_) => std::future::pending().await,
+                }
+            }
+        };
+        let conn = Arc::new(Connection::new(peer, &self.limits));
+        if let Ok(mut open) = self.open.lock() {
+            open.retain(|w| w.strong_count() > 0);
+            open.push(Arc::downgrade(&conn));
+        }
+        Admitted {
+            io,
+            conn,
+            _slot: slot,
+        }
+    }
+
+    /// Closes the open connection that has gone longest without a request
+    /// in progress; false when every one has a request in progress.
+    fn evict_idlest(&self) -> bool {
+        let victim = self.open.lock().ok().and_then(|open| {
+            open.iter()
+                .filter_map(Weak::upgrade)
+                .filter(|c| !c.is_closing())
+                .filter_map(|c| c.idle_for().map(|idle| (idle, c)))
+                .max_by_key(|(idle, _)| *idle)
+                .map(|(_, c)| c)
+        });
+        match victim {
+            Some(c) => {
+                tracing::debug!(peer = %c.peer, "connection limit reached: closing the idlest connection");
+                c.close();
+                true
+            }
+            None => false,
         }
     }
 
@@ -239,16 +350,24 @@ impl Listener {
 /// HTTP settings of the HTTP address.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpSettings {
-    /// HTTP/1.1: a request head must arrive whole within this time of the
-    /// connection being ready for it (so it is also how long an idle
-    /// keep-alive connection stays open).
+    /// HTTP/1.1: a request head must arrive whole within this time of its
+    /// first byte; the connection is closed otherwise.
     pub header_read_timeout: Duration,
+    /// A connection without a request in progress for this long is closed
+    /// (gracefully): HTTP/1.1 keep-alive, and HTTP/2.
+    pub idle_timeout: Duration,
     /// HTTP/1.1: the largest read buffer; a request head that does not fit
     /// is refused with 431.
     pub max_buf_size: usize,
-    /// HTTP/2: streams open at once on one connection.
+    /// HTTP/2: streams open at once on one connection, and the flow-control
+    /// window of a stream and of the connection (what a client may send
+    /// before authgate reads it).
     pub max_concurrent_streams: u32,
+    pub window: u32,
 }
+
+/// How often each HTTP connection's deadlines are looked at.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Serves `app` on `listener` until `stop` turns true, then stops
 /// accepting, lets every connection finish its requests (HTTP/2 GOAWAY,
@@ -263,19 +382,28 @@ pub async fn serve_http(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
+        // hyper's own timer runs from the moment a connection waits for a
+        // head, idle time included: here it only backs up the idle limit.
+        .header_read_timeout(settings.idle_timeout)
         .max_buf_size(settings.max_buf_size);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(settings.max_concurrent_streams)
+        .initial_stream_window_size(settings.window)
+        .initial_connection_window_size(settings.window)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
-    let idle = listener.limits().idle.unwrap_or(Duration::from_secs(3600));
     let mut connections = JoinSet::new();
+    // Kept across iterations: an accept future dropped while it waits for a
+    // slot would drop the connection it has already accepted.
+    let mut accepting = std::pin::pin!(listener.accept());
     loop {
         let admitted = tokio::select! {
-            a = listener.accept() => a,
+            a = accepting.as_mut() => {
+                accepting.set(listener.accept());
+                a
+            }
             _ = stopped(&mut stop) => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
@@ -286,14 +414,20 @@ pub async fn serve_http(
         connections.spawn(async move {
             let state = conn.clone();
             let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+                let guard = state.request();
                 req.extensions_mut().insert(ConnectInfo(state.peer));
                 req.extensions_mut().insert(state.clone());
-                tower::ServiceExt::oneshot(app.clone(), req)
+                let call = tower::ServiceExt::oneshot(app.clone(), req);
+                async move {
+                    let resp = call.await;
+                    drop(guard);
+                    resp
+                }
             });
             let served = builder.serve_connection(TokioIo::new(admitted), service);
             tokio::pin!(served);
             let mut closing = false;
-            let mut tick = tokio::time::interval(idle / 4);
+            let mut tick = tokio::time::interval(WATCH_EVERY);
             loop {
                 tokio::select! {
                     r = served.as_mut() => {
@@ -302,12 +436,18 @@ pub async fn serve_http(
                         }
                         return;
                     }
+                    // Evicted: no request was in progress.
+                    _ = conn.closed.notified() => return,
                     _ = stopped(&mut stop), if !closing => {
                         closing = true;
                         served.as_mut().graceful_shutdown();
                     }
-                    _ = tick.tick(), if !closing => {
-                        if conn.quiet_for() >= idle {
+                    _ = tick.tick() => {
+                        if conn.head_for().is_some_and(|t| t >= settings.header_read_timeout) {
+                            tracing::debug!(peer = %conn.peer, "request head not received in time");
+                            return;
+                        }
+                        if !closing && conn.idle_for().is_some_and(|t| t >= settings.idle_timeout) {
                             closing = true;
                             served.as_mut().graceful_shutdown();
                         }
@@ -330,30 +470,74 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[tokio::test]
-    async fn a_full_listener_waits_for_a_slot() {
-        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let limits = Limits {
-            connections: 2,
+    fn limits(connections: usize) -> Limits {
+        Limits {
+            connections,
             body_bytes: 10,
             ceremonies: 1,
-            idle: None,
-        };
-        let listener = Listener::new(tcp, limits);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_listener_closes_its_idlest_connection_for_a_newcomer() {
+        let listener = Listener::new(TcpListener::bind("127.0.0.1:0").await.unwrap(), limits(2));
         let addr = listener.local_addr().unwrap();
-        let clients: Vec<_> =
-            futures_util::future::join_all((0..3).map(|_| tokio::net::TcpStream::connect(addr)))
-                .await;
-        assert!(clients.iter().all(Result::is_ok), "the backlog takes them");
-        let first = listener.accept().await;
+        let mut clients = Vec::new();
+        for _ in 0..2 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let mut first = listener.accept().await;
         let second = listener.accept().await;
         assert_eq!(first.connection().body_budget.available(), 10);
-        let third = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
-        assert!(third.is_err(), "no third connection while two are open");
+        // The second one has a request in progress; the first has none.
+        let _busy = second.connection().request();
+        let third = TcpStream::connect(addr).await.unwrap();
+        let accepting = tokio::spawn(async move {
+            let admitted = listener.accept().await;
+            (listener, admitted)
+        });
+        // The first connection's reads end (its task would close it and
+        // free its slot).
+        let mut buf = [0u8; 8];
+        let n = tokio::time::timeout(Duration::from_secs(5), first.read(&mut buf))
+            .await
+            .expect("the evicted connection's read ends")
+            .unwrap();
+        assert_eq!(n, 0);
+        assert!(first.write_all(b"x").await.is_err());
         drop(first);
-        let third = tokio::time::timeout(Duration::from_secs(5), listener.accept()).await;
-        assert!(third.is_ok(), "a closed connection frees its slot");
+        let (listener, _third) = tokio::time::timeout(Duration::from_secs(5), accepting)
+            .await
+            .expect("the newcomer gets the freed slot")
+            .unwrap();
+        drop((third, clients));
+        // With every connection busy, a newcomer waits.
+        let _ = TcpStream::connect(addr).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(
+            waited.is_err(),
+            "no slot while both connections are open and busy"
+        );
         drop(second);
+    }
+
+    #[test]
+    fn heads_are_timed_from_their_first_byte_on_http1_only() {
+        let c = Arc::new(Connection::detached(10));
+        assert!(c.head_for().is_none());
+        c.on_read(b"GET / HT");
+        assert!(c.head_for().is_some());
+        let guard = c.request();
+        assert!(c.head_for().is_none() && c.idle_for().is_none());
+        c.on_read(b"body bytes");
+        assert!(c.head_for().is_none(), "bytes of a request in progress");
+        drop(guard);
+        assert!(c.idle_for().is_some());
+        let h2 = Arc::new(Connection::detached(10));
+        h2.on_read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        h2.on_read(b"frames");
+        assert!(h2.head_for().is_none());
     }
 }

@@ -20,9 +20,9 @@ pub enum DenyReason {
     ElevationRequired,
     RoleNotAllowed,
     BlockedByRule,
-    /// The request itself cannot be decided safely: conflicting or duplicated
-    /// forward-auth headers, an ambiguous path on a route-matched request, an
-    /// Envoy `context_extensions` value authgate does not know.
+    /// The request itself cannot be decided safely: conflicting, incomplete
+    /// or repeated forward-auth headers, or a path with no single reading
+    /// when routes must be matched.
     InvalidRequest,
     InternalError,
 }

@@ -65,6 +65,8 @@ pub enum ForwardError {
     Repeated(&'static str),
     /// Two sources name different requests.
     Conflict(&'static str, &'static str),
+    /// One header of a proxy's pair without the other.
+    Incomplete(&'static str, &'static str),
     /// Empty, or not a method token / an origin-form path.
     Malformed(&'static str),
 }
@@ -83,6 +85,7 @@ impl fmt::Display for ForwardError {
             ForwardError::Missing(h) => write!(f, "{h} is missing (set by the configured proxy)"),
             ForwardError::Repeated(h) => write!(f, "{h} appears more than once"),
             ForwardError::Conflict(a, b) => write!(f, "{a} and {b} disagree"),
+            ForwardError::Incomplete(a, b) => write!(f, "{a} without {b}"),
             ForwardError::Malformed(h) => write!(f, "{h} is empty or malformed"),
         }
     }
@@ -137,6 +140,22 @@ fn pair<'h>(
     Ok((m, u))
 }
 
+/// What is missing when Envoy's path is expected.
+pub const ENVOY_PATH: &str = "the path after /check";
+
+/// A pair of headers, both or neither.
+fn whole<'v>(
+    (m, u): (Option<&'v str>, Option<&'v str>),
+    method: &'static str,
+    uri: &'static str,
+) -> Result<(Option<&'v str>, Option<&'v str>), ForwardError> {
+    match (m, u) {
+        (Some(_), None) => Err(ForwardError::Incomplete(method, uri)),
+        (None, Some(_)) => Err(ForwardError::Incomplete(uri, method)),
+        both_or_neither => Ok(both_or_neither),
+    }
+}
+
 fn required<'v>(value: Option<&'v str>, name: &'static str) -> Result<&'v str, ForwardError> {
     value.ok_or(ForwardError::Missing(name))
 }
@@ -175,6 +194,11 @@ pub fn original(
         }
     };
     match proxy {
+        // Envoy always calls `/check<original path>`; a call to `/check`
+        // itself comes from some other proxy.
+        ForwardAuthProxy::Envoy if !check_path.starts_with('/') => {
+            Err(ForwardError::Missing(ENVOY_PATH))
+        }
         ForwardAuthProxy::Envoy => Ok(Original {
             method: method.to_owned(),
             path: own_path(),
@@ -194,8 +218,13 @@ pub fn original(
             })
         }
         ForwardAuthProxy::Any => {
-            let (nginx_m, nginx_u) = pair(headers, ORIGINAL_METHOD, ORIGINAL_URI)?;
-            let (traefik_m, traefik_u) = pair(headers, FORWARDED_METHOD, FORWARDED_URI)?;
+            // Each proxy sets its pair whole: half a pair would leave the
+            // method (or the path) to another source, which a client could
+            // supply.
+            let nginx = pair(headers, ORIGINAL_METHOD, ORIGINAL_URI)?;
+            let (nginx_m, nginx_u) = whole(nginx, ORIGINAL_METHOD, ORIGINAL_URI)?;
+            let traefik = pair(headers, FORWARDED_METHOD, FORWARDED_URI)?;
+            let (traefik_m, traefik_u) = whole(traefik, FORWARDED_METHOD, FORWARDED_URI)?;
             // A call to `/check/<path>` is Envoy's: its own method and path
             // are the original ones, and any header must agree with them.
             let envoy = check_path.starts_with('/');
@@ -254,6 +283,14 @@ mod tests {
         let spoofed = traefik(&[("x-original-method", "GET")]);
         assert_eq!(
             original(Any, "GET", "", &spoofed),
+            Err(ForwardError::Incomplete(ORIGINAL_METHOD, ORIGINAL_URI))
+        );
+        let spoofed = traefik(&[
+            ("x-original-method", "GET"),
+            ("x-original-uri", "/v1/user/password"),
+        ]);
+        assert_eq!(
+            original(Any, "GET", "", &spoofed),
             Err(ForwardError::Conflict(ORIGINAL_METHOD, FORWARDED_METHOD))
         );
         assert_eq!(
@@ -269,16 +306,25 @@ mod tests {
             original(Traefik, "GET", "", &empty),
             ok("POST", "/v1/user/password")
         );
-        let uri = traefik(&[("x-original-uri", "/public")]);
+        let uri = traefik(&[("x-original-uri", "/public"), ("x-original-method", "POST")]);
         assert_eq!(
             original(Any, "GET", "", &uri),
             Err(ForwardError::Conflict(ORIGINAL_URI, FORWARDED_URI))
         );
-        // Agreeing copies are harmless.
-        let same = traefik(&[("x-original-method", "POST")]);
+        // Agreeing copies are harmless; half a pair is refused (the method,
+        // or the path, would come from another source).
+        let same = traefik(&[
+            ("x-original-method", "POST"),
+            ("x-original-uri", "/v1/user/password"),
+        ]);
         assert_eq!(
             original(Any, "GET", "", &same),
             ok("POST", "/v1/user/password")
+        );
+        let nginx_uri_only = h(&[("x-original-uri", "/v1/user/password")]);
+        assert_eq!(
+            original(Any, "GET", "", &nginx_uri_only),
+            Err(ForwardError::Incomplete(ORIGINAL_URI, ORIGINAL_METHOD))
         );
     }
 
@@ -350,13 +396,26 @@ mod tests {
             original(Any, "POST", "/v1/x?q=1", &h(&[])),
             ok("POST", "/v1/x?q=1")
         );
+        let nginx = h(&[("x-original-method", "GET"), ("x-original-uri", "/v1/x")]);
         assert_eq!(
-            original(Any, "POST", "/v1/x", &h(&[("x-original-method", "GET")])),
+            original(Any, "POST", "/v1/x", &nginx),
             Err(ForwardError::Conflict(":method", ORIGINAL_METHOD))
         );
+        let traefik = h(&[
+            ("x-forwarded-method", "POST"),
+            ("x-forwarded-uri", "/public"),
+        ]);
         assert_eq!(
-            original(Any, "POST", "/v1/x", &h(&[("x-forwarded-uri", "/public")])),
+            original(Any, "POST", "/v1/x", &traefik),
             Err(ForwardError::Conflict(":path", FORWARDED_URI))
+        );
+        assert_eq!(
+            original(Envoy, "GET", "", &nginx),
+            Err(ForwardError::Missing(ENVOY_PATH))
+        );
+        assert_eq!(
+            original(Envoy, "GET", "?a=1", &h(&[])),
+            Err(ForwardError::Missing(ENVOY_PATH))
         );
         // `/check` itself: no header, the call's own request.
         assert_eq!(original(Any, "GET", "", &h(&[])), ok("GET", "/"));

@@ -89,6 +89,9 @@ where
         }
         let conn = req.extensions().get::<Arc<Connection>>().cloned();
         let peer = conn.as_ref().map(|c| c.peer.ip());
+        // In progress until answered: a connection with a Check in progress
+        // is never closed to make room for another.
+        let in_progress = conn.as_ref().map(Connection::request);
         let detached;
         let budget = match &conn {
             Some(c) => &c.body_budget,
@@ -119,7 +122,9 @@ where
         Box::pin(async move {
             let mut grpc =
                 tonic::server::Grpc::new(CheckCodec).apply_max_message_size_config(Some(max), None);
-            Ok(grpc.unary(check, req).await)
+            let answer = grpc.unary(check, req).await;
+            drop(in_progress);
+            Ok(answer)
         })
     }
 }
@@ -135,13 +140,14 @@ pin_project_lite::pin_project! {
     /// [`server::GRPC_MESSAGE_TIMEOUT`]. A stream that announces a large
     /// message and withholds its end thus holds bounded memory for a bounded
     /// time. The timer is armed only once the body has to be waited for: a
-    /// Check whose message came with its headers (Envoy's) never starts one.
+    /// Check whose message is there when it is first polled starts none.
     struct MessageBody<B> {
         #[pin]
         inner: B,
         charge: Charge,
         started: tokio::time::Instant,
-        deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+        #[pin]
+        deadline: Option<tokio::time::Sleep>,
     }
 }
 
@@ -157,7 +163,7 @@ where
         self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<B::Data>, tonic::Status>>> {
-        let this = self.project();
+        let mut this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let n = frame.data_ref().map_or(0, Buf::remaining);
@@ -171,11 +177,15 @@ where
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let until = *this.started + server::GRPC_MESSAGE_TIMEOUT;
-                let deadline = this
+                if this.deadline.is_none() {
+                    let until = *this.started + server::GRPC_MESSAGE_TIMEOUT;
+                    this.deadline.set(Some(tokio::time::sleep_until(until)));
+                }
+                let expired = this
                     .deadline
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
-                if deadline.as_mut().poll(cx).is_ready() {
+                    .as_pin_mut()
+                    .is_some_and(|d| d.poll(cx).is_ready());
+                if expired {
                     return Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(
                         "CheckRequest not received in time",
                     ))));

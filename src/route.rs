@@ -49,6 +49,11 @@ pub enum PathError {
     /// Holds an encoded `?` or `#`: an upstream that decodes before it
     /// splits off the query would read a shorter path.
     EncodedDelimiter,
+    /// Holds a `.` or `..` segment: upstreams resolve them before or after
+    /// merging empty segments, or not at all (`/a//../b` is `/a/b` to a
+    /// WHATWG URL parser, `/b` once slashes are merged), so no one reading
+    /// is the upstream's.
+    DotSegment,
 }
 
 impl fmt::Display for PathError {
@@ -58,6 +63,7 @@ impl fmt::Display for PathError {
             PathError::ControlCharacter => "the path holds a control character",
             PathError::NestedEncoding => "the path is percent-encoded too many times over",
             PathError::EncodedDelimiter => "the path holds an encoded `?` or `#`",
+            PathError::DotSegment => "the path holds a `.` or `..` segment",
         })
     }
 }
@@ -89,9 +95,10 @@ fn decode_once(bytes: &[u8]) -> Option<Vec<u8>> {
 /// The canonical form of a request path: query and fragment dropped, every
 /// escape decoded (up to [`MAX_DECODE_ROUNDS`] times), `\` read as `/`, `;`
 /// parameters dropped from each segment (Servlet containers route
-/// `/a;x=1/b` as `/a/b`), empty and `.` segments dropped, `..` resolved, and
-/// no trailing slash (`/` for the root). Route matching compares this form
-/// without regard to ASCII case.
+/// `/a;x=1/b` as `/a/b`), empty segments dropped, and no trailing slash (`/`
+/// for the root). A `.` or `..` segment, in any spelling, is refused
+/// ([`PathError::DotSegment`]). Route matching compares this form without
+/// regard to case ([`fold`]).
 pub fn canonical_path(raw: &str) -> Result<String, PathError> {
     let raw = raw.split(['?', '#']).next().unwrap_or("");
     let mut bytes = raw.as_bytes().to_vec();
@@ -114,10 +121,8 @@ pub fn canonical_path(raw: &str) -> Result<String, PathError> {
     let mut segments: Vec<&str> = Vec::new();
     for seg in text.split('/') {
         match seg.split(';').next().unwrap_or("") {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
+            "" => {}
+            "." | ".." => return Err(PathError::DotSegment),
             s => segments.push(s),
         }
     }
@@ -164,18 +169,40 @@ impl RoutePath {
     }
 
     /// Whether `path` (canonical, see [`canonical_path`]) is covered,
-    /// ASCII case ignored: upstreams that route without regard to case
+    /// case ignored ([`fold`]): upstreams that route without regard to case
     /// (Express, ASP.NET, nhost's hasura-auth) must not be reachable through
     /// `/V1/USER/...`, and protecting a case variant costs nothing.
     pub fn covers(&self, path: &str) -> bool {
-        let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+        let folded = |s: &str| s.chars().map(fold).collect::<Vec<char>>();
+        let path = folded(path);
         match self {
-            RoutePath::Exact(p) => same(path, p),
+            RoutePath::Exact(p) => path == folded(p),
             RoutePath::Prefix(p) => {
-                path.get(..p.len()).is_some_and(|head| same(head, p))
-                    || (p.len() > 1 && p.ends_with('/') && same(path, &p[..p.len() - 1]))
+                let p = folded(p);
+                path.starts_with(&p)
+                    || (p.len() > 1 && p.last() == Some(&'/') && path == p[..p.len() - 1])
             }
         }
+    }
+}
+
+/// A character as case-insensitive routers compare it: ASCII lower case,
+/// and the few non-ASCII letters whose case mapping lands on an ASCII one
+/// (`ſ` and `ı` upper-case to `S` and `I`, the Kelvin sign `K` lower-cases
+/// to `k`), which .NET's `OrdinalIgnoreCase`, Java's `equalsIgnoreCase` and
+/// Go's `EqualFold` equate with it.
+pub fn fold(c: char) -> char {
+    if c.is_ascii() {
+        return c.to_ascii_lowercase();
+    }
+    let mut upper = c.to_uppercase();
+    let (Some(u), None) = (upper.next(), upper.next()) else {
+        return c;
+    };
+    let mut lower = u.to_lowercase();
+    match (lower.next(), lower.next()) {
+        (Some(l), None) if l.is_ascii() => l,
+        _ => c,
     }
 }
 
@@ -235,15 +262,15 @@ mod tests {
     fn canonical_paths_defeat_spellings() {
         for (raw, want) in [
             ("/v1/user/password", "/v1/user/password"),
-            ("/v1//user/./password?x=1", "/v1/user/password"),
-            ("/v1/user/x/../password", "/v1/user/password"),
+            ("/v1//user/password?x=1", "/v1/user/password"),
             ("/v1/%75ser/password", "/v1/user/password"),
             ("/v1/user%2Fpassword", "/v1/user/password"),
             ("/v1/user%2fpassword", "/v1/user/password"),
             ("/v1\\user\\password", "/v1/user/password"),
             ("/v1/user%5cpassword", "/v1/user/password"),
-            ("/v1/user/%2e%2e/user/password", "/v1/user/password"),
-            ("/../../v1/user/password#f", "/v1/user/password"),
+            ("/v1/user/password#f", "/v1/user/password"),
+            ("/v1/.well-known/x", "/v1/.well-known/x"),
+            ("/v1/...", "/v1/..."),
             ("/v1/user/", "/v1/user"),
             ("/v1/user/password/", "/v1/user/password"),
             ("", "/"),
@@ -252,7 +279,6 @@ mod tests {
             ("/a%20b", "/a b"),
             ("/v1/user/password;jsessionid=1", "/v1/user/password"),
             ("/v1/user;x=1/password", "/v1/user/password"),
-            ("/v1/x/..;/user/password", "/v1/user/password"),
             ("/v1/;/user", "/v1/user"),
             // Reserved characters are decoded too: upstreams route them.
             ("/v1/account%3AchangePassword", "/v1/account:changePassword"),
@@ -265,7 +291,7 @@ mod tests {
                 "/v1/account:changePassword",
             ),
             ("/v1/user%252Fpassword", "/v1/user/password"),
-            ("/v1/%25%32%66", "/v1"),
+            ("/v1/%25%32%66a", "/v1/a"),
             ("/caf%C3%A9", "/café"),
             ("/100%", "/100%"),
             ("/a%zz", "/a%zz"),
@@ -290,7 +316,14 @@ mod tests {
             ("/v1/%2525252F", PathError::NestedEncoding),
             ("/v1/user%3Fpassword", PathError::EncodedDelimiter),
             ("/v1/user/password%23x", PathError::EncodedDelimiter),
-            ("/v1/x%253F/../admin", PathError::EncodedDelimiter),
+            ("/v1/x%253F/admin", PathError::EncodedDelimiter),
+            ("/v1/user/x/../password", PathError::DotSegment),
+            ("/v1//../user/password", PathError::DotSegment),
+            ("/v1/user/%2e%2e/user", PathError::DotSegment),
+            ("/v1/x/..;/user/password", PathError::DotSegment),
+            ("/v1/x/%2E%252e/y", PathError::DotSegment),
+            ("/./v1", PathError::DotSegment),
+            ("/v1%5c..%5cadmin", PathError::DotSegment),
         ] {
             assert_eq!(canonical_path(raw), Err(err), "{raw}");
         }
@@ -300,7 +333,7 @@ mod tests {
 
     #[test]
     fn canonical_paths_are_fixed_points() {
-        for raw in ["/a%2541/b", "/x/%2e%2e/y", "/A;b/C/", "/%40me"] {
+        for raw in ["/a%2541/b", "/x/%2e%2ey", "/A;b/C/", "/%40me"] {
             let once = canonical_path(raw).unwrap();
             assert_eq!(canonical_path(&once).as_deref(), Ok(once.as_str()), "{raw}");
         }
@@ -328,6 +361,13 @@ mod tests {
         assert_eq!(at, RoutePath::Prefix("/users/@me/".into()));
         let root = RoutePath::prefix("/").unwrap();
         assert!(root.covers("/") && root.covers("/anything"));
+        // Letters that case-insensitive routers equate with ASCII ones.
+        assert!(exact.covers("/v1/user/pa\u{17f}\u{17f}word"));
+        let admin = RoutePath::prefix("/admin/").unwrap();
+        assert!(admin.covers("/adm\u{131}n/x"));
+        let kelvin = RoutePath::exact("/ok").unwrap();
+        assert!(kelvin.covers("/o\u{212a}"));
+        assert!(!exact.covers("/v1/user/pa\u{df}word"));
         assert_eq!(RoutePath::exact("/a%00"), Err(PathError::ControlCharacter));
     }
 

@@ -50,21 +50,25 @@ pub const GRPC_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const HTTP_MAX_CONNECTIONS: usize = 2048;
 /// Bytes of request bodies (webhook and WebAuthn calls) being read or
 /// held, per HTTP connection and in all.
-pub const HTTP_CONNECTION_BODY_BYTES: usize = 2 * 1024 * 1024;
+pub const HTTP_CONNECTION_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub const HTTP_TOTAL_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// Time to receive a whole request body once its head has arrived.
 pub const HTTP_BODY_TIMEOUT: Duration = Duration::from_secs(5);
-/// HTTP/1.1: time to receive a whole request head, idle keep-alive time
-/// included.
+/// HTTP/1.1: time to receive a whole request head from its first byte.
 pub const HTTP_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/1.1 read buffer: the header limit (`http::MAX_HEADER_BYTES`) plus
 /// room for the request line and separators.
 pub const HTTP_MAX_BUF_SIZE: usize = crate::http::MAX_HEADER_BYTES + 8 * 1024;
-/// HTTP/2 streams one HTTP connection may have open at once.
+/// HTTP/2 streams one HTTP connection may have open at once, and the
+/// flow-control window of a stream and of a connection: what a client may
+/// send before authgate reads it (HTTP/2's default, 64 KiB).
 pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 128;
+pub const HTTP2_WINDOW: u32 = 65_535;
 /// WebAuthn calls in progress on one HTTP connection.
-pub const CEREMONIES_PER_CONNECTION: usize = 4;
-/// A connection that sends and receives nothing for this long is closed.
+pub const CEREMONIES_PER_CONNECTION: usize = 16;
+/// An HTTP connection without a request in progress for this long is
+/// closed (HTTP/1.1 keep-alive, HTTP/2): longer than the idle time of the
+/// usual client pools (90 s), so that they close first.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Which slots a piece of work takes.
@@ -439,7 +443,6 @@ pub async fn start(
             connections: GRPC_MAX_CONNECTIONS,
             body_bytes: GRPC_CONNECTION_BYTES,
             ceremonies: 0,
-            idle: None,
         },
     );
     let http_listener = Listener::new(
@@ -448,7 +451,6 @@ pub async fn start(
             connections: HTTP_MAX_CONNECTIONS,
             body_bytes: HTTP_CONNECTION_BODY_BYTES,
             ceremonies: CEREMONIES_PER_CONNECTION,
-            idle: Some(IDLE_TIMEOUT),
         },
     );
     let grpc_addr = grpc_listener.local_addr()?;
@@ -487,8 +489,10 @@ pub async fn start(
     let app = crate::http::router(shared.clone());
     let settings = HttpSettings {
         header_read_timeout: HTTP_HEADER_READ_TIMEOUT,
+        idle_timeout: IDLE_TIMEOUT,
         max_buf_size: HTTP_MAX_BUF_SIZE,
         max_concurrent_streams: HTTP2_MAX_CONCURRENT_STREAMS,
+        window: HTTP2_WINDOW,
     };
     let http_task = tokio::spawn(crate::conn::serve_http(
         http_listener,

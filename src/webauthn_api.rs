@@ -256,12 +256,18 @@ pub fn failure_cause(e: &WebauthnError) -> (StatusCode, &'static str, &'static s
     }
 }
 
-/// `{"error": "ceremony_failed", "cause": ..., "message": ...}`.
+/// `{"error": "ceremony_failed", "cause": ..., "message": ...}`; a key
+/// registered already is `credential_exists`, as when the store finds it.
 fn ceremony_failed(e: &WebauthnError) -> Response {
     let (status, cause, message) = failure_cause(e);
+    let error = if cause == "credential_exists" {
+        "credential_exists"
+    } else {
+        "ceremony_failed"
+    };
     (
         status,
-        Json(json!({"error": "ceremony_failed", "cause": cause, "message": message})),
+        Json(json!({"error": error, "cause": cause, "message": message})),
     )
         .into_response()
 }

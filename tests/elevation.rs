@@ -232,6 +232,7 @@ async fn required_mode_end_to_end() {
         .get(server.http_url("/check"))
         .bearer_auth(&token)
         .header("x-original-uri", "/v1/user/email?x=1")
+        .header("x-original-method", "GET")
         .header("cookie", format!("theme=1; x-elevation-token={grant}"))
         .send()
         .await
@@ -482,17 +483,20 @@ async fn recommended_disabled_nhost_claims_and_path_tricks() {
         0
     );
 
-    // Path normalization: no spelling escapes the rule.
+    // Path normalization: no spelling escapes the rule; dot segments have
+    // no single reading and are refused.
     for path in [
         "/v1//user/password",
-        "/v1/user/./password",
         "/v1/%75ser/password",
         "/v1/user%2Fpassword",
-        "/v1/x/../user/password",
         "/v1/user/password?next=/",
         "/v1\\user\\password",
     ] {
         assert_elevation_required(&check(&server, "POST", path, &token, None).await);
+    }
+    for path in ["/v1/user/./password", "/v1/x/../user/password"] {
+        let o = check(&server, "POST", path, &token, None).await;
+        assert_eq!((o.code, o.http_status), (3, 400), "{path}: {o:?}");
     }
     // Envoy per-route context_extensions.
     let auth = format!("Bearer {token}");

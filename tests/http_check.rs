@@ -120,6 +120,7 @@ definition:
     let resp = client
         .get(server.http_url("/check"))
         .header("x-forwarded-uri", format!("/api?token={token}"))
+        .header("x-forwarded-method", "GET")
         .send()
         .await
         .unwrap();
