@@ -105,9 +105,12 @@ impl Connection {
 
     /// Marks a request in progress until the guard is dropped.
     pub fn request(self: &Arc<Self>) -> RequestGuard {
+        // While one is in progress the time of the last request is not read
+        // (the guard's drop sets it), so the start reads no clock.
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.head_since_ms.store(0, Ordering::Release);
-        self.last_request_ms.store(self.now_ms(), Ordering::Release);
+        if self.head_since_ms.load(Ordering::Acquire) != 0 {
+            self.head_since_ms.store(0, Ordering::Release);
+        }
         RequestGuard(self.clone())
     }
 
@@ -148,7 +151,7 @@ impl Connection {
     /// Bytes arrived: the first ones tell HTTP/2 (its preface) from
     /// HTTP/1.1, whose request heads are timed from their first byte.
     fn on_read(&self, bytes: &[u8]) {
-        if !self.read_any.swap(true, Ordering::AcqRel) {
+        if !self.read_any.load(Ordering::Acquire) && !self.read_any.swap(true, Ordering::AcqRel) {
             self.http2
                 .store(bytes.starts_with(b"PRI "), Ordering::Release);
         }

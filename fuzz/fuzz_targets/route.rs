@@ -36,12 +36,21 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     assert!(canonical.starts_with('/'), "{canonical:?}");
-    assert!(canonical == "/" || !canonical.ends_with('/'), "{canonical:?}");
+    assert!(
+        canonical == "/" || !canonical.ends_with('/'),
+        "{canonical:?}"
+    );
     assert!(!canonical.contains('\\') && !canonical.chars().any(char::is_control));
     for seg in canonical.split('/').skip(1) {
-        assert!(canonical == "/" || !matches!(seg, "" | "." | ".."), "{canonical:?}");
+        assert!(
+            canonical == "/" || !matches!(seg, "" | "." | ".."),
+            "{canonical:?}"
+        );
     }
-    assert_eq!(canonical_path(&canonical).as_deref(), Ok(canonical.as_str()));
+    assert_eq!(
+        canonical_path(&canonical).as_deref(),
+        Ok(canonical.as_str())
+    );
 
     // The request's own spelling of a configured path is covered by it.
     if let Ok(exact) = RoutePath::exact(path) {
@@ -49,7 +58,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(prefix) = RoutePath::prefix(configured)
         && let RoutePath::Prefix(p) = &prefix
-        && canonical.to_ascii_lowercase().starts_with(&p.to_ascii_lowercase())
+        && canonical
+            .to_ascii_lowercase()
+            .starts_with(&p.to_ascii_lowercase())
     {
         assert!(prefix.covers(&canonical), "{p:?} {canonical:?}");
     }
