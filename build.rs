@@ -59,21 +59,20 @@ fn main() {
     .expect("OUT_DIR is writable");
 }
 
-/// Where cargo unpacked `envoy-types`: asked of `cargo metadata` (registry,
-/// vendor dir or git checkout), else looked up in the registry cache.
+/// Where cargo unpacked `envoy-types`: in the registry cache, for the
+/// version Cargo.lock names (a build has just unpacked it there); else, for
+/// vendored or git sources, where `cargo metadata` says.
 fn envoy_types_dir() -> PathBuf {
-    match from_metadata() {
-        Ok(dir) => dir,
-        Err(why) => from_registry().unwrap_or_else(|| {
-            panic!("cannot find the envoy-types sources: cargo metadata failed ({why}) and it is not under $CARGO_HOME/registry/src")
-        }),
+    if let Some(dir) = from_registry() {
+        return dir;
     }
+    from_metadata().unwrap_or_else(|why| {
+        panic!("cannot find the envoy-types sources: not under $CARGO_HOME/registry/src, and cargo metadata failed ({why})")
+    })
 }
 
-/// `cargo metadata`, offline and for the target only: a build has unpacked
-/// the packages of its own target, not those of other platforms or the
-/// dev-dependencies a release build does not need (then this fails, and
-/// [`from_registry`] answers).
+/// `cargo metadata`, offline (vendored and git sources are local) and for
+/// the target only (other platforms' packages are never unpacked).
 fn from_metadata() -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo");

@@ -1,4 +1,4 @@
-//! Verified JWT claims to Hasura session variables (SPEC 3.4).
+//! Verified JWT claims to Hasura session variables (RelyAuth's `claimsConfig`).
 //!
 //! `namespace` selects an object of session variables; `locations` are
 //! evaluated over the whole payload and override it. Only `x-hasura-*`

@@ -1,4 +1,4 @@
-//! The `authgate` command line (SPEC 1). Results go to stdout; logs,
+//! The `authgate` command line (README.md, "Commands"). Results go to stdout; logs,
 //! warnings and errors to stderr.
 
 use std::net::{IpAddr, SocketAddr};
@@ -192,7 +192,7 @@ async fn check(args: CheckArgs) -> ExitCode {
     }
 }
 
-/// `{"allowed","status","reason","headers","session"}` as SPEC 1 prints it.
+/// `{"allowed","status","reason","headers","session"}`, as `authgate check` prints it.
 pub fn decision_json(d: &Decision) -> Value {
     match d {
         Decision::Allow(a) => {

@@ -1,6 +1,6 @@
 //! The outcome of one authorization: what every front door renders.
 //!
-//! Reasons are a closed set (SPEC 3) because they appear in responses, logs and
+//! Reasons are a closed set because they appear in responses, logs and
 //! metric labels: an open set would leak detail to clients and blow up label
 //! cardinality.
 
@@ -200,7 +200,7 @@ pub struct Allow {
     /// Session variables rendered as header values (Hasura strings), sorted.
     pub headers: Vec<(String, String)>,
     pub mode: ModeRef,
-    /// Whether the request carries elevated access (SPEC 7).
+    /// Whether the request carries elevated access (docs/elevation.md).
     pub elevated: bool,
     /// Client-supplied headers to strip upstream (lower case), never one in `session`.
     pub headers_to_remove: Vec<String>,

@@ -1,4 +1,4 @@
-//! Elevated access (SPEC 7): which requests need it, whether a request has
+//! Elevated access (docs/elevation.md): which requests need it, whether a request has
 //! it (an nhost token claim or an authgate grant), and the grants themselves.
 //!
 //! A grant is a short JWT signed by authgate, bound to the user (`sub`) and
@@ -64,6 +64,8 @@ pub fn routes_cover(routes: &[Route], req: &Request) -> Result<bool, DenyReason>
         tracing::debug!(error = %e, "path refused");
         DenyReason::InvalidRequest
     })?;
+    // Folded once here; each route's `covers` then borrows it as it is.
+    let path = route::fold_path(&path);
     Ok(routes.iter().any(|r| r.covers(req, &path)))
 }
 

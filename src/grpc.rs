@@ -114,7 +114,6 @@ where
         let req = req.map(|body| MessageBody {
             inner: body,
             charge,
-            started: tokio::time::Instant::now(),
             deadline: None,
         });
         let check = Check(self.shared.clone(), peer);
@@ -145,7 +144,6 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         charge: Charge,
-        started: tokio::time::Instant,
         #[pin]
         deadline: Option<tokio::time::Sleep>,
     }
@@ -178,8 +176,8 @@ where
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 if this.deadline.is_none() {
-                    let until = *this.started + server::GRPC_MESSAGE_TIMEOUT;
-                    this.deadline.set(Some(tokio::time::sleep_until(until)));
+                    this.deadline
+                        .set(Some(tokio::time::sleep(server::GRPC_MESSAGE_TIMEOUT)));
                 }
                 let expired = this
                     .deadline

@@ -299,7 +299,7 @@ async fn check(
     headers: HeaderMap,
 ) -> Response {
     let started = Instant::now();
-    let proxy = shared.engine().settings.forward_auth;
+    let proxy = shared.forward_auth_proxy();
     let decision = match to_request(proxy, &method, &uri, &headers, peer) {
         Ok(req) => shared.decide(Frontend::Http, &req, started).await,
         Err(e) => {

@@ -1,4 +1,4 @@
-//! Every metric authgate exports (SPEC 8), and nothing else defines one.
+//! Every metric authgate exports, and nothing else defines one.
 //!
 //! Label values are bounded (front door, reason, mode type, config id), and
 //! every series that can be known in advance is created at start, so

@@ -1,4 +1,4 @@
-//! The decision pipeline (SPEC 3): credentials -> verify -> claims ->
+//! The decision pipeline (docs/design.md): credentials -> verify -> claims ->
 //! session/role -> elevation -> [`Decision`]. One [`Engine`] is built per
 //! config and swapped whole on reload; it holds no tonic or axum types.
 
@@ -293,7 +293,8 @@ impl Engine {
         self.elevation.as_ref()
     }
 
-    /// Modes in order; the first verified session wins (SPEC 3.1-3.2).
+    /// Modes in order; the first verified session wins (RelyAuth's order;
+    /// an invalid credential never falls through to `noAuth`).
     /// `Err` is a decision already made: a denial, or (with `reuse`) an
     /// allow reused from the token cache.
     async fn first_verified<'s, 'r>(
@@ -658,7 +659,7 @@ pub fn is_reserved_header(name: &str) -> bool {
     starts("x-hasura-") || starts("x-rely-auth-") || equals("x-elevation-token")
 }
 
-/// Verified tokens (SPEC 6): key = SHA-256 of mode index and token, value =
+/// Verified tokens (docs/design.md, "Verified-token cache"): key = SHA-256 of mode index and token, value =
 /// the session before per-request steps. An entry is served for at most
 /// `tokenCacheTtl` and never past the token's `exp` (time validity is
 /// re-checked on every hit). `quick_cache`, not moka, for this one cache:

@@ -149,14 +149,15 @@ pub enum RoutePath {
 
 impl RoutePath {
     /// An exact path in canonical form (a trailing slash is not kept: the
-    /// upstreams that redirect or route `/a/` to `/a` are the common case).
+    /// upstreams that redirect or route `/a/` to `/a` are the common case),
+    /// case-folded ([`fold`]).
     pub fn exact(raw: &str) -> Result<Self, PathError> {
-        canonical_path(raw).map(RoutePath::Exact)
+        canonical_path(raw).map(|p| RoutePath::Exact(fold_path(&p).into_owned()))
     }
 
-    /// A prefix in canonical form, keeping a trailing slash.
+    /// A prefix in canonical form, keeping a trailing slash, case-folded.
     pub fn prefix(raw: &str) -> Result<Self, PathError> {
-        let mut p = canonical_path(raw)?;
+        let mut p = fold_path(&canonical_path(raw)?).into_owned();
         let trailing = raw
             .split(['?', '#'])
             .next()
@@ -173,16 +174,27 @@ impl RoutePath {
     /// (Express, ASP.NET, nhost's hasura-auth) must not be reachable through
     /// `/V1/USER/...`, and protecting a case variant costs nothing.
     pub fn covers(&self, path: &str) -> bool {
-        let folded = |s: &str| s.chars().map(fold).collect::<Vec<char>>();
-        let path = folded(path);
+        // Both sides folded; each is borrowed as it is when already folded
+        // (the configured paths are, by `exact` and `prefix`).
+        let path = fold_path(path);
         match self {
-            RoutePath::Exact(p) => path == folded(p),
+            RoutePath::Exact(p) => path == fold_path(p),
             RoutePath::Prefix(p) => {
-                let p = folded(p);
-                path.starts_with(&p)
-                    || (p.len() > 1 && p.last() == Some(&'/') && path == p[..p.len() - 1])
+                let p = fold_path(p);
+                path.starts_with(&*p)
+                    || (p.len() > 1 && p.ends_with('/') && *path == p[..p.len() - 1])
             }
         }
+    }
+}
+
+/// `path` with every character [`fold`]ed; borrowed when that changes
+/// nothing (a lower-case path, the usual case).
+pub fn fold_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.chars().all(|c| fold(c) == c) {
+        std::borrow::Cow::Borrowed(path)
+    } else {
+        std::borrow::Cow::Owned(path.chars().map(fold).collect())
     }
 }
 
@@ -368,6 +380,10 @@ mod tests {
         let kelvin = RoutePath::exact("/ok").unwrap();
         assert!(kelvin.covers("/o\u{212a}"));
         assert!(!exact.covers("/v1/user/pa\u{df}word"));
+        // A path built directly, not folded (found by fuzzing): it still
+        // covers its own spelling.
+        assert!(RoutePath::Exact("/\u{17f}".into()).covers("/\u{17f}"));
+        assert!(RoutePath::Prefix("/A/".into()).covers("/a/b"));
         assert_eq!(RoutePath::exact("/a%00"), Err(PathError::ControlCharacter));
     }
 

@@ -1,5 +1,5 @@
 //! RelyAuth `securityRules`: client IP allow/deny lists and header rules,
-//! checked per mode once its credential is found (SPEC 3.6).
+//! checked per mode once its credential is found.
 
 use std::net::IpAddr;
 

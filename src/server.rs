@@ -44,7 +44,8 @@ pub const GRPC_MAX_CONNECTIONS: usize = 256;
 /// per gRPC connection and in all.
 pub const GRPC_CONNECTION_BYTES: usize = 8 * 1024 * 1024;
 pub const GRPC_TOTAL_BYTES: usize = 64 * 1024 * 1024;
-/// Time from a Check's headers to the end of its message.
+/// Time to receive the rest of a Check's message once authgate waits for it
+/// (right after its headers).
 pub const GRPC_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections the HTTP address keeps open at once.
 pub const HTTP_MAX_CONNECTIONS: usize = 2048;
@@ -174,6 +175,11 @@ impl Shared {
         })
         .await
         .ok()
+    }
+
+    /// The proxy in front of the forward-auth door (`settings.forwardAuth`).
+    pub fn forward_auth_proxy(&self) -> crate::forward_auth::ForwardAuthProxy {
+        self.engine.load().settings.forward_auth
     }
 
     /// The current `settings.decisionTimeout`.

@@ -124,7 +124,7 @@ pub enum RoleError {
     Missing,
 }
 
-/// Applies Hasura's role semantics (SPEC 3.5) in place.
+/// Applies Hasura's role semantics in place.
 ///
 /// With `x-hasura-allowed-roles`, the client's `x-hasura-role` header selects
 /// among them, else the session's `x-hasura-role`, else the default role; the

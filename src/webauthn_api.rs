@@ -1,4 +1,4 @@
-//! The WebAuthn step-up endpoints (SPEC 7) on the HTTP address. Every call
+//! The WebAuthn step-up endpoints (docs/elevation.md) on the HTTP address. Every call
 //! needs a valid access token, checked by the same pipeline as a Check; the
 //! JSON follows what browsers produce (`PublicKeyCredential.toJSON()`).
 

@@ -1,4 +1,4 @@
-//! The attack suite (issue 7): hostile tokens, headers, paths and WebAuthn
+//! The attack suite: hostile tokens, headers, paths and WebAuthn
 //! payloads sent to the real server on 127.0.0.1:0, over gRPC (Envoy's
 //! ext_authz protos) and HTTP, exactly as a client or a proxy would send them.
 //! Every case asserts the decision (gRPC code, HTTP status and reason), and
@@ -1228,7 +1228,7 @@ async fn duplicate_and_conflicting_credentials() {
         ("alice", "users")
     );
     // An invalid header does not fall through to anonymous, but a valid
-    // credential of a later mode still authenticates (SPEC 3.2).
+    // credential of a later mode still authenticates.
     let o = decide(
         &server,
         &[("authorization", "Bearer garbage"), ("cookie", &cookie_bob)],
@@ -3337,6 +3337,50 @@ async fn slow_ceremony_bodies_cannot_starve_decisions() {
         .call("POST", "/user/webauthn/add", &token, None, Some(&json!({})))
         .await;
     assert_eq!(status, 200);
+}
+
+/// One HTTP/2 connection (as a multiplexing proxy would open) may carry 16
+/// WebAuthn calls at once: a 17th is refused at once with 429, while the 16
+/// wait for their bodies (408 after 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ceremonies_are_limited_per_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&elevation_config(&dir.path().join("p.db"))).await;
+    let auth = bearer(&user_token("alice"));
+    let send = h2_connect(server.running.http_addr).await;
+    let mut pending = Vec::new();
+    let mut streams = Vec::new();
+    for _ in 0..authgate::server::CEREMONIES_PER_CONNECTION + 1 {
+        let req = http::Request::post("/elevate/webauthn/verify")
+            .header("authorization", &auth)
+            .header("content-type", "application/json")
+            .header("content-length", "100")
+            .body(())
+            .unwrap();
+        let mut ready = send.clone().ready().await.unwrap();
+        let (response, mut stream) = ready.send_request(req, false).unwrap();
+        stream
+            .send_data(bytes::Bytes::from_static(b"{"), false)
+            .unwrap();
+        streams.push(stream);
+        pending.push(tokio::spawn(tokio::time::timeout(
+            Duration::from_secs(30),
+            response,
+        )));
+    }
+    let mut statuses = Vec::new();
+    for p in pending {
+        let status = match p.await.unwrap() {
+            Ok(Ok(r)) => r.status().as_u16(),
+            other => panic!("no answer: {other:?}"),
+        };
+        statuses.push(status);
+    }
+    statuses.sort_unstable();
+    let mut want = vec![408; authgate::server::CEREMONIES_PER_CONNECTION];
+    want.push(429);
+    assert_eq!(statuses, want);
+    drop(streams);
 }
 
 /// Request heads that never end: each connection is closed once the

@@ -104,34 +104,29 @@ fn token() -> String {
 async fn time_checks(server: &Server, n: usize) -> (Vec<Duration>, Vec<Duration>) {
     let auth = format!("Bearer {}", token());
     let url = format!("http://{}/check", server.http);
+    let timed = async |client: &reqwest::Client| {
+        let t = Instant::now();
+        let r = client
+            .get(&url)
+            .header("authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "a valid /check during the flood");
+        t.elapsed()
+    };
     let mut fresh = Vec::new();
     for _ in 0..n {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(0)
             .build()
             .unwrap();
-        let t = Instant::now();
-        let r = client
-            .get(&url)
-            .header("authorization", &auth)
-            .send()
-            .await
-            .unwrap();
-        fresh.push(t.elapsed());
-        assert_eq!(r.status(), 200, "a valid /check during the flood");
+        fresh.push(timed(&client).await);
     }
     let client = reqwest::Client::new();
     let mut kept = Vec::new();
     for _ in 0..n {
-        let t = Instant::now();
-        let r = client
-            .get(&url)
-            .header("authorization", &auth)
-            .send()
-            .await
-            .unwrap();
-        kept.push(t.elapsed());
-        assert_eq!(r.status(), 200);
+        kept.push(timed(&client).await);
     }
     (fresh, kept)
 }

@@ -256,7 +256,7 @@ impl Expect {
         }
     }
 
-    /// SPEC section 3: gRPC code, HTTP status and `WWW-Authenticate`.
+    /// Per reason: gRPC code, HTTP status and `WWW-Authenticate`.
     fn deny_shape(reason: &str) -> (i32, i32, Option<&'static str>) {
         match reason {
             "missing_credentials" => (16, 401, Some("Bearer")),

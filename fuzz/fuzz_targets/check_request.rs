@@ -7,7 +7,7 @@
 //! in-memory store) on a current-thread runtime, and rendered back as a
 //! `CheckResponse` (an allow both ways: written directly by
 //! `grpc::put_allow`, as the server does, and built by `grpc::render`; the
-//! two must decode alike). Checks the decision's invariants (SPEC 3-5).
+//! two must decode alike). Checks the decision's invariants.
 //! Input: a serialized `CheckRequest`.
 #![no_main]
 

@@ -1,4 +1,4 @@
-//! JMESPath claim mapping (SPEC 3.4): `claims::extract` over a fuzzed JWT
+//! JMESPath claim mapping: `claims::extract` over a fuzzed JWT
 //! payload, with claims configs loaded from real config text (namespace as
 //! `Json` and `StringifiedJson`, JMESPath locations with defaults), then
 //! role resolution and rendering of every value as a Hasura string.

@@ -1,8 +1,8 @@
 //! Config loading: `config::parse` (YAML or JSON, validation, compilation
 //! of keys, JMESPath and templates), then the `validate` summary. Run twice:
 //! with an empty environment, and with one where every `{env: NAME}` holds a
-//! marker that must never show up in a problem, warning or summary (SPEC 2:
-//! secrets never appear in errors or `validate` output).
+//! marker that must never show up in a problem, warning or summary (secrets
+//! never appear in errors or `validate` output).
 //! Input: the config text.
 #![no_main]
 

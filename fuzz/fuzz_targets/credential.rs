@@ -1,4 +1,4 @@
-//! Credential extraction (SPEC 3.1): `Request::credential` for header,
+//! Credential extraction: `Request::credential` for header,
 //! cookie and query token locations, with and without a scheme, on a
 //! request built directly (as the gRPC front door does) and through the
 //! HTTP forward-auth front door (`http::to_request` for each proxy setting:

@@ -1,4 +1,4 @@
-//! WebAuthn request bodies (SPEC 7), as `src/webauthn_api.rs` reads them:
+//! WebAuthn request bodies, as `src/webauthn_api.rs` reads them:
 //! `parse_body`, `nickname_of`, the `credential` as a
 //! `RegisterPublicKeyCredential` (`/user/webauthn/verify`) and as a
 //! `PublicKeyCredential` (`/elevate/webauthn/verify`), `challenge_of`, then

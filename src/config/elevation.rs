@@ -1,4 +1,4 @@
-//! `definition.elevation` (SPEC 7): nhost's elevated access, enforced at the edge.
+//! `definition.elevation` (docs/elevation.md): nhost's elevated access, enforced at the edge.
 
 use std::time::Duration;
 
@@ -123,7 +123,7 @@ pub(super) fn elevation(
     if let Some((p, v)) = o.get("store") {
         if let Some(mut s) = Obj::open(d, p.clone(), v) {
             if let Some((up, uv)) = s.get("url") {
-                // A plain string (SPEC) or `{value|env}` (a password in the URL).
+                // A plain string or `{value|env}` (a password in the URL).
                 let url = match uv {
                     Value::String(u) => Some(u.clone()),
                     other => env_string(d, env, &up, other),

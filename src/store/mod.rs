@@ -1,4 +1,4 @@
-//! The credential and challenge store behind WebAuthn elevation (SPEC section 7).
+//! The credential and challenge store behind WebAuthn elevation (docs/elevation.md, "Stores").
 //!
 //! One trait, [`CredentialStore`], with two implementations chosen by URL in
 //! [`open`]:

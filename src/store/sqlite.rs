@@ -135,14 +135,21 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// A transaction that holds the write lock from its start (`BEGIN
+    /// IMMEDIATE`), so that its reads and writes see no other writer.
+    async fn write_transaction(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error)
+    }
+
     /// Applies the missing migrations in one write transaction (`BEGIN
     /// IMMEDIATE` serialises processes opening the same file).
     async fn migrate(&self) -> Result<(), StoreError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_error)?;
+        let mut tx = self.write_transaction().await?;
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS authgate_schema_version (
                 version INTEGER PRIMARY KEY NOT NULL,
@@ -315,11 +322,7 @@ impl CredentialStore for SqliteStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let state = json_text(&c.state)?;
-            let mut tx = self
-                .pool
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(db_error)?;
+            let mut tx = self.write_transaction().await?;
             // Room for this one: the user's newest `MAX - 1` stay.
             sqlx::query(
                 "DELETE FROM authgate_challenges WHERE user_id = ?1 AND challenge IN (
