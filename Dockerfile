@@ -10,7 +10,10 @@
 # No HEALTHCHECK: in Kubernetes the probes (GET /healthz, GET /readyz on :8080)
 # do that job (see helm/authgate).
 
-ARG RUST_IMAGE=rust:1-bookworm
+# Fully qualified, so that every builder (Docker, Podman, Buildah) resolves
+# them the same way. scripts/check-image.sh builds this file with stand-ins
+# assembled from Debian packages.
+ARG RUST_IMAGE=docker.io/library/rust:1-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 FROM ${RUST_IMAGE} AS builder
@@ -21,23 +24,25 @@ ENV CARGO_TERM_COLOR=never \
     CARGO_PROFILE_RELEASE_DEBUG=0
 
 # 1. Dependencies, in their own layer: rebuilt only when the manifest, the
-#    lock file or the build script change. `cargo fetch` downloads every
-#    package of the lock file (all targets), which build.rs needs: it runs
-#    `cargo metadata --offline` to find the envoy-types crate. libsqlite3
-#    (sqlx's bundled SQLite) and aws-lc are compiled with the image's C
-#    compiler.
+#    lock file or the build script change. Every target the manifest names
+#    gets an empty stand-in (the library, authgate, the two benchmark
+#    binaries), so that cargo resolves the package as it will in step 2.
+#    libsqlite3 (sqlx's bundled SQLite) and aws-lc are compiled with the
+#    image's C compiler.
 COPY Cargo.toml Cargo.lock build.rs ./
 # `--cfg tokio_unstable`, for the runtime's scheduling (src/server.rs: runtime).
 COPY .cargo ./.cargo
-RUN mkdir src \
+RUN mkdir src bench \
  && echo 'fn main() {}' > src/main.rs \
  && : > src/lib.rs \
- && cargo fetch --locked \
+ && echo 'fn main() {}' > bench/noop.rs \
+ && echo 'fn main() {}' > bench/load.rs \
  && cargo build --release --locked \
  && rm -rf src
 
-# 2. authgate itself. The stub's fingerprints are removed so that cargo
-#    rebuilds the crate whatever the sources' timestamps are.
+# 2. authgate itself. The stand-ins' fingerprints are removed so that cargo
+#    rebuilds the crate whatever the sources' timestamps are. The benchmark
+#    binaries keep their stand-ins: the image does not ship them.
 COPY src ./src
 RUN rm -rf target/release/.fingerprint/authgate-* \
  && touch src/main.rs src/lib.rs \

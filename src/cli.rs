@@ -36,7 +36,7 @@ pub enum Command {
     /// Run the server (gRPC ext_authz and HTTP).
     Serve(ServeArgs),
     /// Load and validate a config; print every problem, or a summary.
-    Validate(ConfigArg),
+    Validate(ValidateArgs),
     /// Run one authorization decision offline and print it as JSON.
     Check(CheckArgs),
     /// Mint a signed JWT (for development and tests).
@@ -48,6 +48,15 @@ pub struct ConfigArg {
     /// Config file (default: $AUTHGATE_CONFIG, $RELY_AUTH_CONFIG_PATH, ./auth.yaml).
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Treat warnings (short HMAC secret, `http://` JWKS URL, ...) as errors.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Args, Debug)]
@@ -114,30 +123,63 @@ fn block_on(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     }
 }
 
+/// Loads the config for `check`; problems and warnings go to stderr as
+/// `validate` prints them.
 fn load(arg: &ConfigArg) -> Result<(PathBuf, Config), ExitCode> {
     let path = config::resolve_path(arg.config.clone());
+    let file = path.display().to_string();
     match config::load_file(&path) {
         Ok(c) => {
             for w in &c.warnings {
-                tracing::warn!(path = %w.path, "{}", w.message);
+                eprintln!("{}", w.render(&file, false));
             }
             Ok((path, c))
         }
         Err(e) => {
-            eprintln!("{}: {e}", path.display());
+            for p in &e.0 {
+                eprintln!("{}", p.render(&file, false));
+            }
             Err(ExitCode::FAILURE)
         }
     }
 }
 
-fn validate(arg: ConfigArg) -> ExitCode {
-    match load(&arg) {
-        Ok((path, c)) => {
-            println!("{}: {}", path.display(), config::summary(&c));
-            ExitCode::SUCCESS
+/// Prints every problem as `FILE:LINE:COLUMN: error: PATH: message` (in file
+/// order), then a summary; exit 1 on errors, or on warnings with `--strict`.
+fn validate(args: ValidateArgs) -> ExitCode {
+    let path = config::resolve_path(args.config.config.clone());
+    let file = path.display().to_string();
+    let config = match config::load_file(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            for p in &e.0 {
+                eprintln!("{}", p.render(&file, args.strict));
+            }
+            let n = if args.strict {
+                e.0.len()
+            } else {
+                e.errors().count()
+            };
+            eprintln!(
+                "{file}: invalid: {n} error{}",
+                if n == 1 { "" } else { "s" }
+            );
+            return ExitCode::FAILURE;
         }
-        Err(code) => code,
+    };
+    for w in &config.warnings {
+        eprintln!("{}", w.render(&file, args.strict));
     }
+    if args.strict && !config.warnings.is_empty() {
+        let n = config.warnings.len();
+        eprintln!(
+            "{file}: invalid under --strict: {n} warning{}",
+            if n == 1 { "" } else { "s" }
+        );
+        return ExitCode::FAILURE;
+    }
+    println!("{file}: {}", config::summary(&config));
+    ExitCode::SUCCESS
 }
 
 async fn check(args: CheckArgs) -> ExitCode {

@@ -252,7 +252,7 @@ mod tests {
     }
 
     #[test]
-    fn codes_follow_the_spec_table() {
+    fn codes_follow_the_reference_table() {
         assert_eq!(
             DenyReason::MissingCredentials.www_authenticate(),
             Some("Bearer")

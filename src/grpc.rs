@@ -433,20 +433,26 @@ fn deny(d: &Deny) -> CheckResponse {
 const EXT_AUTHZ_DESCRIPTORS: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/ext_authz_descriptors.bin"));
 
-/// gRPC reflection (v1) for ext_authz and health; `None` if the descriptors
-/// are unusable (then reflection is simply not offered).
-pub fn reflection_service() -> Option<
+/// gRPC reflection for ext_authz and health, in both protocol versions:
+/// `grpc.reflection.v1` and the older `v1alpha` that grpcurl before 1.8.8 and
+/// many GUI clients still speak. `None` if the descriptors are unusable (then
+/// reflection is simply not offered).
+pub fn reflection_services() -> Option<(
     tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     >,
-> {
-    match tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(EXT_AUTHZ_DESCRIPTORS)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-    {
-        Ok(s) => Some(s),
-        Err(e) => {
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(EXT_AUTHZ_DESCRIPTORS)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    match (builder().build_v1(), builder().build_v1alpha()) {
+        (Ok(v1), Ok(v1alpha)) => Some((v1, v1alpha)),
+        (Err(e), _) | (_, Err(e)) => {
             tracing::warn!(error = %e, "gRPC reflection unavailable");
             None
         }

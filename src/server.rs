@@ -241,10 +241,10 @@ impl Shared {
         let loaded = match loaded {
             Ok(config) => match open_elevation(&config, current.elevation().map(|e| &**e)).await {
                 Ok(elevation) => Ok((config, elevation)),
-                Err(e) => Err(ConfigErrors(vec![config::Problem {
-                    path: config::YamlPath::root().key("definition").key("elevation"),
-                    message: e,
-                }])),
+                Err(e) => Err(ConfigErrors(vec![config::Problem::error(
+                    config::YamlPath::root().key("definition").key("elevation"),
+                    e,
+                )])),
             },
             Err(e) => Err(e),
         };
@@ -271,7 +271,15 @@ impl Shared {
             Err(e) => {
                 self.metrics.config_reload_error.inc();
                 for p in &e.0 {
-                    tracing::error!(path = %p.path, "{}", p.message);
+                    let at = p.location.map(|l| l.to_string()).unwrap_or_default();
+                    match p.severity {
+                        config::Severity::Error => {
+                            tracing::error!(path = %p.path, at = %at, "{}", p.message)
+                        }
+                        config::Severity::Warning => {
+                            tracing::warn!(path = %p.path, at = %at, "{}", p.message)
+                        }
+                    }
                 }
                 tracing::error!(
                     "configuration reload rejected; the previous configuration keeps serving"
@@ -465,7 +473,7 @@ pub async fn start(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_not_serving::<crate::grpc::ExtAuthz>().await;
-    let reflection = crate::grpc::reflection_service();
+    let reflection = crate::grpc::reflection_services();
     let ext_authz = crate::grpc::ExtAuthz::new(shared.clone(), MAX_CHECK_REQUEST_BYTES);
     let grpc_rx = rx.clone();
     let mut builder = tonic::transport::Server::builder()
@@ -479,8 +487,8 @@ pub async fn start(
         // rapid-reset flood (CVE-2023-44487) still closes its connection.
         .http2_max_pending_accept_reset_streams(Some(GRPC_MAX_CONCURRENT_STREAMS as usize));
     let mut router = builder.add_service(health_service).add_service(ext_authz);
-    if let Some(reflection) = reflection {
-        router = router.add_service(reflection);
+    if let Some((v1, v1alpha)) = reflection {
+        router = router.add_service(v1).add_service(v1alpha);
     }
     let incoming = grpc_listener.into_stream();
     let grpc_task = tokio::spawn(async move {

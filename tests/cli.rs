@@ -95,6 +95,206 @@ definition:
     assert!(err.contains("cannot read"), "{err}");
 }
 
+/// The error lines of `validate`'s output.
+fn problems(err: &str) -> Vec<&str> {
+    err.lines().filter(|l| l.contains(": error: ")).collect()
+}
+
+#[test]
+fn validate_refuses_duplicate_keys_with_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two x-hasura-role entries, then a second definition block.
+    let yaml = write_config(
+        &dir,
+        "dup.yaml",
+        "version: v1
+kind: RelyAuth
+definition:
+  modes:
+    - mode: noAuth
+      sessionVariables:
+        x-hasura-role: {value: anonymous}
+        x-hasura-role: {value: admin}
+definition:
+  modes:
+    - mode: noAuth
+      sessionVariables: {x-hasura-role: {value: admin}}
+",
+    );
+    let (code, out, err) = run(authgate().args(["validate", "--config", &yaml]));
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(
+        problems(&err),
+        [
+            format!(
+                "{yaml}:8:9: error: definition.modes[0].sessionVariables.x-hasura-role: duplicate key `x-hasura-role` (a mapping takes each key once; the first is at 7:9)"
+            ),
+            format!(
+                "{yaml}:9:1: error: definition: duplicate key `definition` (a mapping takes each key once; the first is at 3:1)"
+            ),
+        ],
+        "{err}"
+    );
+    // The same in a JSON file.
+    let json = write_config(
+        &dir,
+        "dup.json",
+        r#"{"definition": {"modes": [{"mode": "noAuth",
+  "sessionVariables": {"x-hasura-role": {"value": "anonymous"},
+                       "x-hasura-role": {"value": "admin"}}}]}}
+"#,
+    );
+    let (code, _, err) = run(authgate().args(["validate", "--config", &json]));
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        problems(&err),
+        [format!(
+            "{json}:3:24: error: definition.modes[0].sessionVariables.x-hasura-role: duplicate key `x-hasura-role` (a mapping takes each key once; the first is at 2:24)"
+        )],
+        "{err}"
+    );
+}
+
+#[test]
+fn validate_reads_json_files_as_json_and_reports_syntax_errors_with_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = r#"{"version": "v1", "kind": "RelyAuth", "definition": {"modes": [
+  {"mode": "noAuth", "sessionVariables": {"x-hasura-role": {"value": "anonymous"}}}
+]}}
+"#;
+    let ok = write_config(&dir, "ok.json", good);
+    let (code, out, err) = run(authgate().args(["validate", "--config", &ok]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("configuration OK"), "{out}");
+    // A trailing comma is valid YAML but not JSON.
+    let trailing = good.replace(r#""anonymous"}}}"#, r#""anonymous"}}},"#);
+    let as_yaml = write_config(&dir, "trailing.yaml", &trailing);
+    let (code, _, err) = run(authgate().args(["validate", "--config", &as_yaml]));
+    assert_eq!(code, 0, "YAML's flow style allows the comma: {err}");
+    let as_json = write_config(&dir, "trailing.json", &trailing);
+    let (code, _, err) = run(authgate().args(["validate", "--config", &as_json]));
+    assert_eq!(code, 1);
+    assert_eq!(
+        problems(&err),
+        [format!(
+            "{as_json}:3:1: error: (root): not valid JSON: trailing comma"
+        )],
+        "{err}"
+    );
+    // A broken YAML file: where the parser stopped.
+    let broken = write_config(
+        &dir,
+        "broken.yaml",
+        "version: v1\ndefinition:\n  modes: [\n",
+    );
+    let (code, _, err) = run(authgate().args(["validate", "--config", &broken]));
+    assert_eq!(code, 1);
+    let lines = problems(&err);
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].starts_with(&format!("{broken}:4:1: error: (root): not valid YAML: ")),
+        "{err}"
+    );
+}
+
+#[test]
+fn validate_lists_problems_in_file_order_and_names_modes_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    // apiKey modes are read before jwt and noAuth (RelyAuth's order); the
+    // problems still come out in the order of the file.
+    let bad = write_config(
+        &dir,
+        "bad.yaml",
+        "version: v1
+kind: RelyAuth
+definition:
+  modes:
+    - mode: noAuth
+      sessionVariables: {x-hasura-role: {value: anonymous}}
+      rol: anonymous
+    - mode: jwt
+      id: main-jwt
+      key: {algorithm: RS257, key: {value: x}}
+      claimsConfig: {}
+    - mode: apiKey
+      tokenLocation: {in: header, name: X-Key}
+      value: {value: k}
+      sessionVariables: {x-hasura-role: {value: svc}}
+      extra: 1
+",
+    );
+    let (code, _, err) = run(authgate().args(["validate", "--config", &bad]));
+    assert_eq!(code, 1);
+    let got: Vec<String> = problems(&err)
+        .iter()
+        .map(|l| {
+            let (at, rest) = l.split_once(": error: ").unwrap();
+            format!("{at} {}", rest.split_once(": ").unwrap().0)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            format!("{bad}:7:7 definition.modes[0].rol"),
+            format!("{bad}:10:13 definition.modes[main-jwt].key.algorithm"),
+            format!("{bad}:11:7 definition.modes[main-jwt].claimsConfig"),
+            format!("{bad}:16:7 definition.modes[2].extra"),
+        ],
+        "{err}"
+    );
+    assert!(err.contains(&format!("{bad}: invalid: 4 errors")), "{err}");
+}
+
+#[test]
+fn validate_strict_turns_warnings_into_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    // A short HMAC secret and a JWKS over plain http: valid, with warnings.
+    let cfg = write_config(
+        &dir,
+        "warn.yaml",
+        r#"definition:
+  modes:
+    - mode: jwt
+      id: short
+      key: {algorithm: HS256, key: {value: "short-secret"}}
+      claimsConfig: {namespace: {location: '"claims.jwt.hasura.io"'}}
+    - mode: jwt
+      id: remote
+      key: {algorithm: RS256, jwkFromUrl: {value: "http://issuer.test/jwks.json"}}
+      claimsConfig: {namespace: {location: '"claims.jwt.hasura.io"'}}
+"#,
+    );
+    let (code, out, err) = run(authgate().args(["validate", "--config", &cfg]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("configuration OK"), "{out}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains(": warning: ")).collect();
+    assert_eq!(warnings.len(), 2, "{err}");
+    assert!(
+        warnings[0].starts_with(&format!(
+            "{cfg}:5:31: warning: definition.modes[short].key.key: the HMAC secret is 12 bytes"
+        )),
+        "{err}"
+    );
+    assert!(
+        warnings[1].starts_with(&format!(
+            "{cfg}:9:31: warning: definition.modes[remote].key.jwkFromUrl: JWKS fetched over plain http"
+        )),
+        "{err}"
+    );
+    let (code, out, err) = run(authgate().args(["validate", "--strict", "--config", &cfg]));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(problems(&err).len(), 2, "{err}");
+    assert!(!err.contains(": warning: "), "{err}");
+    assert!(err.contains("invalid under --strict: 2 warnings"), "{err}");
+    // --strict on a file without warnings, and a usage error.
+    let clean = write_config(&dir, "clean.yaml", &hs256_config(""));
+    let (code, _, err) = run(authgate().args(["validate", "--strict", "--config", &clean]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, _) = run(authgate().args(["validate", "--strcit", "--config", &clean]));
+    assert_eq!(code, 2);
+}
+
 #[test]
 fn token_then_check_offline() {
     let dir = tempfile::tempdir().unwrap();

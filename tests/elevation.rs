@@ -559,9 +559,7 @@ definition:
 /// on one finishes on the other, and the grant works on both.
 #[tokio::test]
 async fn replicas_share_ceremonies_through_postgres() {
-    let url = std::env::var("AUTHGATE_TEST_POSTGRES_URL").expect(
-        "AUTHGATE_TEST_POSTGRES_URL must point at a PostgreSQL server (.ci/run starts one)",
-    );
+    let url = postgres_url();
     let key = serde_json::to_string(&fixture("ec256.key")).unwrap();
     let cfg = hs256_config(&format!(
         r#"  elevation:

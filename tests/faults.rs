@@ -13,7 +13,7 @@
 //! SIGHUP and a deleted config file with the real binary (tests/cli.rs
 //! `serve_answers_reloads_on_sighup_and_drains_on_sigterm`).
 //!
-//! The PostgreSQL tests need `AUTHGATE_TEST_POSTGRES_URL` (see tests/store.rs);
+//! The PostgreSQL tests start their own cluster (see tests/store.rs);
 //! the server is never stopped: a TCP proxy owned by the test goes down.
 
 mod common;
@@ -846,9 +846,7 @@ const ORIGIN: &str = "https://app.example.com";
 
 /// The admin URL of the test PostgreSQL server, and its address.
 fn postgres() -> (reqwest::Url, SocketAddr) {
-    let raw = std::env::var("AUTHGATE_TEST_POSTGRES_URL").expect(
-        "AUTHGATE_TEST_POSTGRES_URL must point at a PostgreSQL server (.ci/run starts one)",
-    );
+    let raw = postgres_url();
     let url = reqwest::Url::parse(&raw).unwrap();
     let host = url.host_str().unwrap().to_owned();
     let port = url.port().unwrap_or(5432);

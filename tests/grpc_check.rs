@@ -743,55 +743,98 @@ async fn health_and_metrics_on_both_addresses() {
     assert!(m.contains(r#"authgate_build_info{version=""#));
 }
 
-#[tokio::test]
-async fn reflection_lists_and_describes_ext_authz() {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+/// What a reflection client learns: the services listed, and whether the
+/// file defining `Authorization` came back with its imports.
+macro_rules! reflect {
+    ($version:ident, $url:expr) => {{
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+        let channel = tonic::transport::Channel::from_shared($url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = ServerReflectionClient::new(channel);
+        let requests = vec![
+            ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            },
+            ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::FileContainingSymbol(
+                    "envoy.service.auth.v3.Authorization".into(),
+                )),
+            },
+            // grpcurl then asks for each import by name.
+            ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::FileByFilename(
+                    "envoy/service/auth/v3/attribute_context.proto".into(),
+                )),
+            },
+        ];
+        let mut stream = client
+            .server_reflection_info(tokio_stream_iter(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
+            panic!("{first:?}")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        let mut files: Vec<prost_types::FileDescriptorProto> = Vec::new();
+        for _ in 0..2 {
+            let next = stream.message().await.unwrap().unwrap();
+            let Some(MessageResponse::FileDescriptorResponse(got)) = next.message_response else {
+                panic!("{next:?}")
+            };
+            for bytes in &got.file_descriptor_proto {
+                files.push(prost::Message::decode(bytes.as_slice()).unwrap());
+            }
+        }
+        (names, files)
+    }};
+}
 
+#[tokio::test]
+async fn reflection_lists_and_describes_ext_authz_in_v1_and_v1alpha() {
     let server = TestServer::start(&hs256_config("")).await;
-    let channel = tonic::transport::Channel::from_shared(server.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = ServerReflectionClient::new(channel);
-    let requests = vec![
-        ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        },
-        ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::FileContainingSymbol(
-                "envoy.service.auth.v3.Authorization".into(),
-            )),
-        },
-    ];
-    let mut stream = client
-        .server_reflection_info(tokio_stream_iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
-    let first = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
-        panic!("{first:?}")
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"envoy.service.auth.v3.Authorization".to_string()),
-        "{names:?}"
-    );
-    assert!(
-        names.contains(&"grpc.health.v1.Health".to_string()),
-        "{names:?}"
-    );
-    let second = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::FileDescriptorResponse(files)) = second.message_response else {
-        panic!("{second:?}")
-    };
-    assert!(!files.file_descriptor_proto.is_empty());
+    // v1alpha is what grpcurl before 1.8.8, Postman and Kreya ask.
+    let (v1_names, v1_files) = reflect!(v1, server.grpc_url());
+    let (alpha_names, alpha_files) = reflect!(v1alpha, server.grpc_url());
+    for (names, files) in [(&v1_names, &v1_files), (&alpha_names, &alpha_files)] {
+        for service in [
+            "envoy.service.auth.v3.Authorization",
+            "grpc.health.v1.Health",
+        ] {
+            assert!(names.contains(&service.to_string()), "{names:?}");
+        }
+        let root = files
+            .iter()
+            .find(|f| f.name() == "envoy/service/auth/v3/external_auth.proto")
+            .expect("the file of the service");
+        assert!(
+            root.service.iter().any(
+                |s| s.name() == "Authorization" && s.method.iter().any(|m| m.name() == "Check")
+            ),
+            "{root:?}"
+        );
+        // The imports a client needs to build a CheckRequest are served too.
+        let import = "envoy/service/auth/v3/attribute_context.proto";
+        assert!(root.dependency.iter().any(|d| d == import), "{root:?}");
+        let attrs = files.iter().find(|f| f.name() == import).expect(import);
+        assert!(
+            attrs
+                .message_type
+                .iter()
+                .any(|m| m.name() == "AttributeContext"),
+            "{attrs:?}"
+        );
+    }
 }
 
 fn tokio_stream_iter<T: Send + 'static>(

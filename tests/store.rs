@@ -1,11 +1,11 @@
 //! The credential store (src/store): every scenario runs against SQLite (a
 //! temporary file) and against a real PostgreSQL server.
 //!
-//! The PostgreSQL tests need `AUTHGATE_TEST_POSTGRES_URL`, an admin URL such
-//! as `postgres://postgres:postgres@127.0.0.1:5432/postgres` (its role must be
-//! allowed to CREATE DATABASE). Each test creates its own database
+//! The PostgreSQL tests start their own throwaway cluster (see
+//! `common::postgres_url`), or use `AUTHGATE_TEST_POSTGRES_URL`, an admin URL
+//! whose role may CREATE DATABASE. Each test creates its own database
 //! `authgate_test_<unique>` and drops it when done, so tests run in parallel.
-//! Without the variable the PostgreSQL tests fail: they are not skipped.
+//! Without PostgreSQL's programs the tests fail: they are not skipped.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use authgate::store::{
 use serde_json::json;
 use sqlx::Connection;
 
-const PG_ENV: &str = "AUTHGATE_TEST_POSTGRES_URL";
+mod common;
 
 /// A fresh, empty database for one test.
 struct TestDb {
@@ -42,13 +42,7 @@ impl TestDb {
     }
 
     async fn postgres() -> TestDb {
-        let admin = std::env::var(PG_ENV).unwrap_or_else(|_| {
-            panic!(
-                "{PG_ENV} is not set: the PostgreSQL store tests need a server, e.g. \
-                 {PG_ENV}=postgres://postgres:postgres@127.0.0.1:5432/postgres \
-                 (see .ci/run for how CI starts one)"
-            )
-        });
+        let admin = common::postgres_url();
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -62,7 +56,7 @@ impl TestDb {
         );
         let mut conn = sqlx::PgConnection::connect(&admin)
             .await
-            .unwrap_or_else(|e| panic!("cannot connect to {PG_ENV}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL: {e}"));
         // Concurrent CREATE DATABASE may collide on the template: retry.
         let mut tries = 0;
         loop {
@@ -789,7 +783,7 @@ async fn postgres_errors_hide_the_password() {
     assert!(!msg.contains("xv9secret"), "{msg}");
 
     // A wrong password against the real server.
-    let admin = std::env::var(PG_ENV).unwrap_or_else(|_| panic!("{PG_ENV} is not set"));
+    let admin = common::postgres_url();
     let opts = sqlx::postgres::PgConnectOptions::from_str(&admin).unwrap();
     let url = format!(
         "postgres://{}:wrong-pass-xyz@{}:{}/postgres",

@@ -255,6 +255,10 @@ fn webauthn(d: &mut Diagnostics, path: YamlPath, v: &Value) -> Option<WebauthnSe
     let rp_name = o.str(d, "rpName").map(str::to_owned);
     let origins = o.require(d, "origins").and_then(|(p, v)| {
         let list = as_str_list(d, &p, v)?;
+        if list.is_empty() {
+            d.error(&p, "at least one origin is required");
+            return None;
+        }
         let mut out = Vec::new();
         for (i, s) in list.iter().enumerate() {
             match reqwest::Url::parse(s) {

@@ -22,8 +22,8 @@ use serde_json::Value;
 
 pub use env::{Env, ProcessEnv};
 use env::{env_any, env_string, env_string_list};
-pub use reader::{Diagnostics, Problem, YamlPath};
-use reader::{Obj, as_str, as_str_list, as_u64};
+pub use reader::{Diagnostics, Location, Problem, Severity, YamlPath};
+use reader::{Obj, Tree, as_str, as_str_list, as_u64};
 
 use crate::keys::{self, KeySet};
 use crate::rules::{self, HeaderRule, IpLocation, IpRule, SecurityRules};
@@ -200,20 +200,30 @@ pub struct ClaimsConfig {
     pub locations: Vec<ClaimLocation>,
 }
 
-/// Every problem found in a config file.
+/// Every problem found in a config file that has errors, warnings included,
+/// in file order.
 #[derive(Debug)]
 pub struct ConfigErrors(pub Vec<Problem>);
 
+impl ConfigErrors {
+    pub fn errors(&self) -> impl Iterator<Item = &Problem> {
+        self.0.iter().filter(|p| p.severity == Severity::Error)
+    }
+}
+
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.0.len();
+        let n = self.errors().count();
         writeln!(
             f,
-            "{n} problem{} in the configuration:",
+            "{n} error{} in the configuration:",
             if n == 1 { "" } else { "s" }
         )?;
-        for p in &self.0 {
-            writeln!(f, "  {p}")?;
+        for p in self.errors() {
+            match p.location {
+                Some(at) => writeln!(f, "  {at}: {p}")?,
+                None => writeln!(f, "  {p}")?,
+            }
         }
         Ok(())
     }
@@ -229,37 +239,93 @@ pub fn resolve_path(flag: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("auth.yaml"))
 }
 
+/// How a config file is written: `.json` files are strict JSON (a trailing
+/// comma or a comment is an error, as JSON tools would say), anything else
+/// YAML.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Yaml,
+    Json,
+}
+
+impl Format {
+    pub fn of(path: &Path) -> Format {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext.eq_ignore_ascii_case("json") => Format::Json,
+            _ => Format::Yaml,
+        }
+    }
+}
+
 /// Reads and validates a config file against the process environment.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![Problem {
-            path: YamlPath::root(),
-            message: format!("cannot read {}: {e}", path.display()),
-        }])
+        ConfigErrors(vec![Problem::at_root(
+            format!("cannot read {}: {e}", path.display()),
+            None,
+        )])
     })?;
-    parse(&text, &ProcessEnv)
+    parse_as(&text, Format::of(path), &ProcessEnv)
 }
 
-/// Parses YAML or JSON (YAML is a superset) and validates it.
+/// Parses YAML (or JSON written as YAML's flow style) and validates it.
 pub fn parse(text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
-    let root: Value = match serde_yaml_ng::from_str(text) {
-        Ok(v) => v,
-        Err(e) => {
-            return Err(ConfigErrors(vec![Problem {
-                path: YamlPath::root(),
-                message: format!("not valid YAML or JSON: {e}"),
-            }]));
-        }
+    parse_as(text, Format::Yaml, env)
+}
+
+/// Parses `text` as `format` and validates it. Problems come in file order,
+/// each with its line and column where the parsers know them.
+pub fn parse_as(text: &str, format: Format, env: &dyn Env) -> Result<Config, ConfigErrors> {
+    let (positions, duplicates) = reader::scan(text);
+    if !duplicates.is_empty() {
+        return Err(ConfigErrors(duplicates));
+    }
+    let parsed = match format {
+        Format::Yaml => serde_yaml_ng::from_str::<Tree>(text).map_err(|e| {
+            let at = e.location().map(|l| Location {
+                line: l.line(),
+                column: l.column(),
+            });
+            Problem::at_root(
+                format!("not valid YAML: {}", without_position(&e.to_string())),
+                at,
+            )
+        }),
+        Format::Json => serde_json::from_str::<Tree>(text).map_err(|e| {
+            let at = (e.line() > 0).then(|| Location {
+                line: e.line(),
+                column: e.column(),
+            });
+            Problem::at_root(
+                format!("not valid JSON: {}", without_position(&e.to_string())),
+                at,
+            )
+        }),
     };
+    let root = parsed.map_err(|p| ConfigErrors(vec![p]))?.0;
     let mut d = Diagnostics::default();
     let config = compile(&mut d, env, &root);
+    positions.place(&mut d.warnings);
     match config {
         Some(mut c) if d.errors.is_empty() => {
             c.warnings = d.warnings;
             Ok(c)
         }
-        _ => Err(ConfigErrors(d.errors)),
+        _ => {
+            let mut all = d.errors;
+            all.append(&mut d.warnings);
+            positions.place(&mut all);
+            Err(ConfigErrors(all))
+        }
     }
+}
+
+/// A parser's message without the " at line L column C" it appends (the
+/// location is reported apart).
+fn without_position(message: &str) -> &str {
+    message
+        .rfind(" at line ")
+        .map_or(message, |i| &message[..i])
 }
 
 fn compile(d: &mut Diagnostics, env: &dyn Env, root: &Value) -> Option<Config> {
@@ -385,7 +451,10 @@ fn modes(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> Vec<M
     let mut ids = HashSet::new();
     let mut no_auth = 0;
     for (sorted_index, (file_index, item)) in order.into_iter().enumerate() {
-        let p = path.index(file_index);
+        let p = match item.get("id").and_then(Value::as_str) {
+            Some(id) if !id.is_empty() => path.named_index(file_index, id),
+            _ => path.index(file_index),
+        };
         let Some(mode) = mode(d, env, p.clone(), item, sorted_index) else {
             continue;
         };

@@ -9,39 +9,79 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 /// A location in the config, printed as `definition.modes[0].key.algorithm`.
+///
+/// Modes are shown by their `id` when they have one
+/// (`definition.modes[my-jwt].key`); the index-only form stays alongside, as
+/// the key into the file's [`Positions`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct YamlPath(String);
+pub struct YamlPath {
+    shown: String,
+    located: String,
+    /// Length of `located` at each ancestor, for the nearest known position.
+    ancestors: Vec<usize>,
+}
+
+fn segment(key: &str) -> (String, bool) {
+    let simple = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if simple {
+        (key.to_owned(), true)
+    } else {
+        (format!("{key:?}"), false)
+    }
+}
 
 impl YamlPath {
     pub fn root() -> Self {
-        YamlPath(String::new())
+        YamlPath::default()
     }
 
-    pub fn key(&self, key: &str) -> Self {
-        let simple = !key.is_empty()
-            && key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        let seg = if simple {
-            key.to_owned()
-        } else {
-            format!("{:?}", key)
-        };
-        if self.0.is_empty() {
-            YamlPath(seg)
-        } else if simple {
-            YamlPath(format!("{}.{}", self.0, seg))
-        } else {
-            YamlPath(format!("{}[{}]", self.0, seg))
+    fn push(&self, shown: &str, located: &str) -> Self {
+        let mut ancestors = self.ancestors.clone();
+        ancestors.push(self.located.len());
+        YamlPath {
+            shown: format!("{}{shown}", self.shown),
+            located: format!("{}{located}", self.located),
+            ancestors,
         }
     }
 
+    pub fn key(&self, key: &str) -> Self {
+        let (seg, simple) = segment(key);
+        let seg = if self.located.is_empty() {
+            seg
+        } else if simple {
+            format!(".{seg}")
+        } else {
+            format!("[{seg}]")
+        };
+        self.push(&seg, &seg)
+    }
+
     pub fn index(&self, i: usize) -> Self {
-        YamlPath(format!("{}[{}]", self.0, i))
+        let seg = format!("[{i}]");
+        self.push(&seg, &seg)
+    }
+
+    /// The `i`-th item, shown by its name (a mode's `id`).
+    pub fn named_index(&self, i: usize, name: &str) -> Self {
+        self.push(&format!("[{}]", segment(name).0), &format!("[{i}]"))
     }
 
     pub fn as_str(&self) -> &str {
-        if self.0.is_empty() { "(root)" } else { &self.0 }
+        if self.shown.is_empty() {
+            "(root)"
+        } else {
+            &self.shown
+        }
+    }
+
+    /// This path and its ancestors, nearest first, in their index-only form.
+    fn located_chain(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.located.as_str())
+            .chain(self.ancestors.iter().rev().map(|&n| &self.located[..n]))
     }
 }
 
@@ -51,17 +91,208 @@ impl fmt::Display for YamlPath {
     }
 }
 
+/// A line and column in the file, both counted from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+/// An error makes the file invalid; a warning does not, unless
+/// `validate --strict` asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
 /// One problem in a config file. Messages never contain secret values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub path: YamlPath,
     pub message: String,
+    /// Where in the file, when the parser knows it.
+    pub location: Option<Location>,
+    pub severity: Severity,
+}
+
+impl Problem {
+    pub fn error(path: YamlPath, message: impl Into<String>) -> Self {
+        Problem {
+            path,
+            message: message.into(),
+            location: None,
+            severity: Severity::Error,
+        }
+    }
+
+    pub fn at_root(message: impl Into<String>, location: Option<Location>) -> Self {
+        Problem {
+            location,
+            ..Problem::error(YamlPath::root(), message)
+        }
+    }
+
+    /// `FILE:LINE:COLUMN: error: PATH: message` (or `warning:`), the form
+    /// compilers use, so that editors and CI annotations can jump to the
+    /// line. `strict` prints warnings as the errors they then are.
+    pub fn render(&self, file: &str, strict: bool) -> String {
+        let severity = match self.severity {
+            Severity::Warning if !strict => "warning",
+            _ => "error",
+        };
+        match self.location {
+            Some(at) => format!("{file}:{at}: {severity}: {self}"),
+            None => format!("{file}: {severity}: {self}"),
+        }
+    }
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.path, self.message)
     }
+}
+
+/// Where each key and list item of a file starts, by index-only YAML path.
+#[derive(Debug, Default)]
+pub struct Positions(std::collections::HashMap<String, Location>);
+
+impl Positions {
+    /// The position of `path`, or of its nearest ancestor the file has.
+    pub fn find(&self, path: &YamlPath) -> Option<Location> {
+        path.located_chain().find_map(|p| self.0.get(p).copied())
+    }
+
+    /// Fills in every problem's location and puts them in file order
+    /// (problems without a location, about the whole file, first).
+    pub fn place(&self, problems: &mut [Problem]) {
+        for p in problems.iter_mut() {
+            if p.location.is_none() {
+                p.location = self.find(&p.path);
+            }
+        }
+        problems.sort_by_key(|p| p.location);
+    }
+}
+
+/// Deepest nesting the position scan follows (the config has a few levels;
+/// a deeper file is refused by the parser anyway).
+const MAX_SCAN_DEPTH: usize = 64;
+
+/// Scans `text` (YAML, or JSON, which is YAML's flow style) for the position
+/// of every key and item, and reports keys repeated in one mapping. Best
+/// effort: a file this scanner cannot read yields what it found so far, and
+/// the value parser reports the syntax error.
+pub fn scan(text: &str) -> (Positions, Vec<Problem>) {
+    use yaml_rust2::parser::{Event, Parser};
+    let mut parser = Parser::new_from_str(text);
+    let mut positions = Positions::default();
+    let mut duplicates = Vec::new();
+    loop {
+        match parser.next_token() {
+            Ok((Event::StreamEnd, _)) | Err(_) => break,
+            Ok((ev @ (Event::MappingStart(..) | Event::SequenceStart(..)), _)) => {
+                let root = Some(YamlPath::root());
+                if node(&mut parser, &ev, root, 0, &mut positions, &mut duplicates).is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+    (positions, duplicates)
+}
+
+type Events<'a> = yaml_rust2::parser::Parser<std::str::Chars<'a>>;
+
+/// Walks one node whose first event is `first`; `path` is `None` inside
+/// complex keys, where no config path leads.
+fn node(
+    parser: &mut Events<'_>,
+    first: &yaml_rust2::parser::Event,
+    path: Option<YamlPath>,
+    depth: usize,
+    positions: &mut Positions,
+    duplicates: &mut Vec<Problem>,
+) -> Result<(), ()> {
+    use yaml_rust2::parser::Event;
+    if depth > MAX_SCAN_DEPTH {
+        return Err(());
+    }
+    // yaml-rust2 counts lines from 1 and columns from 0.
+    let at = |m: yaml_rust2::scanner::Marker| Location {
+        line: m.line(),
+        column: m.col() + 1,
+    };
+    match first {
+        Event::SequenceStart(..) => {
+            for i in 0.. {
+                let (ev, mark) = parser.next_token().map_err(drop)?;
+                if matches!(ev, Event::SequenceEnd) {
+                    break;
+                }
+                let item = path.as_ref().map(|p| p.index(i));
+                if let Some(item) = &item {
+                    positions.0.insert(item.located.clone(), at(mark));
+                }
+                node(parser, &ev, item, depth + 1, positions, duplicates)?;
+            }
+        }
+        Event::MappingStart(..) => {
+            let mut seen = std::collections::HashSet::new();
+            loop {
+                let (key, mark) = parser.next_token().map_err(drop)?;
+                let child = match &key {
+                    Event::MappingEnd => break,
+                    Event::Scalar(name, ..) => path.as_ref().map(|p| {
+                        // A block mapping's start is marked at its first `:`;
+                        // its first key is where a reader sees it begin.
+                        if seen.is_empty() {
+                            let first = at(mark);
+                            positions
+                                .0
+                                .entry(p.located.clone())
+                                .and_modify(|l| *l = (*l).min(first))
+                                .or_insert(first);
+                        }
+                        let child = p.key(name);
+                        if seen.insert(name.clone()) {
+                            positions.0.insert(child.located.clone(), at(mark));
+                        } else {
+                            let first = positions
+                                .find(&child)
+                                .map_or_else(String::new, |l| l.to_string());
+                            duplicates.push(Problem {
+                                location: Some(at(mark)),
+                                ..Problem::error(
+                                    child.clone(),
+                                    format!(
+                                        "duplicate key `{name}` (a mapping takes each key once; the first is at {first})"
+                                    ),
+                                )
+                            });
+                        }
+                        child
+                    }),
+                    complex => {
+                        node(parser, complex, None, depth + 1, positions, duplicates)?;
+                        None
+                    }
+                };
+                let (value, _) = parser.next_token().map_err(drop)?;
+                node(parser, &value, child, depth + 1, positions, duplicates)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Collects errors and warnings while a config is read.
@@ -73,17 +304,93 @@ pub struct Diagnostics {
 
 impl Diagnostics {
     pub fn error(&mut self, path: &YamlPath, message: impl Into<String>) {
-        self.errors.push(Problem {
-            path: path.clone(),
-            message: message.into(),
-        });
+        self.errors.push(Problem::error(path.clone(), message));
     }
 
     pub fn warn(&mut self, path: &YamlPath, message: impl Into<String>) {
         self.warnings.push(Problem {
-            path: path.clone(),
-            message: message.into(),
+            severity: Severity::Warning,
+            ..Problem::error(path.clone(), message)
         });
+    }
+}
+
+/// The parsed file as a JSON tree, refusing a key repeated in one mapping:
+/// YAML (1.2, section 3.2.1.1) and JSON (RFC 8259, section 4: names
+/// "SHOULD be unique") parsers otherwise keep the last value silently, and a
+/// second `x-hasura-role` or `definition:` would replace the first unseen.
+pub struct Tree(pub Value);
+
+impl<'de> serde::Deserialize<'de> for Tree {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TreeVisitor).map(Tree)
+    }
+}
+
+struct TreeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TreeVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a YAML or JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        // NaN and infinities have no JSON form: null, as serde_json does.
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(TreeVisitor)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Tree(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Tree(value) = map.next_value()?;
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("duplicate key `{key}`")));
+            }
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -169,6 +476,21 @@ impl<'a> Obj<'a> {
     pub fn u64(&mut self, d: &mut Diagnostics, key: &str) -> Option<u64> {
         let (p, v) = self.get(key)?;
         as_u64(d, &p, v)
+    }
+
+    /// Reads RelyAuth keys that authgate accepts but does not act on: each
+    /// one present is a warning (an error under `validate --strict`).
+    pub fn no_effect(&mut self, d: &mut Diagnostics, keys: &[&str], why: &str) {
+        for key in keys {
+            if let Some((p, _)) = self.get(key) {
+                d.warn(
+                    &p,
+                    format!(
+                        "accepted for RelyAuth compatibility; it has no effect in authgate{why}"
+                    ),
+                );
+            }
+        }
     }
 
     /// Reports every key that was never read, with a close match if one exists.
@@ -296,6 +618,80 @@ mod tests {
             YamlPath::root().key("a").key("b.c").to_string(),
             "a[\"b.c\"]"
         );
+    }
+
+    #[test]
+    fn modes_are_shown_by_name_and_located_by_index() {
+        let p = YamlPath::root()
+            .key("definition")
+            .key("modes")
+            .named_index(1, "main jwt")
+            .key("key");
+        assert_eq!(p.to_string(), "definition.modes[\"main jwt\"].key");
+        let chain: Vec<&str> = p.located_chain().collect();
+        assert_eq!(
+            chain,
+            [
+                "definition.modes[1].key",
+                "definition.modes[1]",
+                "definition.modes",
+                "definition",
+                ""
+            ]
+        );
+    }
+
+    #[test]
+    fn scan_finds_keys_items_and_duplicates() {
+        let text = "a:\n  b: [x, {c: 1}]\n  'd': &anchor {e: 2}\n  f: *anchor\n  ? [complex, key]\n  : {g: 3}\n  \"d\": again\n";
+        let (pos, dups) = scan(text);
+        let at = |p: &YamlPath| pos.find(p).map(|l| (l.line, l.column));
+        let a = YamlPath::root().key("a");
+        assert_eq!(at(&a), Some((1, 1)));
+        assert_eq!(at(&a.key("b")), Some((2, 3)));
+        assert_eq!(at(&a.key("b").index(1).key("c")), Some((2, 11)));
+        assert_eq!(at(&a.key("d").key("e")), Some((3, 17)));
+        // Unknown paths fall back to their nearest ancestor.
+        assert_eq!(at(&a.key("b").index(7)), Some((2, 3)));
+        // Quoted and plain spellings of one key are one key.
+        assert_eq!(dups.len(), 1, "{dups:?}");
+        assert_eq!(dups[0].path.to_string(), "a.d");
+        assert_eq!(dups[0].location, Some(Location { line: 7, column: 3 }));
+    }
+
+    #[test]
+    fn scan_survives_what_it_cannot_read() {
+        for text in [
+            "",
+            "a: [",
+            "{",
+            "a: b: c",
+            "- - - -",
+            "\u{feff}a: 1",
+            "%YAML 9.9\n---\na: 1",
+        ] {
+            let _ = scan(text);
+        }
+        // Deeper than the scan follows: no stack overflow, no false duplicates.
+        let deep = "[".repeat(10_000);
+        let (_, dups) = scan(&deep);
+        assert!(dups.is_empty());
+        let deep = format!("{}1{}", "{a: ".repeat(200), "}".repeat(200));
+        let (_, dups) = scan(&deep);
+        assert!(dups.is_empty());
+    }
+
+    #[test]
+    fn trees_refuse_duplicate_keys_in_json_and_yaml() {
+        let json = r#"{"a": {"b": 1, "b": 2}}"#;
+        let err = serde_json::from_str::<Tree>(json).err().expect("refused");
+        assert!(err.to_string().contains("duplicate key `b`"), "{err}");
+        let err = serde_yaml_ng::from_str::<Tree>("a:\n  b: 1\n  b: 2\n")
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("duplicate key `b`"), "{err}");
+        let Tree(v) = serde_yaml_ng::from_str("a: [1, -2, 1.5, true, null, x]").unwrap();
+        assert_eq!(v, json!({"a": [1, -2, 1.5, true, null, "x"]}));
     }
 
     #[test]

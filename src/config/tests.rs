@@ -11,12 +11,12 @@ fn env(name: &str) -> Option<String> {
 fn errors(yaml: &str) -> Vec<String> {
     match parse(yaml, &env) {
         Ok(_) => Vec::new(),
-        Err(e) => e.0.iter().map(|p| p.to_string()).collect(),
+        Err(e) => e.errors().map(|p| p.to_string()).collect(),
     }
 }
 
 #[test]
-fn parses_the_spec_example_modes() {
+fn parses_the_relyauth_example_modes() {
     let c = parse(
         r#"
 version: v1
@@ -174,12 +174,12 @@ definition:
     );
     assert!(
         errs.iter()
-            .any(|e| e.contains("modes[1].key.jwkFromUrl: the JWKS URL must be http or https")),
+            .any(|e| e.contains("modes[b].key.jwkFromUrl: the JWKS URL must be http or https")),
         "{errs:?}"
     );
     assert!(
         errs.iter()
-            .any(|e| e.contains("modes[2].key: missing `key`")),
+            .any(|e| e.contains("modes[c].key: missing `key`")),
         "{errs:?}"
     );
 }
@@ -233,4 +233,54 @@ fn hasura_names_are_compared_bytewise() {
     let session = crate::claims::extract(&cfg, &payload).unwrap();
     assert_eq!(session.get_str("x-hasura-role"), Some("r"));
     assert_eq!(session.len(), 1);
+}
+
+#[test]
+fn empty_webauthn_origins_are_an_error_not_elevation_off() {
+    let errs = errors(
+        r#"
+definition:
+  modes:
+    - mode: noAuth
+      sessionVariables: {x-hasura-role: {value: anonymous}}
+  elevation:
+    mode: required
+    routes: [{pathPrefix: /admin/}]
+    webauthn: {rpId: example.com, origins: []}
+"#,
+    );
+    assert_eq!(
+        errs,
+        ["definition.elevation.webauthn.origins: at least one origin is required"]
+    );
+}
+
+#[test]
+fn relyauth_keys_without_effect_are_warnings() {
+    let c = parse(
+        r#"
+definition:
+  modes:
+    - mode: webhook
+      url: {value: "https://hook.example/auth"}
+      method: GET
+      httpClient:
+        transport: {dialer: {timeout: 5s, keepAlive: 30s}}
+        retry: {maxAttempts: 2, jitter: true}
+"#,
+        &env,
+    )
+    .expect("valid");
+    let warnings: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].starts_with("definition.modes[0].httpClient.transport.dialer.keepAlive: accepted for RelyAuth compatibility"), "{warnings:?}");
+    assert!(
+        warnings[1].starts_with(
+            "definition.modes[0].httpClient.retry.jitter: accepted for RelyAuth compatibility"
+        ),
+        "{warnings:?}"
+    );
+    // In file order, with their lines.
+    assert_eq!(c.warnings[0].location.map(|l| l.line), Some(8));
+    assert_eq!(c.warnings[1].location.map(|l| l.line), Some(9));
 }

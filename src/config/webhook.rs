@@ -730,18 +730,18 @@ fn http_client(
                     None => ok = false,
                 }
             }
-            dialer.finish(
-                d,
-                &[
-                    "timeout",
-                    "keepAlive",
-                    "keepAliveEnabled",
-                    "keepAliveInterval",
-                    "keepAliveIdle",
-                    "keepAliveCount",
-                    "fallbackDelay",
-                ],
-            );
+            let no_effect = [
+                "keepAlive",
+                "keepAliveEnabled",
+                "keepAliveInterval",
+                "keepAliveIdle",
+                "keepAliveCount",
+                "fallbackDelay",
+            ];
+            dialer.no_effect(d, &no_effect, "");
+            let mut known = vec!["timeout"];
+            known.extend(no_effect);
+            dialer.finish(d, &known);
         }
         if let Some((ip, iv)) = t.get("idleConnTimeout") {
             opts.pool_idle_timeout = duration(d, &ip, iv);
@@ -916,9 +916,11 @@ fn http_client(
                 }
             }
         }
-        for key in ["jitter", "jitterFactor"] {
-            let _ = r.get(key);
-        }
+        r.no_effect(
+            d,
+            &["jitter", "jitterFactor"],
+            " (retries wait the computed delay)",
+        );
         r.finish(
             d,
             &[
@@ -1003,7 +1005,11 @@ fn hook_auth(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> O
         }
         Some((_, "oauth2")) => {
             let flows = o.require(d, "flows");
-            let _ = o.get("tokenLocation");
+            o.no_effect(
+                d,
+                &["tokenLocation"],
+                " (the access token is sent as `Authorization: Bearer`)",
+            );
             o.finish(d, &["type", "flows", "tokenLocation"]);
             let (fp, fv) = flows?;
             let mut f = Obj::open(d, fp.clone(), fv)?;
@@ -1020,7 +1026,11 @@ fn hook_auth(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> O
             let client_secret = c
                 .require(d, "clientSecret")
                 .and_then(|(p, v)| env_string(d, env, &p, v));
-            let _ = c.get("refreshUrl");
+            c.no_effect(
+                d,
+                &["refreshUrl"],
+                " (tokens are fetched again from `tokenUrl`)",
+            );
             let scopes = match c.get("scopes") {
                 Some((p, Value::Object(m))) => {
                     let _ = p;

@@ -411,3 +411,115 @@ definition:
 "#
     )
 }
+
+/// The admin URL of a PostgreSQL server for the store tests:
+/// `AUTHGATE_TEST_POSTGRES_URL` when set, else a throwaway cluster this test
+/// process starts once (Debian's `initdb` and `postgres`, in a temporary
+/// directory, on a free port of 127.0.0.1, with a random password). A
+/// watchdog stops the cluster and removes its directory when the test
+/// process is gone, so nothing on the machine changes.
+pub fn postgres_url() -> String {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        std::env::var("AUTHGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| start_postgres())
+    })
+    .clone()
+}
+
+/// Where PostgreSQL's server programs are: `pg_config --bindir`, else the
+/// newest `/usr/lib/postgresql/<version>/bin` (Debian keeps them off PATH).
+fn postgres_bindir() -> std::path::PathBuf {
+    let has_initdb = |dir: &std::path::Path| dir.join("initdb").is_file();
+    if let Ok(out) = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+    {
+        let dir = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if has_initdb(&dir) {
+            return dir;
+        }
+    }
+    let mut versions: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse().ok()?;
+            Some((v, e.path().join("bin")))
+        })
+        .filter(|(_, dir)| has_initdb(dir))
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, dir)| dir).unwrap_or_else(|| {
+        panic!(
+            "the PostgreSQL tests need PostgreSQL's server programs (initdb, postgres): \
+             install Debian's `postgresql` package (bash scripts/test-deps.sh does), \
+             or set AUTHGATE_TEST_POSTGRES_URL to an admin URL of a running server"
+        )
+    })
+}
+
+fn start_postgres() -> String {
+    let bin = postgres_bindir();
+    let port = free_port();
+    let password = uuid::Uuid::new_v4().simple().to_string();
+    // PostgreSQL refuses to run as root: as root, the cluster belongs to
+    // the `postgres` user the Debian package creates.
+    let script = r#"
+set -e
+bin=$1; port=$2; watched=$3; password=$4
+dir=$(mktemp -d "${TMPDIR:-/tmp}/authgate-test-pg.XXXXXX")
+printf '%s\n' "$password" > "$dir/password"
+"$bin/initdb" -D "$dir/data" -U postgres --auth-host=scram-sha-256 --auth-local=peer \
+  --pwfile="$dir/password" -E UTF8 --no-sync > "$dir/initdb.log" 2>&1 \
+  || { cat "$dir/initdb.log" >&2; rm -rf "$dir"; exit 1; }
+"$bin/postgres" -D "$dir/data" -p "$port" -k "$dir" -c listen_addresses=127.0.0.1 \
+  -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
+  > "$dir/server.log" 2>&1 < /dev/null &
+server=$!
+( while [ -d "/proc/$watched" ]; do sleep 1; done
+  kill -INT "$server" 2>/dev/null; while kill -0 "$server" 2>/dev/null; do sleep 0.2; done
+  rm -rf "$dir" ) > /dev/null 2>&1 < /dev/null &
+for _ in $(seq 150); do
+  "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" && exit 0
+  kill -0 "$server" 2>/dev/null || break
+  sleep 0.2
+done
+cat "$dir/server.log" >&2
+exit 1
+"#;
+    let args = [
+        "-c",
+        script,
+        "sh",
+        bin.to_str().expect("UTF-8 path"),
+        &port.to_string(),
+        &std::process::id().to_string(),
+        &password,
+    ];
+    let is_root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    let mut cmd = if is_root {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--", "sh"]);
+        c
+    } else {
+        std::process::Command::new("sh")
+    };
+    let out = cmd
+        .args(args)
+        .current_dir("/")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start a PostgreSQL cluster: {e}"));
+    assert!(
+        out.status.success(),
+        "starting a PostgreSQL cluster with {} failed: {}",
+        bin.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("postgres://postgres:{password}@127.0.0.1:{port}/postgres")
+}
