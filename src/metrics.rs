@@ -43,6 +43,14 @@ fn mode_index(label: &str) -> usize {
         .unwrap_or(MODE_LABELS.len() - 1)
 }
 
+/// Latency buckets (seconds): fine below a millisecond, where decisions
+/// are, and up to the longest `decisionTimeout` allows (60 s), so that slow
+/// decisions and timeouts land in a bucket rather than only in `+Inf`.
+pub const DURATION_BUCKETS: [f64; 19] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
 /// Outcome slots: 0 = allow, 1.. = deny reasons in `DenyReason::ALL` order.
 const OUTCOMES: usize = 1 + DenyReason::ALL.len();
 
@@ -101,9 +109,14 @@ pub struct Metrics {
     pub token_cache_miss: IntCounter,
     pub elevation_failures: IntCounterVec,
     pub elevation_ceremonies: IntCounterVec,
+    /// Failed operations on the security-key store.
+    pub elevation_store_errors: IntCounter,
     pub config_reload_ok: IntCounter,
     pub config_reload_error: IntCounter,
     pub config_last_reload_success: Gauge,
+    /// 1 when the file's last load (at start or on reload) succeeded, 0
+    /// when it failed and an older configuration keeps serving.
+    pub config_last_reload_successful: IntGauge,
 }
 
 /// Per-JWKS-source handles, resolved once.
@@ -115,7 +128,41 @@ pub struct SourceMetrics {
     pub fetch_error: IntCounter,
     pub fetch_not_modified: IntCounter,
     pub keys: IntGauge,
-    pub last_success: Gauge,
+    /// Created at the first success: before it there is no time to report
+    /// (a 0 would read as "last success in 1970").
+    last_success: GaugeVec,
+    source: String,
+    families: (IntCounterVec, IntCounterVec, IntGaugeVec),
+}
+
+impl SourceMetrics {
+    /// The `source` label: the id of the first mode using this JWKS.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Removes this source's series, when no configured mode uses it any
+    /// more: a dropped JWKS would otherwise age forever on dashboards and
+    /// fire staleness alerts.
+    pub fn forget(&self) {
+        let (lookups, fetches, keys) = &self.families;
+        let s = self.source.as_str();
+        for result in ["hit", "miss"] {
+            let _ = lookups.remove_label_values(&[s, result]);
+        }
+        for result in ["ok", "error", "not_modified"] {
+            let _ = fetches.remove_label_values(&[s, result]);
+        }
+        let _ = keys.remove_label_values(&[s]);
+        let _ = self.last_success.remove_label_values(&[s]);
+    }
+
+    /// Records a successful fetch (new keys or 304) at `unix_seconds`.
+    pub fn succeeded(&self, unix_seconds: f64) {
+        self.last_success
+            .with_label_values(&[self.source.as_str()])
+            .set(unix_seconds);
+    }
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -153,10 +200,7 @@ impl Metrics {
                 "authgate_check_duration_seconds",
                 "Time to reach a decision, by front door.",
             )
-            .buckets(vec![
-                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                0.25, 0.5, 1.0,
-            ]),
+            .buckets(DURATION_BUCKETS.to_vec()),
             &["frontend"],
         )
         .expect("static metric definition");
@@ -222,6 +266,14 @@ impl Metrics {
                 elevation_ceremonies.with_label_values(&[s, r]);
             }
         }
+        let elevation_store_errors = IntCounter::new(
+            "authgate_elevation_store_errors_total",
+            "Operations on the security-key store that failed (unreachable, timed out, corrupt data); each was answered internal_error.",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(elevation_store_errors.clone()))
+            .expect("metric registered once");
         let reloads = counter_vec(
             &registry,
             "authgate_config_reloads_total",
@@ -235,6 +287,23 @@ impl Metrics {
         .expect("static metric definition");
         registry
             .register(Box::new(config_last_reload_success.clone()))
+            .expect("metric registered once");
+        let config_last_reload_successful = IntGauge::new(
+            "authgate_config_last_reload_successful",
+            "1 when the last load of the configuration file succeeded, 0 when it failed (the previous configuration keeps serving).",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(config_last_reload_successful.clone()))
+            .expect("metric registered once");
+        // process_cpu_seconds_total, process_resident_memory_bytes,
+        // process_open_fds, ...: the standard process metrics, read from
+        // /proc at scrape time (Linux only; elsewhere the family is absent).
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
             .expect("metric registered once");
         let build_info = IntGaugeVec::new(
             Opts::new("authgate_build_info", "Build information; always 1."),
@@ -259,9 +328,11 @@ impl Metrics {
             token_cache_miss: token_cache.with_label_values(&["miss"]),
             elevation_failures,
             elevation_ceremonies,
+            elevation_store_errors,
             config_reload_ok: reloads.with_label_values(&["ok"]),
             config_reload_error: reloads.with_label_values(&["error"]),
             config_last_reload_success,
+            config_last_reload_successful,
         }
     }
 
@@ -288,7 +359,13 @@ impl Metrics {
                 .jwks_fetches
                 .with_label_values(&[source, "not_modified"]),
             keys: self.jwks_keys.with_label_values(&[source]),
-            last_success: self.jwks_last_success.with_label_values(&[source]),
+            last_success: self.jwks_last_success.clone(),
+            source: source.to_owned(),
+            families: (
+                self.jwk_lookups.clone(),
+                self.jwks_fetches.clone(),
+                self.jwks_keys.clone(),
+            ),
         }
     }
 
@@ -339,10 +416,32 @@ mod tests {
             "authgate_elevation_ceremonies_total",
             "authgate_config_reloads_total",
             "authgate_config_last_reload_success_timestamp_seconds",
+            "authgate_config_last_reload_successful",
+            "authgate_elevation_store_errors_total",
             "authgate_build_info",
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_open_fds",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }
+        // The slowest bucket holds the longest decision timeout.
+        assert!(
+            text.contains(r#"authgate_check_duration_seconds_bucket{frontend="grpc",le="60"} 0"#)
+        );
+    }
+
+    #[test]
+    fn a_jwks_source_has_no_success_time_before_its_first_success() {
+        let m = Metrics::new();
+        let source = m.source("idp");
+        let name = "authgate_jwks_last_success_timestamp_seconds";
+        assert!(!m.render().contains(&format!("{name}{{")));
+        source.succeeded(1.7e9);
+        assert!(
+            m.render()
+                .contains(&format!("{name}{{source=\"idp\"}} 1700000000"))
+        );
     }
 
     #[test]

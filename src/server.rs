@@ -99,7 +99,10 @@ pub struct Shared {
     pub http_body_bytes: ByteBudget,
     /// SIGHUP and the file watcher both reload: one at a time, so an older
     /// file read cannot be swapped in after a newer one.
-    reload_lock: tokio::sync::Mutex<()>,
+    /// Fingerprint of the file content last loaded or tried; held for a
+    /// whole reload, so reloads run one at a time and an edit seen by both
+    /// SIGHUP and the file watcher is one attempt.
+    attempted: tokio::sync::Mutex<Option<u64>>,
 }
 
 /// Counts a request in flight (for the drain) until it is answered or dropped.
@@ -124,9 +127,11 @@ impl Shared {
     pub async fn new(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Self>, String> {
         let metrics = Arc::new(Metrics::new());
         let registry = JwksRegistry::new()?;
-        let elevation = open_elevation(&config, None).await?;
+        let elevation = open_elevation(&config, None, &metrics).await?;
         let engine = Engine::new(config, &registry, metrics.clone(), true, elevation);
-        metrics.config_reload_ok.inc();
+        let attempted = config_path.as_deref().and_then(fingerprint);
+        // The load at start is not a reload; it sets the state gauges.
+        metrics.config_last_reload_successful.set(1);
         metrics.config_last_reload_success.set(unix_seconds());
         Ok(Arc::new(Shared {
             engine: ArcSwap::from_pointee(engine),
@@ -141,7 +146,7 @@ impl Shared {
             ceremonies_pending: Arc::new(Semaphore::new(MAX_PENDING_CEREMONIES)),
             grpc_bytes: ByteBudget::new(GRPC_TOTAL_BYTES),
             http_body_bytes: ByteBudget::new(HTTP_TOTAL_BODY_BYTES),
-            reload_lock: tokio::sync::Mutex::new(()),
+            attempted: tokio::sync::Mutex::new(attempted),
         }))
     }
 
@@ -152,6 +157,29 @@ impl Shared {
     /// Ready: not draining and every JWKS has keys.
     pub fn is_ready(&self) -> bool {
         !self.draining.load(Ordering::Relaxed) && self.engine.load().is_ready()
+    }
+
+    /// What keeps authgate from being ready, one line each (empty when
+    /// ready): draining, or a JWKS source without keys and why.
+    pub fn not_ready_because(&self) -> Vec<String> {
+        let mut missing = Vec::new();
+        if self.draining.load(Ordering::Relaxed) {
+            missing.push("draining: shutting down".to_owned());
+        }
+        for jwks in self.engine.load().jwks() {
+            if jwks.is_ready() {
+                continue;
+            }
+            let why = jwks
+                .last_error()
+                .map_or_else(|| "first fetch in progress".to_owned(), |e| e.to_string());
+            missing.push(format!(
+                "jwks {} ({}): no keys yet: {why}",
+                jwks.source(),
+                without_query(jwks.url())
+            ));
+        }
+        missing
     }
 
     /// Runs `work` in one of `slots`, within the decision timeout (the wait
@@ -231,21 +259,37 @@ impl Shared {
 
     /// Re-reads the config file; on success swaps the engine in, keeping
     /// JWKS caches whose URL is unchanged. On error the old config serves.
+    /// A content loaded or tried already is not tried again, nor counted
+    /// (SIGHUP and the file watcher both see an edit): to retry a rejected
+    /// file unchanged, change it (a comment will do).
     pub async fn reload(&self) -> Result<(), ConfigErrors> {
         let Some(path) = &self.config_path else {
             return Ok(());
         };
-        let _one_at_a_time = self.reload_lock.lock().await;
-        let loaded = config::load_file(path);
+        let mut attempted = self.attempted.lock().await;
+        let text = config::read(path);
+        let print = text.as_ref().ok().map(|t| fingerprint_of(t.as_bytes()));
+        if print.is_some() && print == *attempted {
+            tracing::info!(config = %path.display(), "configuration unchanged since the last reload attempt");
+            return Ok(());
+        }
+        *attempted = print;
+        let loaded = text.and_then(|text| {
+            config::parse_as(&text, config::Format::of(path), &config::ProcessEnv)
+        });
         let current = self.engine.load_full();
         let loaded = match loaded {
-            Ok(config) => match open_elevation(&config, current.elevation().map(|e| &**e)).await {
-                Ok(elevation) => Ok((config, elevation)),
-                Err(e) => Err(ConfigErrors(vec![config::Problem::error(
-                    config::YamlPath::root().key("definition").key("elevation"),
-                    e,
-                )])),
-            },
+            Ok(config) => {
+                match open_elevation(&config, current.elevation().map(|e| &**e), &self.metrics)
+                    .await
+                {
+                    Ok(elevation) => Ok((config, elevation)),
+                    Err(e) => Err(ConfigErrors(vec![config::Problem::error(
+                        config::YamlPath::root().key("definition").key("elevation"),
+                        e,
+                    )])),
+                }
+            }
             Err(e) => Err(e),
         };
         match loaded {
@@ -264,12 +308,14 @@ impl Shared {
                 self.registry.retain(&urls);
                 self.engine.store(Arc::new(engine));
                 self.metrics.config_reload_ok.inc();
+                self.metrics.config_last_reload_successful.set(1);
                 self.metrics.config_last_reload_success.set(unix_seconds());
                 tracing::info!(config = %path.display(), "configuration reloaded");
                 Ok(())
             }
             Err(e) => {
                 self.metrics.config_reload_error.inc();
+                self.metrics.config_last_reload_successful.set(0);
                 for p in &e.0 {
                     let at = p.location.map(|l| l.to_string()).unwrap_or_default();
                     match p.severity {
@@ -290,31 +336,57 @@ impl Shared {
     }
 }
 
+/// Sets every gRPC health service name authgate answers for.
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(
+            <crate::grpc::ExtAuthz as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+}
+
+/// A URL without its query and fragment, which may carry credentials.
+fn without_query(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
+}
+
 /// How often the config file is checked for changes.
 pub const CONFIG_POLL: Duration = Duration::from_secs(2);
 /// A changed file must read the same twice this far apart before it is
 /// loaded, so that a reload does not pick up a file still being written.
 pub const CONFIG_SETTLE: Duration = Duration::from_millis(200);
 
-fn fingerprint(path: &std::path::Path) -> Option<u64> {
+fn fingerprint_of(bytes: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
-    let bytes = std::fs::read(path).ok()?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);
-    Some(h.finish())
+    h.finish()
+}
+
+fn fingerprint(path: &std::path::Path) -> Option<u64> {
+    std::fs::read(path).ok().map(|b| fingerprint_of(&b))
 }
 
 /// Reloads the config when the file's content changes (an edit, or a
-/// Kubernetes ConfigMap swapping its symlink). A file that disappears or
-/// cannot be read is counted as a failed reload; the running config stays.
+/// Kubernetes ConfigMap swapping its symlink), unless that content was
+/// already loaded or tried (a SIGHUP got there first): one edit, one
+/// attempt. A file that disappears or cannot be read is counted as one
+/// failed reload; the running config stays.
 pub fn watch_config(shared: Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> {
     let path = shared.config_path.clone()?;
     Some(tokio::spawn(async move {
-        let mut last = fingerprint(&path);
+        let mut seen = fingerprint(&path);
         loop {
             tokio::time::sleep(CONFIG_POLL).await;
             let now = fingerprint(&path);
-            if now == last {
+            if now == seen {
                 continue;
             }
             tokio::time::sleep(CONFIG_SETTLE).await;
@@ -322,12 +394,20 @@ pub fn watch_config(shared: Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> 
                 // Still being written: look again at the next poll.
                 continue;
             }
-            last = now;
-            if now.is_some() {
-                let _ = shared.reload().await;
-            } else {
+            seen = now;
+            let mut attempted = shared.attempted.lock().await;
+            if now == *attempted {
+                // Loaded or tried already (a SIGHUP got there first).
+                continue;
+            }
+            if now.is_none() {
+                *attempted = None;
                 shared.metrics.config_reload_error.inc();
+                shared.metrics.config_last_reload_successful.set(0);
                 tracing::error!(config = %path.display(), "configuration file unreadable; the previous configuration keeps serving");
+            } else {
+                drop(attempted);
+                let _ = shared.reload().await;
             }
         }
     }))
@@ -338,11 +418,15 @@ pub fn watch_config(shared: Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> 
 pub async fn open_elevation(
     config: &Config,
     previous: Option<&Elevation>,
+    metrics: &Metrics,
 ) -> Result<Option<Arc<Elevation>>, String> {
     match &config.elevation {
-        Some(cfg) if cfg.mode != ElevationMode::Disabled || cfg.webauthn.is_some() => Ok(Some(
-            Arc::new(Elevation::open(cfg.clone(), previous).await?),
-        )),
+        Some(cfg) if cfg.mode != ElevationMode::Disabled || cfg.webauthn.is_some() => {
+            let errors = metrics.elevation_store_errors.clone();
+            Ok(Some(Arc::new(
+                Elevation::open(cfg.clone(), previous, errors).await?,
+            )))
+        }
         _ => Ok(None),
     }
 }
@@ -471,8 +555,10 @@ pub async fn start(
     let http_addr = http_listener.local_addr()?;
     let (stop, rx) = watch::channel(false);
 
+    // Every service name follows readiness, the server's own ("", what
+    // Envoy's and Kubernetes' gRPC health checks ask) included.
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_not_serving::<crate::grpc::ExtAuthz>().await;
+    set_health(&health, false).await;
     let reflection = crate::grpc::reflection_services();
     let ext_authz = crate::grpc::ExtAuthz::new(shared.clone(), MAX_CHECK_REQUEST_BYTES);
     let grpc_rx = rx.clone();
@@ -515,26 +601,36 @@ pub async fn start(
         rx.clone(),
     ));
 
-    // Readiness latch for gRPC health: SERVING once every JWKS has keys.
+    // Readiness latch for gRPC health: SERVING once every JWKS has keys,
+    // NOT_SERVING again when keys are missing or the server drains. Each
+    // change is logged once, with what is missing.
     let health_shared = shared.clone();
     let mut health_rx = rx.clone();
     let health_task = tokio::spawn(async move {
         let mut serving = false;
+        let mut reported: Option<Vec<String>> = None;
         loop {
-            let ready = health_shared.is_ready();
+            let missing = health_shared.not_ready_because();
+            let ready = missing.is_empty();
             if ready != serving {
                 serving = ready;
+                set_health(&health, ready).await;
+            }
+            if reported.as_ref() != Some(&missing) {
                 if ready {
-                    health.set_serving::<crate::grpc::ExtAuthz>().await;
                     tracing::info!("ready");
                 } else {
-                    health.set_not_serving::<crate::grpc::ExtAuthz>().await;
+                    tracing::warn!(missing = ?missing, "not ready");
                 }
+                reported = Some(missing);
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                 _ = health_rx.changed() => {
-                    if *health_rx.borrow() { return; }
+                    if *health_rx.borrow() {
+                        set_health(&health, false).await;
+                        return;
+                    }
                 }
             }
         }

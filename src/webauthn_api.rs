@@ -44,7 +44,8 @@ fn api_error(status: StatusCode, error: &str, message: &str) -> Response {
     (status, Json(json!({"error": error, "message": message}))).into_response()
 }
 
-fn store_error(e: StoreError) -> Response {
+fn store_error(elevation: &Elevation, e: StoreError) -> Response {
+    elevation.store_errors.inc();
     tracing::error!(error = %e, "security-key store");
     crate::http::render(&Decision::deny(DenyReason::InternalError, None))
 }
@@ -149,7 +150,7 @@ async fn may_add_key(c: &Caller) -> Result<bool, Response> {
         .store
         .count_keys(&c.user)
         .await
-        .map_err(store_error)?;
+        .map_err(|e| store_error(&c.elevation, e))?;
     Ok(count == 0 || c.identity.elevated || c.elevation.cfg.mode == ElevationMode::Disabled)
 }
 
@@ -338,7 +339,7 @@ async fn add_begin(
     }
     let existing = match c.elevation.store.list_keys(&c.user).await {
         Ok(k) => k,
-        Err(e) => return store_error(e),
+        Err(e) => return store_error(&c.elevation, e),
     };
     let exclude = existing
         .iter()
@@ -375,7 +376,7 @@ async fn add_begin(
         expires_at: unix_now() + c.elevation.cfg.challenge_ttl.as_secs() as i64,
     };
     if let Err(e) = c.elevation.store.put_challenge(&pending).await {
-        return store_error(e);
+        return store_error(&c.elevation, e);
     }
     ceremony(&shared, "begin", true);
     Json(options).into_response()
@@ -438,12 +439,15 @@ async fn add_finish(
                 "unknown, used or expired challenge",
             );
         }
-        Err(e) => return store_error(e),
+        Err(e) => return store_error(&c.elevation, e),
     };
     let Ok(state) =
         serde_json::from_value::<SecurityKeyRegistration>(pending.state["registration"].clone())
     else {
-        return store_error(StoreError::Corrupt("registration state".into()));
+        return store_error(
+            &c.elevation,
+            StoreError::Corrupt("registration state".into()),
+        );
     };
     let key = match c
         .webauthn
@@ -464,7 +468,7 @@ async fn add_finish(
         nickname: nickname.clone(),
         credential: match serde_json::to_value(&key) {
             Ok(v) => v,
-            Err(_) => return store_error(StoreError::Corrupt("credential".into())),
+            Err(_) => return store_error(&c.elevation, StoreError::Corrupt("credential".into())),
         },
         counter: 0,
         created_at: unix_now(),
@@ -479,7 +483,7 @@ async fn add_finish(
                 "this security key is already registered",
             );
         }
-        Err(e) => return store_error(e),
+        Err(e) => return store_error(&c.elevation, e),
     }
     c.elevation.invalidate(&c.user);
     ceremony(&shared, "register", true);
@@ -514,7 +518,7 @@ async fn elevate_begin(
     }
     let keys = match c.elevation.store.list_keys(&c.user).await {
         Ok(k) => security_keys(&k),
-        Err(e) => return store_error(e),
+        Err(e) => return store_error(&c.elevation, e),
     };
     if keys.is_empty() {
         ceremony(&shared, "begin", false);
@@ -545,7 +549,7 @@ async fn elevate_begin(
         expires_at: unix_now() + c.elevation.cfg.challenge_ttl.as_secs() as i64,
     };
     if let Err(e) = c.elevation.store.put_challenge(&pending).await {
-        return store_error(e);
+        return store_error(&c.elevation, e);
     }
     ceremony(&shared, "begin", true);
     Json(options).into_response()
@@ -606,12 +610,15 @@ async fn elevate_finish(
                 "unknown, used or expired challenge",
             );
         }
-        Err(e) => return store_error(e),
+        Err(e) => return store_error(&c.elevation, e),
     };
     let Ok(state) = serde_json::from_value::<SecurityKeyAuthentication>(
         pending.state["authentication"].clone(),
     ) else {
-        return store_error(StoreError::Corrupt("authentication state".into()));
+        return store_error(
+            &c.elevation,
+            StoreError::Corrupt("authentication state".into()),
+        );
     };
     let result = match c
         .webauthn
@@ -627,7 +634,7 @@ async fn elevate_finish(
     // Persist the new signature counter.
     let keys = match c.elevation.store.list_keys(&c.user).await {
         Ok(k) => security_keys(&k),
-        Err(e) => return store_error(e),
+        Err(e) => return store_error(&c.elevation, e),
     };
     let Some((id, mut key)) = keys
         .into_iter()
@@ -648,7 +655,7 @@ async fn elevate_finish(
             .update_key(&id, &value, result.counter())
             .await
         {
-            return store_error(e);
+            return store_error(&c.elevation, e);
         }
     }
     let now = unix_now();
@@ -700,7 +707,7 @@ async fn list_keys(
                 .collect::<Vec<_>>()
         }))
         .into_response(),
-        Err(e) => store_error(e),
+        Err(e) => store_error(&c.elevation, e),
     }
 }
 
@@ -726,7 +733,7 @@ async fn delete_key(
             StatusCode::NO_CONTENT.into_response()
         }
         Ok(false) => api_error(StatusCode::NOT_FOUND, "not_found", "no such security key"),
-        Err(e) => store_error(e),
+        Err(e) => store_error(&c.elevation, e),
     }
 }
 

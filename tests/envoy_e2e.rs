@@ -404,3 +404,151 @@ async fn envoy_forwards_allowed_requests_with_session_headers_and_blocks_denials
     let m = server.metrics().await;
     assert!(m.contains(r#"authgate_check_requests_total{decision="allow",frontend="grpc",mode="jwt",reason="none"} 3"#), "{m}");
 }
+
+/// A WebSocket upstream (a stand-in for Hasura's subscriptions endpoint):
+/// answers every upgrade with 101 (RFC 6455, section 4.2.2), echoes the
+/// session headers it received in `x-seen-*` response headers, then sends
+/// one text frame, "hello".
+async fn websocket_upstream() -> SocketAddr {
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let header = |name: &str| {
+                    head.lines()
+                        .filter_map(|l| l.split_once(':'))
+                        .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.trim().to_owned())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                let key = header("sec-websocket-key");
+                let digest = aws_lc_rs::digest::digest(
+                    &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+                    format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
+                );
+                let accept = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+                let answer = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\nx-seen-role: {}\r\nx-seen-user-id: {}\r\n\r\n",
+                    header("x-hasura-role"),
+                    header("x-hasura-user-id")
+                );
+                let _ = sock.write_all(answer.as_bytes()).await;
+                // An unmasked text frame from the server: FIN + text, length 5.
+                let _ = sock
+                    .write_all(&[0x81, 5, b'h', b'e', b'l', b'l', b'o'])
+                    .await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends a WebSocket upgrade of /v1/graphql through Envoy; the response head
+/// and whatever of the stream followed within a short wait.
+async fn upgrade(listen: u16, authorization: Option<&str>) -> (String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", listen))
+        .await
+        .unwrap();
+    let auth = authorization
+        .map(|a| format!("authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "GET /v1/graphql HTTP/1.1\r\nhost: hasura\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\nsec-websocket-protocol: graphql-transport-ws\r\nx-hasura-role: editor\r\nx-hasura-user-id: admin\r\n{auth}\r\n"
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let read = tokio::time::timeout_at(deadline, sock.read(&mut buf)).await;
+        match read {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let body_len = got.len() - end - 4;
+            // A 101 is followed by the upstream's frame; a denial by its body.
+            if got.starts_with(b"HTTP/1.1 101") && body_len >= 7 {
+                break;
+            }
+            if !got.starts_with(b"HTTP/1.1 101") {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_millis(200), sock.read(&mut buf)).await
+                {
+                    got.extend_from_slice(&buf[..n]);
+                }
+                break;
+            }
+        }
+    }
+    let end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head: {:?}", String::from_utf8_lossy(&got)));
+    (
+        String::from_utf8_lossy(&got[..end]).to_lowercase(),
+        got[end + 4..].to_vec(),
+    )
+}
+
+/// Hasura subscriptions through envoy/envoy.yaml: the WebSocket upgrade is
+/// decided by authgate once; allowed, it is switched (101) with the session
+/// headers on the upgrade request, where Hasura reads them, and frames flow;
+/// a missing or broken token is refused before the upstream is reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_subscriptions_are_authorized_at_the_upgrade() {
+    let server = TestServer::start(&hs256_config("")).await;
+    let upstream = websocket_upstream().await;
+    let bootstrap = Bootstrap::of("envoy.yaml", &server.running, upstream);
+    let (_envoy, _base, _dir) = bootstrap.run().await;
+    let token = mint(
+        Algorithm::HS256,
+        SECRET,
+        hasura_claims("user-42", &["user", "editor"], "user"),
+        None,
+    );
+
+    let (head, rest) = upgrade(bootstrap.listen, Some(&format!("Bearer {token}"))).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    // The role the client asked for (one of the token's), and the token's
+    // user id, not the client's spoofed one.
+    assert!(head.contains("x-seen-role: editor"), "{head}");
+    assert!(
+        head.contains("x-seen-user-id: user-42\r\n") || head.ends_with("x-seen-user-id: user-42"),
+        "{head}"
+    );
+    assert_eq!(
+        rest,
+        [0x81, 5, b'h', b'e', b'l', b'l', b'o'],
+        "the stream flows after 101"
+    );
+
+    let (head, body) = upgrade(bootstrap.listen, Some("Bearer broken")).await;
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert!(
+        head.contains("www-authenticate: bearer error=\"invalid_token\""),
+        "{head}"
+    );
+    assert!(String::from_utf8_lossy(&body).contains("invalid_token"));
+
+    let (head, _) = upgrade(bootstrap.listen, None).await;
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert!(!head.contains("x-seen-"), "{head}");
+}

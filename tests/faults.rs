@@ -88,6 +88,8 @@ async fn metrics(server: &TestServer) -> String {
 const JWKS_ERRORS: &str = r#"authgate_jwks_fetches_total{result="error",source="idp"}"#;
 const RELOAD_ERRORS: &str = r#"authgate_config_reloads_total{result="error"}"#;
 const RELOAD_OK: &str = r#"authgate_config_reloads_total{result="ok"}"#;
+const RELOAD_SUCCESSFUL: &str = "authgate_config_last_reload_successful";
+const LAST_SUCCESS: &str = r#"authgate_jwks_last_success_timestamp_seconds{source="idp"}"#;
 
 fn internal_errors(frontend: &str, mode: &str) -> String {
     format!(
@@ -130,8 +132,17 @@ async fn status_of(url: String) -> u16 {
         .as_u16()
 }
 
-/// gRPC health of the ext_authz service (1 SERVING, 2 NOT_SERVING).
+/// gRPC health (1 SERVING, 2 NOT_SERVING), the same for the server as a
+/// whole (service "", what Envoy's and Kubernetes' checks ask) and for
+/// ext_authz.
 async fn grpc_health(server: &TestServer) -> i32 {
+    let all = grpc_health_of(server, "").await;
+    let ext_authz = grpc_health_of(server, "envoy.service.auth.v3.Authorization").await;
+    assert_eq!(all, ext_authz, "service \"\" and ext_authz disagree");
+    all
+}
+
+async fn grpc_health_of(server: &TestServer, service: &str) -> i32 {
     within(5, "gRPC health", async {
         let channel = tonic::transport::Channel::from_shared(server.grpc_url())
             .unwrap()
@@ -140,7 +151,7 @@ async fn grpc_health(server: &TestServer) -> i32 {
             .unwrap();
         tonic_health::pb::health_client::HealthClient::new(channel)
             .check(tonic_health::pb::HealthCheckRequest {
-                service: "envoy.service.auth.v3.Authorization".into(),
+                service: service.into(),
             })
             .await
             .unwrap()
@@ -472,6 +483,23 @@ async fn jwks_fault_at_start(fault: JwksFault) {
     let m = metrics(&server).await;
     assert_eq!(metric(&m, r#"authgate_jwks_keys{source="idp"}"#), 0.0);
     assert!(metric(&m, &internal_errors("grpc", "jwt")) >= 1.0, "{m}");
+    // No success yet: no time of last success (not a 0 read as 1970).
+    assert!(!m.contains(LAST_SUCCESS), "{fault:?}: {m}");
+    // /readyz says which source is missing, and why.
+    let ready = within(5, "GET /readyz", reqwest::get(server.http_url("/readyz")))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["ready"], false, "{body}");
+    let missing = body["missing"][0].as_str().unwrap_or_default();
+    assert!(
+        missing.starts_with(&format!(
+            "jwks idp ({}",
+            idp.url().split('?').next().unwrap()
+        )) && missing.contains("no keys yet"),
+        "{fault:?}: {body}"
+    );
 
     idp.heal(good).await;
     eventually(15, &format!("{fault:?}: ready after healing"), || async {
@@ -485,6 +513,11 @@ async fn jwks_fault_at_start(fault: JwksFault) {
     );
     let o = grpc(&server, &[("authorization", &auth)], "/graphql").await;
     assert_eq!(o.code, 0, "{fault:?}: {o:?}");
+    eventually(5, &format!("{fault:?}: SERVING"), || async {
+        grpc_health(&server).await == 1
+    })
+    .await;
+    assert!(metric(&metrics(&server).await, LAST_SUCCESS) > 1.0e9);
     within(10, "shutdown", server.running.shutdown()).await;
 }
 
@@ -992,6 +1025,11 @@ async fn postgres_store_down_and_back() {
     assert!(body["publicKey"]["challenge"].is_string(), "{body}");
     let m = metrics(&server).await;
     assert!(metric(&m, &internal_errors("grpc", "jwt")) >= 2.0, "{m}");
+    // Every failed store operation, decisions' and WebAuthn calls', counted.
+    assert!(
+        metric(&m, "authgate_elevation_store_errors_total") >= 3.0,
+        "{m}"
+    );
     within(10, "shutdown", server.running.shutdown()).await;
     assert_no_panics();
 }
@@ -1086,9 +1124,11 @@ fn role_config(role: &str) -> String {
 /// Defined outcome: a config file that is deleted, emptied, truncated,
 /// replaced with invalid YAML or with a config that does not validate is
 /// rejected on reload (SIGHUP or the file watcher): the last good config keeps
-/// serving, the server stays ready, each rejection is counted in
-/// `authgate_config_reloads_total{result="error"}`; fixing the file is picked
-/// up by the watcher.
+/// serving, the server stays ready, each rejection is counted once in
+/// `authgate_config_reloads_total{result="error"}` (SIGHUP and the watcher
+/// seeing the same edit is one attempt) and sets
+/// `authgate_config_last_reload_successful` to 0; fixing the file is picked
+/// up by the watcher and sets it back to 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_file_faults_during_reload_keep_the_last_good_config() {
     watch_panics();
@@ -1110,6 +1150,10 @@ async fn config_file_faults_during_reload_keep_the_last_good_config() {
         o.headers.get("x-hasura-role").cloned().unwrap_or_default()
     };
     assert_eq!(role().await, "first");
+    // The load at start is not a reload.
+    let m = metrics(&server).await;
+    assert_eq!(metric(&m, RELOAD_OK), 0.0, "{m}");
+    assert_eq!(metric(&m, RELOAD_SUCCESSFUL), 1.0, "{m}");
 
     let full = role_config("second");
     let faults: [(&str, Option<String>); 5] = [
@@ -1139,8 +1183,18 @@ async fn config_file_faults_during_reload_keep_the_last_good_config() {
         assert_eq!(role().await, "first", "{what}: the last good config serves");
         assert_eq!(status_of(server.http_url("/readyz")).await, 200, "{what}");
         let m = metrics(&server).await;
-        assert!(metric(&m, RELOAD_ERRORS) > errors, "{what}: counted\n{m}");
+        assert_eq!(
+            metric(&m, RELOAD_ERRORS),
+            errors + 1.0,
+            "{what}: counted\n{m}"
+        );
+        assert_eq!(metric(&m, RELOAD_SUCCESSFUL), 0.0, "{what}\n{m}");
     }
+    // The watcher sees the last edit too (it polls every 2 s): not counted
+    // again.
+    let errors = metric(&metrics(&server).await, RELOAD_ERRORS);
+    tokio::time::sleep(authgate::server::CONFIG_POLL * 2).await;
+    assert_eq!(metric(&metrics(&server).await, RELOAD_ERRORS), errors);
     // The watcher also notices a broken file on its own.
     let errors = metric(&metrics(&server).await, RELOAD_ERRORS);
     std::fs::write(&path, "definition: [").unwrap();
@@ -1156,7 +1210,9 @@ async fn config_file_faults_during_reload_keep_the_last_good_config() {
         role().await == "fixed"
     })
     .await;
-    assert!(metric(&metrics(&server).await, RELOAD_OK) > ok);
+    let m = metrics(&server).await;
+    assert_eq!(metric(&m, RELOAD_OK), ok + 1.0, "{m}");
+    assert_eq!(metric(&m, RELOAD_SUCCESSFUL), 1.0, "{m}");
     watcher.abort();
     within(10, "shutdown", server.running.shutdown()).await;
     assert_no_panics();

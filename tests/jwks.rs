@@ -327,3 +327,74 @@ async fn shutdown_drains_a_decision_in_flight() {
         .expect("the in-flight call completes");
     assert_eq!(outcome(&r.into_inner()).reason(), "invalid_token");
 }
+
+/// A caller that gives up while its unknown-kid refetch is under way (as
+/// Envoy's ext_authz timeout does, resetting the stream) does not cancel
+/// the refetch: the rotated key is loaded for the next request, inside the
+/// cooldown that would refuse a second refetch.
+#[tokio::test]
+async fn an_abandoned_refetch_still_loads_the_new_key() {
+    let rsa = private_key(Algorithm::RS256);
+    let rsa2 = fixture("rsa2.key");
+    let jwks = JwksServer::start(jwks_of(vec![public_jwk(Algorithm::RS256, &rsa, "k1")])).await;
+    let server = TestServer::start(&jwks_config(&jwks.url(), "", "unknownKidCooldown: 300")).await;
+    server.wait_ready().await;
+    // The IdP rotates to k2 and answers slowly.
+    jwks.set(
+        200,
+        jwks_of(vec![
+            public_jwk(Algorithm::RS256, &rsa, "k1"),
+            public_jwk(Algorithm::RS256, &rsa2, "k2"),
+        ]),
+    );
+    jwks.state.lock().unwrap().delay = Duration::from_millis(600);
+    let token = mint(
+        Algorithm::RS256,
+        &rsa2,
+        hasura_claims("u", &["user"], "user"),
+        Some("k2"),
+    );
+    let auth = bearer(&token);
+    // The client gives up after 100 ms: the gRPC call is cancelled.
+    let mut client = server.client().await;
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        client.check(check_request(&[("authorization", &auth)], "/")),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the call was still waiting for the IdP");
+    // The fetch finishes on its own; within the 300 s cooldown, k2 works.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(jwks.hits(), 2, "start-up fetch and one refetch");
+    let o = outcome(&server.check(&[("authorization", &auth)]).await);
+    assert_eq!(o.code, 0, "{o:?}");
+}
+
+/// A reload that drops a `jwkFromUrl` mode drops its metric series too: a
+/// source nobody uses would otherwise age forever and fire staleness alerts.
+#[tokio::test]
+async fn a_source_removed_by_reload_leaves_the_metrics() {
+    let rsa = private_key(Algorithm::RS256);
+    let jwks = JwksServer::start(jwks_of(vec![public_jwk(Algorithm::RS256, &rsa, "k1")])).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("auth.yaml");
+    std::fs::write(&path, jwks_config(&jwks.url(), "", "")).unwrap();
+    let config = authgate::config::load_file(&path).unwrap();
+    let shared = authgate::server::Shared::new(config, Some(path.clone()))
+        .await
+        .unwrap();
+    let series = r#"authgate_jwks_last_success_timestamp_seconds{source="idp"}"#;
+    for _ in 0..200 {
+        if shared.metrics.render().contains(series) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(shared.metrics.render().contains(series));
+    std::fs::write(&path, hs256_config("")).unwrap();
+    shared.reload().await.unwrap();
+    let text = shared.metrics.render();
+    assert!(!text.contains(r#"source="idp""#), "{text}");
+    // The families themselves stay announced.
+    assert!(text.contains("# TYPE authgate_jwks_last_success_timestamp_seconds gauge"));
+}

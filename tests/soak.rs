@@ -1312,7 +1312,8 @@ async fn reload_task(
                     return Err("kill -HUP failed".into());
                 }
                 report.by_sighup += 1;
-                ok_before + 2.0
+                // SIGHUP and the watcher both see the edit: one reload.
+                ok_before + 1.0
             } else {
                 report.by_watcher += 1;
                 ok_before + 1.0

@@ -44,7 +44,7 @@ fn resolve<'a>(
     let mut o = Obj::open(d, path.clone(), v)?;
     let name = o.str(d, "env");
     let literal = o.get("value").map(|(_, v)| v);
-    o.finish(d, &["value", "env"]);
+    o.finish_hiding_keys(d, &["value", "env"]);
     if let Some(name) = name {
         match env.var(name) {
             Some(val) if !val.is_empty() => return Some(Resolved::FromEnv(name.to_owned(), val)),

@@ -259,13 +259,17 @@ impl Format {
 
 /// Reads and validates a config file against the process environment.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    parse_as(&read(path)?, Format::of(path), &ProcessEnv)
+}
+
+/// The text of a config file.
+pub fn read(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![Problem::at_root(
             format!("cannot read {}: {e}", path.display()),
             None,
         )])
-    })?;
-    parse_as(&text, Format::of(path), &ProcessEnv)
+    })
 }
 
 /// Parses YAML (or JSON written as YAML's flow style) and validates it.
@@ -276,6 +280,8 @@ pub fn parse(text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
 /// Parses `text` as `format` and validates it. Problems come in file order,
 /// each with its line and column where the parsers know them.
 pub fn parse_as(text: &str, format: Format, env: &dyn Env) -> Result<Config, ConfigErrors> {
+    // A byte-order mark (editors on Windows write one) is not content.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let (positions, duplicates) = reader::scan(text);
     if !duplicates.is_empty() {
         return Err(ConfigErrors(duplicates));
@@ -294,7 +300,7 @@ pub fn parse_as(text: &str, format: Format, env: &dyn Env) -> Result<Config, Con
         Format::Json => serde_json::from_str::<Tree>(text).map_err(|e| {
             let at = (e.line() > 0).then(|| Location {
                 line: e.line(),
-                column: e.column(),
+                column: char_column(text, e.line(), e.column()),
             });
             Problem::at_root(
                 format!("not valid JSON: {}", without_position(&e.to_string())),
@@ -320,12 +326,29 @@ pub fn parse_as(text: &str, format: Format, env: &dyn Env) -> Result<Config, Con
     }
 }
 
-/// A parser's message without the " at line L column C" it appends (the
+/// A parser's message without the " at line L column C" it inserts (the
 /// location is reported apart).
-fn without_position(message: &str) -> &str {
-    message
-        .rfind(" at line ")
-        .map_or(message, |i| &message[..i])
+fn without_position(message: &str) -> String {
+    static POSITION: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r" at line \d+ column \d+").expect("a valid pattern")
+    });
+    POSITION.replace_all(message, "").into_owned()
+}
+
+/// serde_json counts columns in bytes, from 1 (0 at the start of an empty
+/// last line); editors count characters, from 1.
+fn char_column(text: &str, line: usize, byte_column: usize) -> usize {
+    let before = byte_column.saturating_sub(1);
+    text.lines()
+        .nth(line.saturating_sub(1))
+        .map_or(before, |l| {
+            let end = (0..=before.min(l.len()))
+                .rev()
+                .find(|&i| l.is_char_boundary(i))
+                .unwrap_or(0);
+            l[..end].chars().count()
+        })
+        + 1
 }
 
 fn compile(d: &mut Diagnostics, env: &dyn Env, root: &Value) -> Option<Config> {
@@ -459,7 +482,17 @@ fn modes(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> Vec<M
             continue;
         };
         if !ids.insert(mode.id.clone()) {
-            d.error(&p.key("id"), format!("duplicate mode id `{}`", mode.id));
+            if item.get("id").is_some() {
+                d.error(&p.key("id"), format!("duplicate mode id `{}`", mode.id));
+            } else {
+                d.error(
+                    &p,
+                    format!(
+                        "this mode has no `id`, and its default id `{}` (its place in RelyAuth's evaluation order) is another mode's `id`: give one of them another id",
+                        mode.id
+                    ),
+                );
+            }
         }
         if matches!(mode.kind, ModeKind::NoAuth(_)) {
             no_auth += 1;
@@ -544,6 +577,7 @@ fn security_rules(
         match Obj::open(d, p.clone(), v) {
             Some(mut map) => {
                 map.read_all();
+                ok &= map.no_case_duplicates(d, "header");
                 for (name, rule) in map.entries() {
                     let rp = p.key(name);
                     if !name.bytes().all(is_header_name_byte) || name.is_empty() {
@@ -745,7 +779,7 @@ fn session_variables(
     let mut vars = Obj::open(d, p.clone(), v)?;
     vars.read_all();
     let mut s = Session::new();
-    let mut ok = true;
+    let mut ok = vars.no_case_duplicates(d, "session variable");
     for (k, v) in vars.entries() {
         let kp = p.key(k);
         let Some(value) = env_any(d, env, &kp, v) else {
@@ -1050,15 +1084,9 @@ fn claims_config(
     if let Some((p, v)) = o.get("locations") {
         if let Some(mut lo) = Obj::open(d, p.clone(), v) {
             lo.read_all();
-            let mut seen = HashSet::new();
+            lo.no_case_duplicates(d, "session variable");
             for (k, v) in lo.entries() {
                 let kp = p.key(k);
-                if !seen.insert(k.to_ascii_lowercase()) {
-                    d.error(
-                        &kp,
-                        "duplicate session variable (names are case-insensitive)",
-                    );
-                }
                 if let Err(e) = check_variable_name(k) {
                     d.error(&kp, e);
                     ok = false;

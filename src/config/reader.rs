@@ -65,9 +65,15 @@ impl YamlPath {
         self.push(&seg, &seg)
     }
 
-    /// The `i`-th item, shown by its name (a mode's `id`).
+    /// The `i`-th item, shown by its name (a mode's `id`); a name that
+    /// reads as a number is quoted, so that it is not taken for a position.
     pub fn named_index(&self, i: usize, name: &str) -> Self {
-        self.push(&format!("[{}]", segment(name).0), &format!("[{i}]"))
+        let shown = if name.bytes().all(|b| b.is_ascii_digit()) {
+            format!("{name:?}")
+        } else {
+            segment(name).0
+        };
+        self.push(&format!("[{shown}]"), &format!("[{i}]"))
     }
 
     pub fn as_str(&self) -> &str {
@@ -212,6 +218,25 @@ pub fn scan(text: &str) -> (Positions, Vec<Problem>) {
 
 type Events<'a> = yaml_rust2::parser::Parser<std::str::Chars<'a>>;
 
+/// Passes over the node whose first event is `first` without looking
+/// inside (no recursion: a deep node costs no stack).
+fn skip(parser: &mut Events<'_>, first: &yaml_rust2::parser::Event) -> Result<(), ()> {
+    use yaml_rust2::parser::Event;
+    let mut open = match first {
+        Event::MappingStart(..) | Event::SequenceStart(..) => 1usize,
+        _ => return Ok(()),
+    };
+    while open > 0 {
+        match parser.next_token().map_err(drop)?.0 {
+            Event::MappingStart(..) | Event::SequenceStart(..) => open += 1,
+            Event::MappingEnd | Event::SequenceEnd => open -= 1,
+            Event::StreamEnd => return Err(()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Walks one node whose first event is `first`; `path` is `None` inside
 /// complex keys, where no config path leads.
 fn node(
@@ -224,7 +249,7 @@ fn node(
 ) -> Result<(), ()> {
     use yaml_rust2::parser::Event;
     if depth > MAX_SCAN_DEPTH {
-        return Err(());
+        return skip(parser, first);
     }
     // yaml-rust2 counts lines from 1 and columns from 0.
     let at = |m: yaml_rust2::scanner::Marker| Location {
@@ -319,6 +344,7 @@ impl Diagnostics {
 /// YAML (1.2, section 3.2.1.1) and JSON (RFC 8259, section 4: names
 /// "SHOULD be unique") parsers otherwise keep the last value silently, and a
 /// second `x-hasura-role` or `definition:` would replace the first unseen.
+#[derive(Debug)]
 pub struct Tree(pub Value);
 
 impl<'de> serde::Deserialize<'de> for Tree {
@@ -507,9 +533,76 @@ impl<'a> Obj<'a> {
         }
     }
 
-    /// The keys of the mapping, in file order.
+    /// [`Obj::finish`] for mappings that hold secrets (`{value: ...}`): an
+    /// unknown key is named only when it is a misspelling of a known one
+    /// (`valu`); any other may be the secret itself (`{value:s3cret}`, no
+    /// space after the colon, is one key) and is counted, not shown.
+    pub fn finish_hiding_keys(self, d: &mut Diagnostics, known: &[&str]) {
+        let mut unknown = 0;
+        for key in self.map.keys() {
+            if self.read.contains(&key.as_str()) {
+                continue;
+            }
+            match suggest(key, known) {
+                Some(s) => d.error(
+                    &self.path.key(key),
+                    format!("unknown key `{key}` (did you mean `{s}`?)"),
+                ),
+                None => unknown += 1,
+            }
+        }
+        if unknown > 0 {
+            let expected = known
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(" or ");
+            d.error(
+                &self.path,
+                format!(
+                    "{unknown} unknown key{} (not shown: it may hold a secret); expected {expected}, with a space after the colon",
+                    if unknown == 1 { "" } else { "s" }
+                ),
+            );
+        }
+    }
+
+    /// The keys of the mapping, sorted (problems are put back into file
+    /// order by their positions).
     pub fn entries(&self) -> impl Iterator<Item = (&'a String, &'a Value)> {
         self.map.iter()
+    }
+
+    /// Reports keys that differ only in ASCII case, for mappings whose keys
+    /// are header or session-variable names (case-insensitive, so two
+    /// spellings would silently set one name twice). Every spelling is
+    /// reported at its own line. True when there is none.
+    pub fn no_case_duplicates(&self, d: &mut Diagnostics, what: &str) -> bool {
+        let mut groups: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+        for key in self.map.keys() {
+            groups
+                .entry(key.to_ascii_lowercase())
+                .or_default()
+                .push(key.as_str());
+        }
+        let mut ok = true;
+        for spellings in groups.values().filter(|g| g.len() > 1) {
+            ok = false;
+            let all = spellings
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            for key in spellings {
+                d.error(
+                    &self.path.key(key),
+                    format!(
+                        "{all} name the same {what} ({what} names are case-insensitive): keep one"
+                    ),
+                );
+            }
+        }
+        ok
     }
 
     /// Marks every key as read (for free-form maps such as session variables).
@@ -684,11 +777,9 @@ mod tests {
     #[test]
     fn trees_refuse_duplicate_keys_in_json_and_yaml() {
         let json = r#"{"a": {"b": 1, "b": 2}}"#;
-        let err = serde_json::from_str::<Tree>(json).err().expect("refused");
+        let err = serde_json::from_str::<Tree>(json).expect_err("refused");
         assert!(err.to_string().contains("duplicate key `b`"), "{err}");
-        let err = serde_yaml_ng::from_str::<Tree>("a:\n  b: 1\n  b: 2\n")
-            .err()
-            .expect("refused");
+        let err = serde_yaml_ng::from_str::<Tree>("a:\n  b: 1\n  b: 2\n").expect_err("refused");
         assert!(err.to_string().contains("duplicate key `b`"), "{err}");
         let Tree(v) = serde_yaml_ng::from_str("a: [1, -2, 1.5, true, null, x]").unwrap();
         assert_eq!(v, json!({"a": [1, -2, 1.5, true, null, "x"]}));

@@ -284,3 +284,115 @@ definition:
     assert_eq!(c.warnings[0].location.map(|l| l.line), Some(8));
     assert_eq!(c.warnings[1].location.map(|l| l.line), Some(9));
 }
+
+#[test]
+fn json_columns_count_characters_and_messages_carry_no_position() {
+    // `é` is two bytes: the `}` after the comma is the 26th character (the
+    // 27th byte), where serde_json notices the trailing comma.
+    let text = "{\"definition\": {\"x\": \"é\",}}";
+    let err = parse_as(text, Format::Json, &env).expect_err("invalid");
+    let p = &err.0[0];
+    assert_eq!(p.message, "not valid JSON: trailing comma");
+    assert_eq!(
+        p.location,
+        Some(Location {
+            line: 1,
+            column: 26
+        })
+    );
+    // End of input on an empty last line: column 1, not 0.
+    let err = parse_as("{\"a\": 1\n", Format::Json, &env).expect_err("invalid");
+    assert_eq!(err.0[0].location.map(|l| l.column), Some(1), "{:?}", err.0);
+    let err = parse_as("a: \"unclosed\n\nb: 1\n", Format::Yaml, &env).expect_err("invalid");
+    assert!(!err.0[0].message.contains(" at line "), "{:?}", err.0);
+    assert!(err.0[0].location.is_some());
+}
+
+#[test]
+fn a_byte_order_mark_is_not_content() {
+    let text = "\u{feff}definition:\n  modes:\n    - mode: noAuth\n      sessionVariables: {x-hasura-role: {value: anonymous}}\n";
+    parse_as(text, Format::Yaml, &env).expect("a BOM does not make a second document");
+    let json = "\u{feff}{\"definition\": {\"modes\": [{\"mode\": \"noAuth\", \"sessionVariables\": {\"x-hasura-role\": {\"value\": \"anonymous\"}}}]}}";
+    parse_as(json, Format::Json, &env).expect("nor a JSON syntax error");
+}
+
+#[test]
+fn names_that_differ_only_in_case_are_refused() {
+    let errs = errors(
+        r#"
+definition:
+  modes:
+    - id: anon
+      mode: noAuth
+      sessionVariables:
+        x-hasura-role: {value: admin}
+        X-Hasura-Role: {value: anonymous}
+    - id: hook
+      mode: webhook
+      url: {value: "https://hook.example/auth"}
+      customRequest:
+        headers:
+          additional: {X-Tenant: {value: a}, x-tenant: {value: b}}
+    - id: key
+      mode: apiKey
+      value: {value: k}
+      sessionVariables: {x-hasura-role: {value: svc}}
+      securityRules:
+        headerRules: {X-Env: {include: {value: [prod]}}, x-env: {include: {value: [dev]}}}
+"#,
+    );
+    for expected in [
+        "definition.modes[anon].sessionVariables.X-Hasura-Role: `X-Hasura-Role`, `x-hasura-role` name the same session variable",
+        "definition.modes[anon].sessionVariables.x-hasura-role: `X-Hasura-Role`, `x-hasura-role` name the same session variable",
+        "definition.modes[hook].customRequest.headers.additional.X-Tenant: `X-Tenant`, `x-tenant` name the same header",
+        "definition.modes[key].securityRules.headerRules.x-env: `X-Env`, `x-env` name the same header",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(expected)),
+            "missing {expected:?} in {errs:#?}"
+        );
+    }
+}
+
+#[test]
+fn unknown_keys_of_a_secret_are_not_echoed() {
+    // No space after the colon: YAML reads one key, `value:SUPERSECRET`.
+    let errs = errors(
+        r#"
+definition:
+  modes:
+    - id: svc
+      mode: apiKey
+      value: {value:SUPERSECRET-api-key-777}
+      sessionVariables: {x-hasura-role: {value: svc}}
+"#,
+    );
+    assert!(errs.iter().all(|e| !e.contains("SUPERSECRET")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("definition.modes[svc].value: 1 unknown key (not shown")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn numeric_mode_ids_are_quoted_and_deep_values_keep_later_positions() {
+    let text = format!(
+        "definition:\n  modes:\n    - mode: noAuth\n      bogus: 1\n      sessionVariables: {{x-hasura-role: {{value: a}}}}\n    - id: \"0\"\n      mode: noAuth\n      sessionVariables: {{x-hasura-role: {{value: {}1{}}}}}\n      bogus: 1\n",
+        "[".repeat(80),
+        "]".repeat(80)
+    );
+    let err = parse_as(&text, Format::Yaml, &env).expect_err("invalid");
+    let got: Vec<(String, Option<usize>)> = err
+        .errors()
+        .filter(|p| p.message.starts_with("unknown key"))
+        .map(|p| (p.path.to_string(), p.location.map(|l| l.line)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("definition.modes[0].bogus".to_owned(), Some(4)),
+            ("definition.modes[\"0\"].bogus".to_owned(), Some(9)),
+        ]
+    );
+}

@@ -225,6 +225,7 @@ pub(super) fn webhook(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Opt
                 && let Some(mut ao) = Obj::open(d, ap.clone(), av)
             {
                 ao.read_all();
+                ok &= ao.no_case_duplicates(d, "header");
                 for (name, spec) in ao.entries() {
                     match additional_header(d, env, ap.key(name), name, spec) {
                         Some(h) => additional.push(h),

@@ -40,6 +40,27 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default .Chart.AppVersion .Values.image.tag | toString | trunc 63 -}}
 {{- end }}
 
+{{/* The container image: [registry/]repository followed by @digest when a
+digest is given, :tag otherwise. The registry is global.imageRegistry when
+set, else image.registry; none when both are empty. */}}
+{{- define "authgate.image" -}}
+{{- $registry := .Values.image.registry | default "" }}
+{{- with .Values.global }}
+{{- with .imageRegistry }}
+{{- $registry = . }}
+{{- end }}
+{{- end }}
+{{- $repository := .Values.image.repository }}
+{{- with $registry }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .) $repository }}
+{{- end }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" $repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository (include "authgate.imageTag" .) }}
+{{- end }}
+{{- end }}
+
 {{- define "authgate.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "authgate.fullname" .) .Values.serviceAccount.name }}
@@ -77,5 +98,22 @@ filesystem: that is a chart error, reported at render time. */}}
 {{- end }}
 {{- $path }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The number of pods a PodDisruptionBudget field stands for, given the
+number of replicas: (list value replicas key). A percentage is rounded up, as
+Kubernetes does. */}}
+{{- define "authgate.pdbCount" -}}
+{{- $value := index . 0 }}
+{{- $replicas := index . 1 }}
+{{- if kindIs "string" $value }}
+{{- if not (regexMatch "^[0-9]+%$" $value) }}
+{{- fail (printf "podDisruptionBudget.%s %q: use a number of pods or a percentage such as \"50%%\"" (index . 2) $value) }}
+{{- end }}
+{{- $percent := trimSuffix "%" $value | atoi }}
+{{- div (add (mul $percent $replicas) 99) 100 }}
+{{- else }}
+{{- int $value }}
 {{- end }}
 {{- end }}
