@@ -272,17 +272,19 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// `{"ready": bool, "missing": [...]}`: what keeps authgate from being
-/// ready (a JWKS source without keys and why, draining), for whoever reads
-/// the failing probe.
+/// `{"ready": bool, "missing": [...], "degraded": [...]}`: what keeps
+/// authgate from being ready (a JWKS source without keys at start and why,
+/// draining), and key sources that lost their keys or never had them since
+/// a reload, for whoever reads the probe.
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    let missing = shared.not_ready_because();
-    let status = if missing.is_empty() {
+    let r = shared.readiness();
+    let ready = r.missing.is_empty();
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = serde_json::json!({"ready": missing.is_empty(), "missing": missing});
+    let body = serde_json::json!({"ready": ready, "missing": r.missing, "degraded": r.degraded});
     (status, axum::Json(body)).into_response()
 }
 

@@ -48,6 +48,9 @@ pub enum FetchError {
 /// Keys fetched from one JWKS URL.
 pub struct JwksCache {
     url: String,
+    /// The URL as logs and `/readyz` show it: no credentials, query or
+    /// fragment (they may carry secrets).
+    shown_url: String,
     client: reqwest::Client,
     keys: ArcSwapOption<KeySet>,
     etag: Mutex<Option<String>>,
@@ -55,8 +58,9 @@ pub struct JwksCache {
     /// refetch never overlap, so an older document cannot be stored after
     /// a newer one.
     fetch_lock: tokio::sync::Mutex<()>,
-    /// Time of the last unknown-kid refetch; the async mutex makes it single-flight.
-    refetch_gate: tokio::sync::Mutex<Option<Instant>>,
+    /// Time of the last unknown-kid refetch; the async mutex makes it
+    /// single-flight, and the fetch task holds it to the end.
+    refetch_gate: Arc<tokio::sync::Mutex<Option<Instant>>>,
     /// SHA-256 of kids that stayed unknown: 32 bytes an entry, however
     /// long the kid (up to the 16 KiB token cap).
     unknown_kids: moka::sync::Cache<[u8; 32], ()>,
@@ -71,7 +75,7 @@ pub struct JwksCache {
 impl std::fmt::Debug for JwksCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwksCache")
-            .field("url", &self.url)
+            .field("url", &self.shown_url)
             .finish_non_exhaustive()
     }
 }
@@ -101,12 +105,13 @@ impl JwksCache {
         metrics: SourceMetrics,
     ) -> Self {
         JwksCache {
+            shown_url: crate::redact::url(&url),
             url,
             client,
             keys: ArcSwapOption::empty(),
             etag: Mutex::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
-            refetch_gate: tokio::sync::Mutex::new(None),
+            refetch_gate: Arc::new(tokio::sync::Mutex::new(None)),
             unknown_kids: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(cooldown.max(Duration::from_millis(1)))
@@ -130,6 +135,11 @@ impl JwksCache {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The URL without credentials, query or fragment, for logs and probes.
+    pub fn shown_url(&self) -> &str {
+        &self.shown_url
     }
 
     /// The id of the first mode using this JWKS (the metrics' `source`).
@@ -184,9 +194,9 @@ impl JwksCache {
                 self.metrics.fetch_error.inc();
                 self.set_last_error(Some(e.to_string()));
                 if self.is_ready() {
-                    tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed; keeping the last good keys");
+                    tracing::warn!(url = %self.shown_url, error = %e, "JWKS fetch failed; keeping the last good keys");
                 } else {
-                    tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed; no keys yet, tokens of this source are refused until one succeeds");
+                    tracing::warn!(url = %self.shown_url, error = %e, "JWKS fetch failed; no keys yet, tokens of this source are refused until one succeeds");
                 }
             }
         }
@@ -247,16 +257,18 @@ impl JwksCache {
 
     /// Handles a token whose `kid` is not in the current keys: refetch once
     /// (single-flight, rate-limited), then answer with the new keys if they
-    /// hold the kid. The fetch runs as a task of its own: a caller that goes
-    /// away (Envoy's ext_authz timeout resetting the stream) does not cancel
-    /// it, so the keys still arrive for the next request, which the
-    /// cooldown would otherwise refuse to refetch for.
+    /// hold the kid. The fetch runs as a task of its own that holds the
+    /// gate until it ends: a caller that goes away (Envoy's ext_authz
+    /// timeout resetting the stream) cancels neither the fetch nor the
+    /// single flight, so the keys still arrive for the next request (which
+    /// the cooldown would refuse to refetch for), callers meanwhile wait for
+    /// that one fetch, and at most one fetch task exists per cache.
     pub async fn refetch_for_kid(self: &Arc<Self>, kid: &str) -> Option<Arc<KeySet>> {
         let kid_hash: [u8; 32] = Sha256::digest(kid.as_bytes()).into();
         if self.unknown_kids.contains_key(&kid_hash) {
             return None;
         }
-        let mut last = self.refetch_gate.lock().await;
+        let mut last = Arc::clone(&self.refetch_gate).lock_owned().await;
         if let Some(set) = self.current()
             && set.has_kid(kid)
         {
@@ -268,8 +280,11 @@ impl JwksCache {
         }
         *last = Some(Instant::now());
         let cache = Arc::clone(self);
-        let _ = tokio::spawn(async move { cache.fetch().await }).await;
-        drop(last);
+        let _ = tokio::spawn(async move {
+            let _ = cache.fetch().await;
+            drop(last);
+        })
+        .await;
         match self.current() {
             Some(set) if set.has_kid(kid) => Some(set),
             _ => {
@@ -400,13 +415,21 @@ impl JwksRegistry {
             metrics.source(source),
         ));
         // Carry keys over when only the schedule changed.
-        if let Some(old) = caches.get(url) {
+        let replaced = caches.get(url).cloned();
+        if let Some(old) = &replaced {
             cache.keys.store(old.current());
         }
         if start {
             cache.start();
         }
         caches.insert(url.to_owned(), cache.clone());
+        // The replaced cache's series go when no cache reports under its
+        // source any more.
+        if let Some(old) = replaced
+            && !caches.values().any(|c| c.source() == old.source())
+        {
+            old.metrics.forget();
+        }
         cache
     }
 

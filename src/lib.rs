@@ -17,6 +17,7 @@ pub mod jwt;
 pub mod keys;
 pub mod metrics;
 pub mod pipeline;
+pub mod redact;
 pub mod request;
 pub mod route;
 pub mod rules;

@@ -133,6 +133,9 @@ pub struct SourceMetrics {
     last_success: GaugeVec,
     source: String,
     families: (IntCounterVec, IntCounterVec, IntGaugeVec),
+    /// Set by [`SourceMetrics::forget`]: a fetch still running then must not
+    /// bring the success time back.
+    forgotten: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SourceMetrics {
@@ -145,6 +148,8 @@ impl SourceMetrics {
     /// more: a dropped JWKS would otherwise age forever on dashboards and
     /// fire staleness alerts.
     pub fn forget(&self) {
+        self.forgotten
+            .store(true, std::sync::atomic::Ordering::Release);
         let (lookups, fetches, keys) = &self.families;
         let s = self.source.as_str();
         for result in ["hit", "miss"] {
@@ -159,6 +164,9 @@ impl SourceMetrics {
 
     /// Records a successful fetch (new keys or 304) at `unix_seconds`.
     pub fn succeeded(&self, unix_seconds: f64) {
+        if self.forgotten.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         self.last_success
             .with_label_values(&[self.source.as_str()])
             .set(unix_seconds);
@@ -366,6 +374,7 @@ impl Metrics {
                 self.jwks_fetches.clone(),
                 self.jwks_keys.clone(),
             ),
+            forgotten: Default::default(),
         }
     }
 

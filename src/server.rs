@@ -88,6 +88,8 @@ pub struct Shared {
     registry: JwksRegistry,
     config_path: Option<PathBuf>,
     draining: AtomicBool,
+    /// Set the first time every JWKS had keys (see [`Shared::readiness`]).
+    been_ready: AtomicBool,
     inflight: AtomicUsize,
     grpc_slots: Semaphore,
     http_slots: Semaphore,
@@ -99,10 +101,12 @@ pub struct Shared {
     pub http_body_bytes: ByteBudget,
     /// SIGHUP and the file watcher both reload: one at a time, so an older
     /// file read cannot be swapped in after a newer one.
-    /// Fingerprint of the file content last loaded or tried; held for a
-    /// whole reload, so reloads run one at a time and an edit seen by both
-    /// SIGHUP and the file watcher is one attempt.
-    attempted: tokio::sync::Mutex<Option<u64>>,
+    /// The file content last loaded or tried: its fingerprint, and whether
+    /// a SIGHUP may try it again (it failed for a reason outside the file,
+    /// the elevation store). Held for a whole reload, so reloads run one at
+    /// a time and an edit seen by both SIGHUP and the file watcher is one
+    /// attempt.
+    attempted: tokio::sync::Mutex<Option<(u64, bool)>>,
 }
 
 /// Counts a request in flight (for the drain) until it is answered or dropped.
@@ -128,8 +132,8 @@ impl Shared {
         let metrics = Arc::new(Metrics::new());
         let registry = JwksRegistry::new()?;
         let elevation = open_elevation(&config, None, &metrics).await?;
+        let attempted = Some((config.fingerprint, false));
         let engine = Engine::new(config, &registry, metrics.clone(), true, elevation);
-        let attempted = config_path.as_deref().and_then(fingerprint);
         // The load at start is not a reload; it sets the state gauges.
         metrics.config_last_reload_successful.set(1);
         metrics.config_last_reload_success.set(unix_seconds());
@@ -139,6 +143,7 @@ impl Shared {
             registry,
             config_path,
             draining: AtomicBool::new(false),
+            been_ready: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             grpc_slots: Semaphore::new(MAX_CONCURRENT_REQUESTS),
             http_slots: Semaphore::new(MAX_CONCURRENT_REQUESTS),
@@ -154,18 +159,21 @@ impl Shared {
         self.engine.load_full()
     }
 
-    /// Ready: not draining and every JWKS has keys.
+    /// Ready: not draining, and every JWKS has had keys since start.
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed) && self.engine.load().is_ready()
+        self.readiness().missing.is_empty()
     }
 
-    /// What keeps authgate from being ready, one line each (empty when
-    /// ready): draining, or a JWKS source without keys and why.
-    pub fn not_ready_because(&self) -> Vec<String> {
-        let mut missing = Vec::new();
-        if self.draining.load(Ordering::Relaxed) {
-            missing.push("draining: shutting down".to_owned());
-        }
+    /// What keeps authgate from being ready (`missing`: draining, or, until
+    /// it has first been ready, a JWKS source without keys), and key sources
+    /// without keys that no longer hold readiness back (`degraded`): once an
+    /// instance has been ready, a reload naming a new or broken JWKS URL
+    /// leaves it ready, since every replica reads the same file and would
+    /// otherwise leave the Service at once; only tokens of that source are
+    /// refused (`internal_error`) until its keys load. One line each, with
+    /// the reason.
+    pub fn readiness(&self) -> Readiness {
+        let mut waiting = Vec::new();
         for jwks in self.engine.load().jwks() {
             if jwks.is_ready() {
                 continue;
@@ -173,13 +181,24 @@ impl Shared {
             let why = jwks
                 .last_error()
                 .map_or_else(|| "first fetch in progress".to_owned(), |e| e.to_string());
-            missing.push(format!(
+            waiting.push(format!(
                 "jwks {} ({}): no keys yet: {why}",
                 jwks.source(),
-                without_query(jwks.url())
+                jwks.shown_url()
             ));
         }
-        missing
+        let mut r = Readiness::default();
+        if self.draining.load(Ordering::Relaxed) {
+            r.missing.push("draining: shutting down".to_owned());
+        }
+        if self.been_ready.load(Ordering::Relaxed) {
+            r.degraded = waiting;
+        } else if waiting.is_empty() {
+            self.been_ready.store(true, Ordering::Relaxed);
+        } else {
+            r.missing.extend(waiting);
+        }
+        r
     }
 
     /// Runs `work` in one of `slots`, within the decision timeout (the wait
@@ -260,20 +279,27 @@ impl Shared {
     /// Re-reads the config file; on success swaps the engine in, keeping
     /// JWKS caches whose URL is unchanged. On error the old config serves.
     /// A content loaded or tried already is not tried again, nor counted
-    /// (SIGHUP and the file watcher both see an edit): to retry a rejected
-    /// file unchanged, change it (a comment will do).
+    /// (SIGHUP and the file watcher both see an edit), unless it failed for
+    /// a reason outside the file (the elevation store could not be opened):
+    /// a SIGHUP retries that. A file with errors stays rejected until it
+    /// changes.
     pub async fn reload(&self) -> Result<(), ConfigErrors> {
         let Some(path) = &self.config_path else {
             return Ok(());
         };
         let mut attempted = self.attempted.lock().await;
         let text = config::read(path);
-        let print = text.as_ref().ok().map(|t| fingerprint_of(t.as_bytes()));
-        if print.is_some() && print == *attempted {
+        let print = text
+            .as_ref()
+            .ok()
+            .map(|t| config::fingerprint(t.as_bytes()));
+        if let (Some(now), Some((last, false))) = (print, *attempted)
+            && now == last
+        {
             tracing::info!(config = %path.display(), "configuration unchanged since the last reload attempt");
             return Ok(());
         }
-        *attempted = print;
+        *attempted = print.map(|p| (p, false));
         let loaded = text.and_then(|text| {
             config::parse_as(&text, config::Format::of(path), &config::ProcessEnv)
         });
@@ -336,6 +362,13 @@ impl Shared {
     }
 }
 
+/// Why an instance is not ready, or works with fewer key sources.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    pub missing: Vec<String>,
+    pub degraded: Vec<String>,
+}
+
 /// Sets every gRPC health service name authgate answers for.
 async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
     let status = if serving {
@@ -352,26 +385,14 @@ async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool
         .await;
 }
 
-/// A URL without its query and fragment, which may carry credentials.
-fn without_query(url: &str) -> &str {
-    url.split(['?', '#']).next().unwrap_or(url)
-}
-
 /// How often the config file is checked for changes.
 pub const CONFIG_POLL: Duration = Duration::from_secs(2);
 /// A changed file must read the same twice this far apart before it is
 /// loaded, so that a reload does not pick up a file still being written.
 pub const CONFIG_SETTLE: Duration = Duration::from_millis(200);
 
-fn fingerprint_of(bytes: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
-}
-
 fn fingerprint(path: &std::path::Path) -> Option<u64> {
-    std::fs::read(path).ok().map(|b| fingerprint_of(&b))
+    std::fs::read(path).ok().map(|b| config::fingerprint(&b))
 }
 
 /// Reloads the config when the file's content changes (an edit, or a
@@ -396,7 +417,7 @@ pub fn watch_config(shared: Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> 
             }
             seen = now;
             let mut attempted = shared.attempted.lock().await;
-            if now == *attempted {
+            if now == attempted.map(|(p, _)| p) {
                 // Loaded or tried already (a SIGHUP got there first).
                 continue;
             }
@@ -608,21 +629,23 @@ pub async fn start(
     let mut health_rx = rx.clone();
     let health_task = tokio::spawn(async move {
         let mut serving = false;
-        let mut reported: Option<Vec<String>> = None;
+        let mut reported: Option<Readiness> = None;
         loop {
-            let missing = health_shared.not_ready_because();
-            let ready = missing.is_empty();
+            let readiness = health_shared.readiness();
+            let ready = readiness.missing.is_empty();
             if ready != serving {
                 serving = ready;
                 set_health(&health, ready).await;
             }
-            if reported.as_ref() != Some(&missing) {
-                if ready {
+            if reported.as_ref() != Some(&readiness) {
+                if !ready {
+                    tracing::warn!(missing = ?readiness.missing, "not ready");
+                } else if readiness.degraded.is_empty() {
                     tracing::info!("ready");
                 } else {
-                    tracing::warn!(missing = ?missing, "not ready");
+                    tracing::warn!(degraded = ?readiness.degraded, "ready, but key sources have no keys");
                 }
-                reported = Some(missing);
+                reported = Some(readiness);
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}

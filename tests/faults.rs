@@ -136,10 +136,19 @@ async fn status_of(url: String) -> u16 {
 /// whole (service "", what Envoy's and Kubernetes' checks ask) and for
 /// ext_authz.
 async fn grpc_health(server: &TestServer) -> i32 {
-    let all = grpc_health_of(server, "").await;
-    let ext_authz = grpc_health_of(server, "envoy.service.auth.v3.Authorization").await;
-    assert_eq!(all, ext_authz, "service \"\" and ext_authz disagree");
-    all
+    // The two names are set one after the other: a change may fall between
+    // the two reads, but they agree again at once.
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        let all = grpc_health_of(server, "").await;
+        let ext_authz = grpc_health_of(server, "envoy.service.auth.v3.Authorization").await;
+        if all == ext_authz {
+            return all;
+        }
+        answers.push((all, ext_authz));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("service \"\" and ext_authz disagree: {answers:?}");
 }
 
 async fn grpc_health_of(server: &TestServer, service: &str) -> i32 {

@@ -370,10 +370,14 @@ async fn an_abandoned_refetch_still_loads_the_new_key() {
     assert_eq!(o.code, 0, "{o:?}");
 }
 
-/// A reload that drops a `jwkFromUrl` mode drops its metric series too: a
-/// source nobody uses would otherwise age forever and fire staleness alerts.
-#[tokio::test]
-async fn a_source_removed_by_reload_leaves_the_metrics() {
+/// A server state whose config file (one `jwkFromUrl` mode, `idp`) can be
+/// rewritten and reloaded, once its keys have loaded.
+async fn ready_from_file() -> (
+    JwksServer,
+    std::sync::Arc<authgate::server::Shared>,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
     let rsa = private_key(Algorithm::RS256);
     let jwks = JwksServer::start(jwks_of(vec![public_jwk(Algorithm::RS256, &rsa, "k1")])).await;
     let dir = tempfile::tempdir().unwrap();
@@ -383,8 +387,24 @@ async fn a_source_removed_by_reload_leaves_the_metrics() {
     let shared = authgate::server::Shared::new(config, Some(path.clone()))
         .await
         .unwrap();
-    let series = r#"authgate_jwks_last_success_timestamp_seconds{source="idp"}"#;
     for _ in 0..200 {
+        if shared.is_ready() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(shared.is_ready());
+    (jwks, shared, dir, path)
+}
+
+/// A reload that drops a `jwkFromUrl` mode drops its metric series too: a
+/// source nobody uses would otherwise age forever and fire staleness alerts.
+#[tokio::test]
+async fn a_source_removed_by_reload_leaves_the_metrics() {
+    let (_jwks, shared, _dir, path) = ready_from_file().await;
+    let series = r#"authgate_jwks_last_success_timestamp_seconds{source="idp"}"#;
+    // Keys are stored, then the success is counted.
+    for _ in 0..40 {
         if shared.metrics.render().contains(series) {
             break;
         }
@@ -397,4 +417,32 @@ async fn a_source_removed_by_reload_leaves_the_metrics() {
     assert!(!text.contains(r#"source="idp""#), "{text}");
     // The families themselves stay announced.
     assert!(text.contains("# TYPE authgate_jwks_last_success_timestamp_seconds gauge"));
+}
+
+/// Once ready, an instance stays ready when a reload names a JWKS that has
+/// no keys (every replica reads the same file: all would leave the Service
+/// at once); the source is reported as degraded, without its credentials.
+#[tokio::test]
+async fn a_reload_naming_a_broken_jwks_leaves_a_ready_instance_ready() {
+    let (jwks, shared, _dir, path) = ready_from_file().await;
+    // A second source whose endpoint refuses connections, with a password
+    // and a token in its URL.
+    let port = free_port();
+    let broken = format!("http://svc:S3cretPass@127.0.0.1:{port}/jwks.json?token=T0ken");
+    let second = format!(
+        "    - id: other\n      mode: jwt\n      tokenLocation: {{in: header, name: X-Other-Token}}\n      key: {{jwkFromUrl: {{value: \"{broken}\"}}}}\n      claimsConfig: {{namespace: {{location: '\"claims.jwt.hasura.io\"'}}}}\n"
+    );
+    std::fs::write(&path, jwks_config(&jwks.url(), "", "") + &second).unwrap();
+    shared.reload().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = shared.readiness();
+    assert!(r.missing.is_empty(), "{r:?}");
+    assert_eq!(r.degraded.len(), 1, "{r:?}");
+    assert!(
+        r.degraded[0].starts_with(&format!(
+            "jwks other (http://127.0.0.1:{port}/jwks.json): no keys yet"
+        )),
+        "{r:?}"
+    );
+    assert!(!r.degraded[0].contains("S3cret") && !r.degraded[0].contains("T0ken"));
 }

@@ -39,6 +39,18 @@ pub struct Config {
     pub elevation: Option<elevation::ElevationConfig>,
     /// Non-fatal findings (weak secrets, ignored variables), for the log.
     pub warnings: Vec<Problem>,
+    /// A hash of the text this config was read from, to tell an edited
+    /// file from the one running.
+    pub fingerprint: u64,
+}
+
+/// A hash of a config file's text (not cryptographic: it tells edits
+/// apart, it does not protect anything).
+pub fn fingerprint(text: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -280,6 +292,7 @@ pub fn parse(text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
 /// Parses `text` as `format` and validates it. Problems come in file order,
 /// each with its line and column where the parsers know them.
 pub fn parse_as(text: &str, format: Format, env: &dyn Env) -> Result<Config, ConfigErrors> {
+    let print = fingerprint(text.as_bytes());
     // A byte-order mark (editors on Windows write one) is not content.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let (positions, duplicates) = reader::scan(text);
@@ -315,6 +328,7 @@ pub fn parse_as(text: &str, format: Format, env: &dyn Env) -> Result<Config, Con
     match config {
         Some(mut c) if d.errors.is_empty() => {
             c.warnings = d.warnings;
+            c.fingerprint = print;
             Ok(c)
         }
         _ => {
@@ -395,6 +409,7 @@ fn compile(d: &mut Diagnostics, env: &dyn Env, root: &Value) -> Option<Config> {
         modes,
         elevation,
         warnings: Vec::new(),
+        fingerprint: 0,
     })
 }
 
