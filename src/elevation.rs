@@ -294,7 +294,9 @@ pub struct Elevation {
     /// when this instance adds or deletes a key.
     has_keys: moka::sync::Cache<String, bool>,
     /// Counts failed store operations (`authgate_elevation_store_errors_total`).
-    pub store_errors: prometheus::IntCounter,
+    store_errors: prometheus::IntCounter,
+    /// When the store last failed, and why (for `/readyz`).
+    last_store_error: arc_swap::ArcSwapOption<(std::time::Instant, String)>,
 }
 
 impl Elevation {
@@ -360,6 +362,7 @@ impl Elevation {
                 .time_to_live(Duration::from_secs(30))
                 .build(),
             store_errors,
+            last_store_error: arc_swap::ArcSwapOption::empty(),
         })
     }
 
@@ -369,13 +372,28 @@ impl Elevation {
         Ok(context_requires(req)? || routes_cover(&self.cfg.routes, req)?)
     }
 
+    /// Counts and logs a failed store operation, and keeps it for `/readyz`.
+    pub fn store_failed(&self, e: &crate::store::StoreError) {
+        self.store_errors.inc();
+        tracing::error!(error = %e, "security-key store unavailable");
+        self.last_store_error
+            .store(Some(Arc::new((std::time::Instant::now(), e.to_string()))));
+    }
+
+    /// The last store failure, when it happened within `window`: how long
+    /// ago, and why.
+    pub fn recent_store_error(&self, window: Duration) -> Option<(Duration, String)> {
+        let last = self.last_store_error.load_full()?;
+        let ago = last.0.elapsed();
+        (ago <= window).then(|| (ago, last.1.clone()))
+    }
+
     pub async fn user_has_keys(&self, user: &str) -> Result<bool, DenyReason> {
         if let Some(b) = self.has_keys.get(user) {
             return Ok(b);
         }
         let n = self.store.count_keys(user).await.map_err(|e| {
-            self.store_errors.inc();
-            tracing::error!(error = %e, "security-key store unavailable");
+            self.store_failed(&e);
             DenyReason::InternalError
         })?;
         self.has_keys.insert(user.to_owned(), n > 0);

@@ -188,11 +188,21 @@ impl Shared {
             ));
         }
         let mut r = Readiness::default();
+        // A store outage degrades elevated access only: it never makes the
+        // instance unready (that would stop every decision).
+        if let Some(elevation) = self.engine.load().elevation()
+            && let Some((ago, why)) = elevation.recent_store_error(STORE_ERROR_WINDOW)
+        {
+            r.degraded.push(format!(
+                "elevation store: an operation failed {} s ago: {why}",
+                ago.as_secs()
+            ));
+        }
         if self.draining.load(Ordering::Relaxed) {
             r.missing.push("draining: shutting down".to_owned());
         }
         if self.been_ready.load(Ordering::Relaxed) {
-            r.degraded = waiting;
+            r.degraded.extend(waiting);
         } else if waiting.is_empty() {
             self.been_ready.store(true, Ordering::Relaxed);
         } else {
@@ -361,6 +371,9 @@ impl Shared {
         }
     }
 }
+
+/// How long `/readyz` reports a store failure as `degraded`.
+const STORE_ERROR_WINDOW: Duration = Duration::from_secs(60);
 
 /// Why an instance is not ready, or works with fewer key sources.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

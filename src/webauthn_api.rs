@@ -45,8 +45,7 @@ fn api_error(status: StatusCode, error: &str, message: &str) -> Response {
 }
 
 fn store_error(elevation: &Elevation, e: StoreError) -> Response {
-    elevation.store_errors.inc();
-    tracing::error!(error = %e, "security-key store");
+    elevation.store_failed(&e);
     crate::http::render(&Decision::deny(DenyReason::InternalError, None))
 }
 

@@ -1005,7 +1005,22 @@ async fn postgres_store_down_and_back() {
         "bounded by the acquire timeout: {:?}",
         started.elapsed()
     );
-    assert_eq!(status_of(server.http_url("/readyz")).await, 200);
+    // Still ready (decisions that need no store go on), the store named as
+    // degraded, without its password.
+    let ready = within(5, "GET /readyz", reqwest::get(server.http_url("/readyz")))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    let degraded = body["degraded"].to_string();
+    assert!(
+        degraded.contains("elevation store: an operation failed"),
+        "{body}"
+    );
+    assert!(
+        !degraded.contains(url.password().unwrap_or("\u{0}")),
+        "{body}"
+    );
 
     // Connections accepted then reset: the same answers, at once.
     proxy.up(Link::Reset).await;
