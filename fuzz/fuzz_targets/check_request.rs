@@ -45,10 +45,11 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
             Ok(c) => c,
             Err(e) => panic!("fuzz check config does not load: {e}"),
         };
+        let metrics = Arc::new(Metrics::new());
         let elevation = rt
-            .block_on(authgate::server::open_elevation(&cfg, None))
+            .block_on(authgate::server::open_elevation(&cfg, None, &metrics))
             .expect("elevation opens");
-        Engine::new(cfg, &registry, Arc::new(Metrics::new()), false, elevation)
+        Engine::new(cfg, &registry, metrics, false, elevation)
     };
     let text = common::check_config();
     let engine_without_cache = engine(&text);

@@ -140,7 +140,8 @@ pub fn open_elevation(
         Ok(c) => c,
         Err(e) => panic!("fuzz config does not load: {e}"),
     };
-    match rt.block_on(authgate::server::open_elevation(&cfg, None)) {
+    let metrics = authgate::metrics::Metrics::new();
+    match rt.block_on(authgate::server::open_elevation(&cfg, None, &metrics)) {
         Ok(Some(e)) => e,
         Ok(None) => panic!("the fuzz config has no elevation"),
         Err(e) => panic!("elevation does not open: {e}"),
