@@ -488,17 +488,12 @@ fn main() {
     let engine = {
         let cfg = authgate::config::parse(&common::check_config(), &|_: &str| None)
             .expect("check config");
+        let metrics = std::sync::Arc::new(authgate::metrics::Metrics::new());
         let elevation = rt
-            .block_on(authgate::server::open_elevation(&cfg, None))
+            .block_on(authgate::server::open_elevation(&cfg, None, &metrics))
             .expect("elevation opens");
         let registry = authgate::jwks::JwksRegistry::new().expect("JWKS registry");
-        authgate::pipeline::Engine::new(
-            cfg,
-            &registry,
-            std::sync::Arc::new(authgate::metrics::Metrics::new()),
-            false,
-            elevation,
-        )
+        authgate::pipeline::Engine::new(cfg, &registry, metrics, false, elevation)
     };
     let expected: HashMap<&str, &str> = [
         ("bearer", "allow user"),
@@ -525,6 +520,8 @@ fn main() {
                 if a.elevated { " elevated" } else { "" }
             ),
             authgate::decision::Decision::Deny(d) => format!("deny {}", d.reason.as_str()),
+            // `decide` never reuses an encoded answer (that is `decide_reusing`).
+            authgate::decision::Decision::Rendered(_) => "rendered".to_owned(),
         };
         assert_eq!(
             Some(&got.as_str()),

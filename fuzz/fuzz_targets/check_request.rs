@@ -96,7 +96,11 @@ fuzz_target!(|data: &[u8]| {
         Ok(r) => r,
         Err(e) => panic!("prost decodes the message, decode_check refuses it: {e}"),
     };
-    assert_eq!(normal(&req), normal(&reference), "the two decoders disagree");
+    assert_eq!(
+        normal(&req),
+        normal(&reference),
+        "the two decoders disagree"
+    );
     let world = &*WORLD;
     for (name, _) in req.headers.iter() {
         assert!(

@@ -36,7 +36,10 @@ fn check(text: &str, format: config::Format, env: &dyn config::Env, marked: bool
                 "a failed load reports no error"
             );
             let at: Vec<_> = errors.0.iter().map(|p| p.location).collect();
-            assert!(at.windows(2).all(|w| w[0] <= w[1]), "out of file order: {at:?}");
+            assert!(
+                at.windows(2).all(|w| w[0] <= w[1]),
+                "out of file order: {at:?}"
+            );
             errors.to_string()
         }
     };
