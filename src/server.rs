@@ -408,19 +408,20 @@ fn fingerprint(path: &std::path::Path) -> Option<u64> {
     std::fs::read(path).ok().map(|b| config::fingerprint(&b))
 }
 
-/// Reloads the config when the file's content changes (an edit, or a
-/// Kubernetes ConfigMap swapping its symlink), unless that content was
-/// already loaded or tried (a SIGHUP got there first): one edit, one
-/// attempt. A file that disappears or cannot be read is counted as one
-/// failed reload; the running config stays.
+/// Reloads the config when the file's content differs from the content
+/// last loaded or tried (an edit, or a Kubernetes ConfigMap swapping its
+/// symlink), so an edit a SIGHUP already loaded is one attempt, and an edit
+/// undone before this poll saw it still brings the file's content back. A
+/// file that disappears or cannot be read is counted as one failed reload;
+/// the running config stays.
 pub fn watch_config(shared: Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> {
     let path = shared.config_path.clone()?;
     Some(tokio::spawn(async move {
-        let mut seen = fingerprint(&path);
+        let tried = |a: &Option<(u64, bool)>| a.map(|(p, _)| p);
         loop {
             tokio::time::sleep(CONFIG_POLL).await;
             let now = fingerprint(&path);
-            if now == seen {
+            if now == tried(&*shared.attempted.lock().await) {
                 continue;
             }
             tokio::time::sleep(CONFIG_SETTLE).await;
@@ -428,10 +429,9 @@ pub fn watch_config(shared: Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> 
                 // Still being written: look again at the next poll.
                 continue;
             }
-            seen = now;
             let mut attempted = shared.attempted.lock().await;
-            if now == attempted.map(|(p, _)| p) {
-                // Loaded or tried already (a SIGHUP got there first).
+            if now == tried(&attempted) {
+                // A SIGHUP got there first.
                 continue;
             }
             if now.is_none() {

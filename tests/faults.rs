@@ -1227,6 +1227,17 @@ async fn config_file_faults_during_reload_keep_the_last_good_config() {
     })
     .await;
     assert_eq!(role().await, "first");
+    // An edit loaded by SIGHUP and undone before the watcher's next poll:
+    // the watcher brings the file's content back.
+    std::fs::write(&path, role_config("undone")).unwrap();
+    within(10, "reload", shared.reload()).await.unwrap();
+    assert_eq!(role().await, "undone");
+    std::fs::write(&path, "definition: [").unwrap();
+    eventually(8, "the watcher loads the file as it is again", || async {
+        metric(&metrics(&server).await, RELOAD_ERRORS) > errors + 1.0
+    })
+    .await;
+    assert_eq!(role().await, "undone");
     // Fixed: the watcher reloads it.
     let ok = metric(&metrics(&server).await, RELOAD_OK);
     std::fs::write(&path, role_config("fixed")).unwrap();
