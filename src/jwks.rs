@@ -295,6 +295,14 @@ impl JwksCache {
     }
 }
 
+/// Removes the metric series of a cache that left the registry, unless a
+/// cache still in it reports under the same source.
+fn forget_if_unused(caches: &HashMap<String, Arc<JwksCache>>, gone: &JwksCache) {
+    if !caches.values().any(|c| c.source() == gone.source()) {
+        gone.metrics.forget();
+    }
+}
+
 async fn refresh_loop(weak: Weak<JwksCache>) {
     let mut backoff = BACKOFF_START;
     loop {
@@ -423,12 +431,8 @@ impl JwksRegistry {
             cache.start();
         }
         caches.insert(url.to_owned(), cache.clone());
-        // The replaced cache's series go when no cache reports under its
-        // source any more.
-        if let Some(old) = replaced
-            && !caches.values().any(|c| c.source() == old.source())
-        {
-            old.metrics.forget();
+        if let Some(old) = replaced {
+            forget_if_unused(&caches, &old);
         }
         cache
     }
@@ -446,9 +450,7 @@ impl JwksRegistry {
                 keep
             });
             for cache in dropped {
-                if !caches.values().any(|c| c.source() == cache.source()) {
-                    cache.metrics.forget();
-                }
+                forget_if_unused(&caches, &cache);
             }
         }
     }
