@@ -12,7 +12,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, EncodingKey, Header};
 use serde_json::{Map, Value, json};
 
 use crate::config::{self, Config};
-use crate::decision::{Decision, DenyReason};
+use crate::decision::Decision;
 use crate::jwks::JwksRegistry;
 use crate::keys;
 use crate::metrics::Metrics;
@@ -255,11 +255,6 @@ pub fn decision_json(d: &Decision) -> Value {
                 "modeId": &*a.mode.id,
             })
         }
-        // Bytes for the gRPC front door; `Engine::decide` never returns them.
-        Decision::Rendered(r) => decision_json(&Decision::deny(
-            DenyReason::InternalError,
-            Some(r.mode.clone()),
-        )),
         Decision::Deny(deny) => {
             let mut headers = Map::new();
             headers.insert("content-type".into(), json!("application/json"));

@@ -163,35 +163,7 @@ pub struct ModeRef {
 #[derive(Debug, Clone)]
 pub enum Decision {
     Allow(Allow),
-    /// An allow the gRPC front door rendered earlier for the same cached
-    /// token and an equivalent request, reused as bytes
-    /// ([`crate::pipeline::Engine::decide_reusing`]); only that front door
-    /// asks for it.
-    Rendered(Rendered),
     Deny(Deny),
-}
-
-/// A front door's rendering of an allow, lent by the token cache.
-#[derive(Clone)]
-pub struct Rendered {
-    pub mode: ModeRef,
-    /// What holds the bytes (the token-cache entry).
-    pub source: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>,
-}
-
-impl Rendered {
-    pub fn bytes(&self) -> &[u8] {
-        (*self.source).as_ref()
-    }
-}
-
-impl fmt::Debug for Rendered {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Rendered")
-            .field("mode", &self.mode)
-            .field("bytes", &self.bytes().len())
-            .finish()
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -219,23 +191,36 @@ impl Decision {
     }
 
     pub fn is_allowed(&self) -> bool {
-        matches!(self, Decision::Allow(_) | Decision::Rendered(_))
+        matches!(self, Decision::Allow(_))
     }
 
-    pub fn reason_label(&self) -> &'static str {
+    /// What metrics and logs record of this decision.
+    pub fn summary(&self) -> Summary {
         match self {
-            Decision::Allow(_) | Decision::Rendered(_) => "",
-            Decision::Deny(d) => d.reason.as_str(),
+            Decision::Allow(a) => Summary {
+                reason: None,
+                mode: a.mode.kind,
+            },
+            Decision::Deny(d) => d.summary(),
         }
     }
+}
 
-    pub fn mode_label(&self) -> &'static str {
-        match self {
-            Decision::Allow(a) => a.mode.kind,
-            Decision::Rendered(r) => r.mode.kind,
-            Decision::Deny(d) => d.mode.as_ref().map(|m| m.kind).unwrap_or("none"),
+impl Deny {
+    pub fn summary(&self) -> Summary {
+        Summary {
+            reason: Some(self.reason),
+            mode: self.mode.as_ref().map_or("none", |m| m.kind),
         }
     }
+}
+
+/// The outcome of a decision as counted: the denial reason (`None` for an
+/// allow) and the mode type (`none` when no mode took part).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub reason: Option<DenyReason>,
+    pub mode: &'static str,
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use envoy_types::pb::google::rpc::Status;
 use crate::budget::{ByteBudget, Charge};
 use crate::conn::Connection;
 use crate::decision::{Allow, Decision, Deny, DenyReason};
-use crate::metrics::Frontend;
+use crate::pipeline::Answer;
 use crate::request::{Headers, Request};
 use crate::server::{self, Shared};
 
@@ -207,8 +207,8 @@ where
 struct Check(Arc<Shared>, Option<IpAddr>);
 
 impl UnaryService<Request> for Check {
-    type Response = Decision;
-    type Future = BoxFuture<tonic::Response<Decision>, tonic::Status>;
+    type Response = Answer;
+    type Future = BoxFuture<tonic::Response<Answer>, tonic::Status>;
 
     fn call(&mut self, request: tonic::Request<Request>) -> Self::Future {
         let shared = self.0.clone();
@@ -219,8 +219,8 @@ impl UnaryService<Request> for Check {
             if req.source_ip.is_none() {
                 req.source_ip = peer;
             }
-            let decision = shared.decide(Frontend::Grpc, &req, started).await;
-            Ok(tonic::Response::new(decision))
+            let answer = shared.decide_memo(&req, encode_allow, started).await;
+            Ok(tonic::Response::new(answer))
         })
     }
 }
@@ -231,7 +231,7 @@ impl UnaryService<Request> for Check {
 struct CheckCodec;
 
 impl Codec for CheckCodec {
-    type Encode = Decision;
+    type Encode = Answer;
     type Decode = Request;
     type Encoder = CheckEncoder;
     type Decoder = CheckDecoder;
@@ -248,14 +248,15 @@ impl Codec for CheckCodec {
 struct CheckEncoder;
 
 impl Encoder for CheckEncoder {
-    type Item = Decision;
+    type Item = Answer;
     type Error = tonic::Status;
 
-    fn encode(&mut self, item: Decision, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+    fn encode(&mut self, item: Answer, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
         match item {
-            Decision::Allow(a) => encode::put_allow(&a, buf),
-            Decision::Rendered(r) => buf.put_slice(r.bytes()),
-            Decision::Deny(d) => {
+            Answer::Decided(Decision::Allow(a)) => encode::put_allow(&a, buf),
+            // Bytes `encode_allow` wrote for this token's first repeat.
+            Answer::Memo(m) => buf.put_slice(m.bytes()),
+            Answer::Decided(Decision::Deny(d)) => {
                 // Only fails for want of space, which an EncodeBuf grows.
                 deny(&d)
                     .encode(buf)
@@ -360,19 +361,26 @@ fn header(key: String, value: String) -> HeaderValueOption {
 pub fn render(decision: Decision) -> CheckResponse {
     match decision {
         Decision::Allow(a) => allow(a),
-        // Bytes this module wrote (`encode_allow`).
-        Decision::Rendered(r) => CheckResponse::decode(r.bytes()).unwrap_or_else(|_| {
-            deny(&Deny {
-                reason: DenyReason::InternalError,
-                mode: Some(r.mode),
-            })
-        }),
         Decision::Deny(d) => deny(&d),
     }
 }
 
+/// Renders what [`crate::pipeline::Engine::decide_memo`] answered; memo
+/// bytes are read back as the response they encode.
+pub fn render_answer(answer: Answer) -> CheckResponse {
+    match answer {
+        Answer::Decided(d) => render(d),
+        Answer::Memo(m) => CheckResponse::decode(m.bytes()).unwrap_or_else(|_| {
+            deny(&Deny {
+                reason: DenyReason::InternalError,
+                mode: Some(m.mode),
+            })
+        }),
+    }
+}
+
 /// An allow as `CheckResponse` bytes, kept by the token cache for the
-/// token's repeats ([`crate::pipeline::Engine::decide_reusing`]).
+/// token's repeats ([`crate::pipeline::Engine::decide_memo`]).
 pub fn encode_allow(a: &Allow) -> Box<[u8]> {
     let mut bytes = Vec::with_capacity(256);
     put_allow(a, &mut bytes);

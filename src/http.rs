@@ -321,7 +321,7 @@ async fn check(
             let d = Decision::deny(reason, None);
             shared
                 .metrics
-                .record(Frontend::Http, &d, started.elapsed().as_secs_f64());
+                .record(Frontend::Http, d.summary(), started.elapsed().as_secs_f64());
             d
         }
     };
@@ -387,11 +387,6 @@ pub fn render(decision: &Decision) -> Response {
             }
             resp
         }
-        // Bytes for the gRPC front door; never asked for here (fail closed).
-        Decision::Rendered(r) => render(&Decision::deny(
-            DenyReason::InternalError,
-            Some(r.mode.clone()),
-        )),
         Decision::Deny(d) => {
             let mut resp = Response::new(Body::from(d.reason.body()));
             *resp.status_mut() =

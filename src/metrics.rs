@@ -11,7 +11,7 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::decision::{Decision, DenyReason};
+use crate::decision::{DenyReason, Summary};
 
 /// Front doors, the `frontend` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,13 +54,13 @@ pub const DURATION_BUCKETS: [f64; 19] = [
 /// Outcome slots: 0 = allow, 1.. = deny reasons in `DenyReason::ALL` order.
 const OUTCOMES: usize = 1 + DenyReason::ALL.len();
 
-fn outcome_index(d: &Decision) -> usize {
-    match d {
-        Decision::Allow(_) | Decision::Rendered(_) => 0,
-        Decision::Deny(deny) => {
+fn outcome_index(reason: Option<DenyReason>) -> usize {
+    match reason {
+        None => 0,
+        Some(reason) => {
             1 + DenyReason::ALL
                 .iter()
-                .position(|r| *r == deny.reason)
+                .position(|r| *r == reason)
                 .unwrap_or(0)
         }
     }
@@ -345,9 +345,10 @@ impl Metrics {
     }
 
     /// Counts one decision and its latency.
-    pub fn record(&self, frontend: Frontend, decision: &Decision, seconds: f64) {
-        let idx = (frontend as usize * OUTCOMES + outcome_index(decision)) * MODE_LABELS.len()
-            + mode_index(decision.mode_label());
+    pub fn record(&self, frontend: Frontend, outcome: Summary, seconds: f64) {
+        let idx = (frontend as usize * OUTCOMES + outcome_index(outcome.reason))
+            * MODE_LABELS.len()
+            + mode_index(outcome.mode);
         if let Some(c) = self.checks.get(idx) {
             c.inc();
         }
@@ -407,7 +408,7 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::ModeRef;
+    use crate::decision::{Decision, ModeRef};
 
     #[test]
     fn every_family_is_present_from_start() {
@@ -463,7 +464,7 @@ mod tests {
                 id: "users".into(),
             }),
         );
-        m.record(Frontend::Grpc, &d, 0.001);
+        m.record(Frontend::Grpc, d.summary(), 0.001);
         let text = m.render();
         assert!(text.contains(
             r#"authgate_check_requests_total{decision="deny",frontend="grpc",mode="jwt",reason="token_expired"} 1"#

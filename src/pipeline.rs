@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 
 use crate::claims;
 use crate::config::{ClaimsConfig, Config, KeySource, ModeKind, Secret, Settings, TokenLocation};
-use crate::decision::{Allow, Decision, DenyReason, ModeRef, Rendered};
+use crate::decision::{Allow, Decision, Deny, DenyReason, ModeRef, Summary};
 use crate::elevation::{Elevation, GrantError};
 use crate::jwks::{JwksCache, JwksRegistry};
 use crate::jwt::{self, ClaimRules, JwtError};
@@ -75,34 +75,143 @@ enum Keys {
 }
 
 /// How one mode fared.
-enum Outcome<'r> {
+enum Outcome<'r, M: Memo> {
     /// No credential at its location: try the next mode.
     Absent,
     /// A credential was there and was refused.
     Invalid(DenyReason),
-    Verified(Session, Option<AccessToken<'r>>, Option<Arc<CachedToken>>),
-    /// A cached token whose allow was rendered for an equivalent request.
-    Rendered(Arc<CachedToken>),
+    Found(Found<'r, M>),
 }
 
-/// What [`Engine::verify_jwt`] found.
-enum JwtOutcome {
-    /// A verified session; the token-cache entry when it came from the cache.
-    Session(Session, Option<i64>, Option<Arc<CachedToken>>),
-    Rendered(Arc<CachedToken>),
+/// What a mode that accepted the credential hands on.
+enum Found<'r, M: Memo> {
+    Verified(Verified<'r>),
+    /// A cached token whose allow was encoded for an equivalent request
+    /// ([`Engine::decide_memo`]); never built when `M` is [`NoMemo`].
+    Memo(M::Hit),
 }
 
-/// A mode verified a session: what the rest of the pipeline starts from.
-struct Verified<'s, 'r> {
-    auth: &'s Authenticator,
+/// A mode verified a session: what role, elevation and rendering start from.
+struct Verified<'r> {
     session: Session,
     token: Option<AccessToken<'r>>,
     /// The token-cache entry this session was served from (a repeat).
     entry: Option<Arc<CachedToken>>,
 }
 
-/// How a front door renders an allow, for reuse on the token's repeats.
-pub type Render = fn(&Allow) -> Box<[u8]>;
+impl Verified<'_> {
+    fn session(session: Session) -> Self {
+        Verified {
+            session,
+            token: None,
+            entry: None,
+        }
+    }
+}
+
+/// Whether a caller takes encoded allows from the token cache. The type
+/// proves that [`Engine::decide`] never gets one.
+trait Memo {
+    type Hit;
+    fn hit(entry: &Arc<CachedToken>) -> Option<Self::Hit>;
+}
+
+/// For [`Engine::decide`] and [`Engine::identify`]: no memo.
+enum NoMemo {}
+
+impl Memo for NoMemo {
+    type Hit = std::convert::Infallible;
+    fn hit(_: &Arc<CachedToken>) -> Option<Self::Hit> {
+        None
+    }
+}
+
+/// For [`Engine::decide_memo`]: the entry, when an encoding is stored.
+enum WithMemo {}
+
+impl Memo for WithMemo {
+    type Hit = Arc<CachedToken>;
+    fn hit(entry: &Arc<CachedToken>) -> Option<Self::Hit> {
+        entry.memo.get().is_some().then(|| entry.clone())
+    }
+}
+
+/// What a request asks of the pipeline besides its credential: everything
+/// role resolution, elevation and rendering read from the request. Two
+/// requests with the same token and nothing asked decide the same way,
+/// which is what lets [`Engine::decide_memo`] reuse an encoded allow.
+struct Asks<'r> {
+    /// Client headers authgate reserves ([`is_reserved_header`]), in
+    /// request order; the role asked for is one of them.
+    reserved: Vec<&'r str>,
+    /// `x-hasura-role`.
+    role: Option<&'r str>,
+    /// An elevation grant (header or cookie), when elevation is configured.
+    grant: Option<Cow<'r, str>>,
+    /// Whether the route asks for elevation; an `Err` when that cannot be
+    /// read (refused once a mode has verified the caller).
+    elevation: Result<bool, DenyReason>,
+}
+
+impl Asks<'_> {
+    /// Whether the request asks for nothing: the decision then depends on
+    /// the token alone. Destructured whole, so a field added to [`Asks`]
+    /// must be considered here.
+    fn nothing(&self) -> bool {
+        let Asks {
+            reserved,
+            role,
+            grant,
+            elevation,
+        } = self;
+        reserved.is_empty() && role.is_none() && grant.is_none() && *elevation == Ok(false)
+    }
+}
+
+/// How a front door encodes an allow, for the memo of
+/// [`Engine::decide_memo`]. One engine serves one encoder.
+pub type EncodeAllow = fn(&Allow) -> Box<[u8]>;
+
+/// The answer of [`Engine::decide_memo`].
+#[derive(Debug)]
+pub enum Answer {
+    Decided(Decision),
+    /// An allow encoded earlier for the same token and an equivalent request.
+    Memo(MemoHit),
+}
+
+/// Bytes of an allow, lent by the token-cache entry that holds them.
+pub struct MemoHit {
+    pub mode: ModeRef,
+    entry: Arc<CachedToken>,
+}
+
+impl MemoHit {
+    pub fn bytes(&self) -> &[u8] {
+        self.entry.memo.get().map_or(&[], |b| b)
+    }
+}
+
+impl std::fmt::Debug for MemoHit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoHit")
+            .field("mode", &self.mode)
+            .field("bytes", &self.bytes().len())
+            .finish()
+    }
+}
+
+impl Answer {
+    pub fn summary(&self) -> Summary {
+        match self {
+            Answer::Decided(d) => d.summary(),
+            Answer::Memo(m) => Summary {
+                reason: None,
+                mode: m.mode.kind,
+            },
+        }
+    }
+}
 
 /// The verified bearer token behind a JWT session, for elevation grants.
 /// A Check borrows it from the request; an [`Identity`] owns it.
@@ -217,54 +326,71 @@ impl Engine {
 
     /// Decides one request.
     pub async fn decide(&self, req: &Request) -> Decision {
-        self.decide_reusing(req, None).await
+        let now = jwt::unix_now();
+        let asks = self.asks(req);
+        match self.first_verified::<NoMemo>(req, &asks, now).await {
+            Ok((auth, Found::Verified(v))) => self.finish(auth, v, &asks, now).await,
+            Ok((_, Found::Memo(never))) => match never {},
+            Err(deny) => Decision::Deny(deny),
+        }
     }
 
-    /// Decides one request; with `render`, a token seen before whose allow
-    /// was rendered for an equivalent request ([`Engine::reusable`]) gets
-    /// that rendering back ([`Decision::Rendered`]), and the first repeat of
-    /// a token stores its rendering. New tokens store none: a token used
+    /// Decides one request for a front door that encodes allows itself
+    /// (the gRPC door): a token seen before, in a request that asks for
+    /// nothing ([`Asks::nothing`]), gets the allow `encode`d for its first
+    /// such repeat back as bytes. New tokens store no encoding: a token used
     /// once costs the cache no more than its session.
-    pub async fn decide_reusing(&self, req: &Request, render: Option<Render>) -> Decision {
+    pub async fn decide_memo(&self, req: &Request, encode: EncodeAllow) -> Answer {
         let now = jwt::unix_now();
-        let v = match self.first_verified(req, now, render.is_some()).await {
-            Ok(v) => v,
-            Err(decided) => return decided,
-        };
-        let Verified {
-            auth,
-            session,
-            token,
-            entry,
-        } = v;
-        let decision = self.finish(auth, session, token, req, now).await;
-        match (render, entry, &decision) {
-            // A set rendering was already offered (and refused) in verify_jwt.
-            (Some(render), Some(entry), Decision::Allow(a))
-                if entry.rendered.get().is_none() && self.reusable(req) =>
-            {
-                // Another request may have stored the same bytes first.
-                let _ = entry.rendered.set(render(a));
-                Decision::Rendered(Rendered {
+        let asks = self.asks(req);
+        let (auth, v) = match self.first_verified::<WithMemo>(req, &asks, now).await {
+            Ok((auth, Found::Verified(v))) => (auth, v),
+            Ok((auth, Found::Memo(entry))) => {
+                return Answer::Memo(MemoHit {
                     mode: auth.mode.clone(),
-                    source: entry,
+                    entry,
+                });
+            }
+            Err(deny) => return Answer::Decided(Decision::Deny(deny)),
+        };
+        let entry = v.entry.clone();
+        let decision = self.finish(auth, v, &asks, now).await;
+        match (entry, &decision) {
+            // An encoding already set was offered (and refused) in verify_jwt.
+            (Some(entry), Decision::Allow(a)) if entry.memo.get().is_none() && asks.nothing() => {
+                // Another request may have stored the same bytes first.
+                let _ = entry.memo.set(encode(a));
+                Answer::Memo(MemoHit {
+                    mode: auth.mode.clone(),
+                    entry,
                 })
             }
-            _ => decision,
+            _ => Answer::Decided(decision),
         }
     }
 
-    /// Whether the allow for `req` depends on its token alone: no client
-    /// header authgate reserves (role or mode selection, headers to strip,
-    /// an elevation grant) and no elevation asked for, so role, elevation
-    /// and headers come out the same for every such request.
-    fn reusable(&self, req: &Request) -> bool {
-        if req.headers.iter().any(|(name, _)| is_reserved_header(name)) {
-            return false;
-        }
-        match &self.elevation {
-            None => crate::elevation::context_requires(req) == Ok(false),
-            Some(el) => el.route_requires(req) == Ok(false) && el.grant_of(req).is_none(),
+    /// Reads what the request asks for besides its credential.
+    fn asks<'r>(&self, req: &'r Request) -> Asks<'r> {
+        let reserved: Vec<&str> = req
+            .headers
+            .iter()
+            .map(|(name, _)| name)
+            .filter(|name| is_reserved_header(name))
+            .collect();
+        let role = if reserved.is_empty() {
+            None
+        } else {
+            req.headers.get(session::ROLE)
+        };
+        let (grant, elevation) = match &self.elevation {
+            None => (None, crate::elevation::context_requires(req)),
+            Some(el) => (el.grant_of(req), el.route_requires(req)),
+        };
+        Asks {
+            reserved,
+            role,
+            grant,
+            elevation,
         }
     }
 
@@ -272,18 +398,18 @@ impl Engine {
     /// for a Check, elevation computed but not enforced.
     pub async fn identify(&self, req: &Request) -> Result<Identity, Decision> {
         let now = jwt::unix_now();
-        let Verified {
-            auth,
-            mut session,
-            token,
-            ..
-        } = self.first_verified(req, now, false).await?;
-        self.resolve_role(auth, &mut session, req)?;
-        let (elevated, _) = self.elevation_state(&mut session, token.as_ref(), req, now);
+        let asks = self.asks(req);
+        let (auth, mut v) = match self.first_verified::<NoMemo>(req, &asks, now).await {
+            Ok((auth, Found::Verified(v))) => (auth, v),
+            Ok((_, Found::Memo(never))) => match never {},
+            Err(deny) => return Err(Decision::Deny(deny)),
+        };
+        self.resolve_role(auth, &mut v.session, &asks)?;
+        let (elevated, _) = self.elevation_state(&mut v.session, v.token.as_ref(), &asks, now);
         Ok(Identity {
-            user_id: session.user_id(),
-            session,
-            token: token.map(AccessToken::into_owned),
+            user_id: v.session.user_id(),
+            session: v.session,
+            token: v.token.map(AccessToken::into_owned),
             elevated,
             mode: auth.mode.clone(),
         })
@@ -295,14 +421,12 @@ impl Engine {
 
     /// Modes in order; the first verified session wins (RelyAuth's order;
     /// an invalid credential never falls through to `noAuth`).
-    /// `Err` is a decision already made: a denial, or (with `reuse`) an
-    /// allow reused from the token cache.
-    async fn first_verified<'s, 'r>(
+    async fn first_verified<'s, 'r, M: Memo>(
         &'s self,
         req: &'r Request,
+        asks: &Asks<'r>,
         now: i64,
-        reuse: bool,
-    ) -> Result<Verified<'s, 'r>, Decision> {
+    ) -> Result<(&'s Authenticator, Found<'r, M>), Deny> {
         let mode_filter = req
             .headers
             .get(MODE_HEADER)
@@ -324,7 +448,7 @@ impl Engine {
             if matches!(auth.kind, AuthKind::NoAuth { .. }) && refused.is_some() {
                 continue;
             }
-            match self.authenticate(index, auth, req, now, reuse).await {
+            match self.authenticate::<M>(index, auth, req, asks, now).await {
                 Outcome::Absent => {}
                 Outcome::Invalid(reason) => {
                     refused = Some((reason, &auth.mode));
@@ -332,36 +456,29 @@ impl Engine {
                         break;
                     }
                 }
-                Outcome::Verified(session, token, entry) => {
-                    return Ok(Verified {
-                        auth,
-                        session,
-                        token,
-                        entry,
-                    });
-                }
-                Outcome::Rendered(entry) => {
-                    return Err(Decision::Rendered(Rendered {
-                        mode: auth.mode.clone(),
-                        source: entry,
-                    }));
-                }
+                Outcome::Found(found) => return Ok((auth, found)),
             }
         }
         Err(match refused {
-            Some((reason, mode)) => Decision::deny(reason, Some(mode.clone())),
-            None => Decision::deny(DenyReason::MissingCredentials, None),
+            Some((reason, mode)) => Deny {
+                reason,
+                mode: Some(mode.clone()),
+            },
+            None => Deny {
+                reason: DenyReason::MissingCredentials,
+                mode: None,
+            },
         })
     }
 
-    async fn authenticate<'r>(
+    async fn authenticate<'r, M: Memo>(
         &self,
         index: usize,
         auth: &Authenticator,
         req: &'r Request,
+        asks: &Asks<'r>,
         now: i64,
-        reuse: bool,
-    ) -> Outcome<'r> {
+    ) -> Outcome<'r, M> {
         // Security rules apply once a mode has something to authenticate:
         // a mode whose credential is absent is skipped, rules or not.
         let blocked = || !auth.rules.is_empty() && !auth.rules.allows(req);
@@ -370,7 +487,7 @@ impl Engine {
                 if blocked() {
                     return Outcome::Invalid(DenyReason::BlockedByRule);
                 }
-                Outcome::Verified(session.clone(), None, None)
+                Outcome::Found(Found::Verified(Verified::session(session.clone())))
             }
             AuthKind::ApiKey {
                 location,
@@ -382,7 +499,7 @@ impl Engine {
                 Credential::Present(_) if blocked() => Outcome::Invalid(DenyReason::BlockedByRule),
                 Credential::Present(given) => {
                     if bool::from(given.as_bytes().ct_eq(value.0.as_bytes())) {
-                        Outcome::Verified(session.clone(), None, None)
+                        Outcome::Found(Found::Verified(Verified::session(session.clone())))
                     } else {
                         Outcome::Invalid(DenyReason::InvalidApiKey)
                     }
@@ -393,7 +510,7 @@ impl Engine {
                     return Outcome::Invalid(DenyReason::BlockedByRule);
                 }
                 match w.authenticate(req).await {
-                    Ok(session) => Outcome::Verified(session, None, None),
+                    Ok(session) => Outcome::Found(Found::Verified(Verified::session(session))),
                     Err(reason) => Outcome::Invalid(reason),
                 }
             }
@@ -402,12 +519,8 @@ impl Engine {
                 Credential::Ambiguous => Outcome::Invalid(DenyReason::InvalidToken),
                 Credential::Present(_) if blocked() => Outcome::Invalid(DenyReason::BlockedByRule),
                 Credential::Present(token) => {
-                    let reusable = || reuse && self.reusable(req);
-                    match self.verify_jwt(index, j, &token, now, reusable).await {
-                        Ok(JwtOutcome::Session(session, exp, entry)) => {
-                            Outcome::Verified(session, Some(AccessToken { raw: token, exp }), entry)
-                        }
-                        Ok(JwtOutcome::Rendered(entry)) => Outcome::Rendered(entry),
+                    match self.verify_jwt::<M>(index, j, token, now, asks).await {
+                        Ok(found) => Outcome::Found(found),
                         Err(e) => {
                             tracing::debug!(mode = %auth.mode.id, error = %e, "token refused");
                             Outcome::Invalid(e.reason())
@@ -418,14 +531,14 @@ impl Engine {
         }
     }
 
-    async fn verify_jwt(
+    async fn verify_jwt<'r, M: Memo>(
         &self,
         index: usize,
         j: &JwtAuth,
-        token: &str,
+        token: Cow<'r, str>,
         now: i64,
-        reuse: impl FnOnce() -> bool,
-    ) -> Result<JwtOutcome, JwtError> {
+        asks: &Asks<'r>,
+    ) -> Result<Found<'r, M>, JwtError> {
         let rules = ClaimRules {
             audience: &j.audience,
             issuer: j.issuer.as_deref(),
@@ -435,24 +548,30 @@ impl Engine {
         let cache_key = self
             .token_cache
             .as_ref()
-            .map(|_| TokenCache::key(index, token));
+            .map(|_| TokenCache::key(index, &token));
         if let (Some(cache), Some(key)) = (&self.token_cache, &cache_key) {
             if let Some(hit) = cache.get(key) {
                 self.metrics.token_cache_hit.inc();
                 hit.check_time(now, &rules)?;
-                if hit.rendered.get().is_some() && reuse() {
-                    return Ok(JwtOutcome::Rendered(hit));
+                if asks.nothing()
+                    && let Some(memo) = M::hit(&hit)
+                {
+                    return Ok(Found::Memo(memo));
                 }
                 // The encoding is ours; failing to read it back is a bug, and
                 // the token is simply verified again.
                 if let Some(session) = Session::from_compact(&hit.session) {
                     let exp = (hit.exp != i64::MAX).then_some(hit.exp);
-                    return Ok(JwtOutcome::Session(session, exp, Some(hit)));
+                    return Ok(Found::Verified(Verified {
+                        session,
+                        token: Some(AccessToken { raw: token, exp }),
+                        entry: Some(hit),
+                    }));
                 }
             }
             self.metrics.token_cache_miss.inc();
         }
-        let parsed = jwt::parse(token)?;
+        let parsed = jwt::parse(&token)?;
         let verified = match &j.keys {
             Keys::Fixed(set) => verify_with(set, j.pinned, &parsed),
             Keys::Remote(cache) => {
@@ -482,17 +601,20 @@ impl Engine {
         if let (Some(cache), Some(key)) = (&self.token_cache, cache_key) {
             cache.insert(key, &session, exp, nbf, now);
         }
-        Ok(JwtOutcome::Session(session, exp, None))
+        Ok(Found::Verified(Verified {
+            session,
+            token: Some(AccessToken { raw: token, exp }),
+            entry: None,
+        }))
     }
 
     fn resolve_role(
         &self,
         auth: &Authenticator,
         session: &mut Session,
-        req: &Request,
+        asks: &Asks<'_>,
     ) -> Result<(), Decision> {
-        let requested = req.headers.get(session::ROLE);
-        session::resolve_role(session, requested).map_err(|e| {
+        session::resolve_role(session, asks.role).map_err(|e| {
             let reason = match e {
                 RoleError::NotAllowed => DenyReason::RoleNotAllowed,
                 RoleError::Missing => invalid_reason(auth),
@@ -509,7 +631,7 @@ impl Engine {
         &self,
         session: &mut Session,
         token: Option<&AccessToken<'_>>,
-        req: &Request,
+        asks: &Asks<'_>,
         now: i64,
     ) -> (bool, Option<GrantError>) {
         let claim = self
@@ -531,13 +653,13 @@ impl Engine {
         let Some(user) = session.user_id() else {
             return (false, Some(GrantError::Missing));
         };
-        let Some(grant) = el.grant_of(req) else {
+        let Some(grant) = &asks.grant else {
             return (false, Some(GrantError::Missing));
         };
         let Some(token) = token else {
             return (false, Some(GrantError::Mismatch));
         };
-        match el.grants.verify(&grant, &user, &token.raw, now) {
+        match el.grants.verify(grant, &user, &token.raw, now) {
             Ok(()) => {
                 session.insert(claim, Value::String(user));
                 (true, None)
@@ -550,27 +672,28 @@ impl Engine {
     async fn finish(
         &self,
         auth: &Authenticator,
-        mut session: Session,
-        token: Option<AccessToken<'_>>,
-        req: &Request,
+        verified: Verified<'_>,
+        asks: &Asks<'_>,
         now: i64,
     ) -> Decision {
-        if let Err(deny) = self.resolve_role(auth, &mut session, req) {
+        let Verified {
+            mut session, token, ..
+        } = verified;
+        if let Err(deny) = self.resolve_role(auth, &mut session, asks) {
             return deny;
         }
-        let (elevated, grant_error) = self.elevation_state(&mut session, token.as_ref(), req, now);
+        let (elevated, grant_error) = self.elevation_state(&mut session, token.as_ref(), asks, now);
         // Without an elevation config, an Envoy route that asks for elevation
-        // can only be satisfied by an elevated token (fail closed).
-        let must = match &self.elevation {
-            // Even an elevated request is refused when the route's
-            // requirement cannot be read (an unknown context value, a path
-            // with no single reading): such a config or request is broken.
-            Some(el) => match el.route_requires(req) {
-                Ok(true) if !elevated => el.must_elevate(session.user_id().as_deref()).await,
-                Ok(_) => Ok(false),
-                Err(reason) => Err(reason),
-            },
-            None => crate::elevation::context_requires(req).map(|needed| needed && !elevated),
+        // can only be satisfied by an elevated token (fail closed). Even an
+        // elevated request is refused when the route's requirement cannot be
+        // read (an unknown context value, a path with no single reading):
+        // such a config or request is broken.
+        let must = match (&self.elevation, asks.elevation) {
+            (_, Err(reason)) => Err(reason),
+            (_, Ok(false)) => Ok(false),
+            (_, Ok(true)) if elevated => Ok(false),
+            (Some(el), Ok(true)) => el.must_elevate(session.user_id().as_deref()).await,
+            (None, Ok(true)) => Ok(true),
         };
         match must {
             Ok(false) => {}
@@ -595,11 +718,11 @@ impl Engine {
             headers.push((k.to_owned(), value));
         }
         // Sorted and deduplicated: linear in the number of client headers.
-        let mut headers_to_remove: Vec<String> = req
-            .headers
+        let mut headers_to_remove: Vec<String> = asks
+            .reserved
             .iter()
-            .filter(|(name, _)| is_reserved_header(name) && session.get(name).is_none())
-            .map(|(name, _)| name.to_owned())
+            .filter(|name| session.get(name).is_none())
+            .map(|name| (*name).to_owned())
             .collect();
         headers_to_remove.sort_unstable();
         headers_to_remove.dedup();
@@ -680,9 +803,9 @@ struct CachedToken {
     nbf: i64,
     /// `tokenCacheTtl` after the insert.
     fresh_until: std::time::Instant,
-    /// The gRPC front door's allow for requests that add nothing to the
-    /// token ([`Engine::reusable`]), stored on the token's first repeat.
-    rendered: std::sync::OnceLock<Box<[u8]>>,
+    /// The gRPC front door's encoded allow for requests that ask for
+    /// nothing ([`Engine::decide_memo`]), stored on the token's first repeat.
+    memo: std::sync::OnceLock<Box<[u8]>>,
 }
 
 impl CachedToken {
@@ -695,14 +818,6 @@ impl CachedToken {
             return Err(JwtError::NotYetValid);
         }
         Ok(())
-    }
-}
-
-/// A [`Decision::Rendered`] lends the entry's rendering (never empty: an
-/// entry is only handed out once `rendered` is set).
-impl AsRef<[u8]> for CachedToken {
-    fn as_ref(&self) -> &[u8] {
-        self.rendered.get().map_or(&[], |b| b)
     }
 }
 
@@ -755,7 +870,7 @@ impl TokenCache {
                 exp: exp.unwrap_or(i64::MAX),
                 nbf: nbf.unwrap_or(i64::MIN),
                 fresh_until: std::time::Instant::now() + self.ttl,
-                rendered: std::sync::OnceLock::new(),
+                memo: std::sync::OnceLock::new(),
             }),
         );
     }
@@ -813,75 +928,71 @@ definition:
         }
     }
 
-    /// A stand-in for the gRPC front door's encoding: what it renders is
+    /// A stand-in for the gRPC front door's encoding: what it encodes is
     /// the front door's business, the pipeline only keeps and returns it.
-    fn render(a: &Allow) -> Box<[u8]> {
+    fn encode(a: &Allow) -> Box<[u8]> {
         format!("{:?} {}", a.headers, a.elevated)
             .into_bytes()
             .into()
     }
 
-    fn kind(d: &Decision) -> &'static str {
-        match d {
-            Decision::Allow(_) => "allow",
-            Decision::Rendered(_) => "rendered",
-            Decision::Deny(_) => "deny",
+    fn allow(a: Answer) -> Allow {
+        match a {
+            Answer::Decided(Decision::Allow(a)) => a,
+            other => panic!("{other:?}"),
         }
     }
 
     #[tokio::test]
-    async fn repeats_reuse_the_rendering_only_for_requests_that_add_nothing() {
+    async fn repeats_reuse_the_encoding_only_for_requests_that_ask_for_nothing() {
         let engine = engine();
         let bearer = format!("Bearer {}", token("u-1"));
         let plain = request(&[("authorization", &bearer)]);
 
         // New token: decided in full, nothing stored.
-        let first = engine.decide_reusing(&plain, Some(render)).await;
-        let Decision::Allow(a) = &first else {
-            panic!("{first:?}")
-        };
-        let expected = render(a);
-        // First repeat: decided from the cached session, rendering stored.
-        // Later repeats: the stored rendering.
+        let a = allow(engine.decide_memo(&plain, encode).await);
+        let expected = encode(&a);
+        // First repeat: decided from the cached session, encoding stored.
+        // Later repeats: the stored encoding.
         for _ in 0..3 {
-            match engine.decide_reusing(&plain, Some(render)).await {
-                Decision::Rendered(r) => {
-                    assert_eq!(r.bytes(), &*expected);
-                    assert_eq!(r.mode.kind, "jwt");
+            match engine.decide_memo(&plain, encode).await {
+                Answer::Memo(m) => {
+                    assert_eq!(m.bytes(), &*expected);
+                    assert_eq!(m.mode.kind, "jwt");
                 }
                 other => panic!("{other:?}"),
             }
         }
-        // Without a renderer (HTTP front door, `check`), never reused.
-        assert_eq!(kind(&engine.decide(&plain).await), "allow");
+        // `decide` (HTTP front door, `check`) never takes the memo.
+        assert!(matches!(engine.decide(&plain).await, Decision::Allow(_)));
 
         // Requests that change the answer are decided in full.
         let role = request(&[("authorization", &bearer), ("x-hasura-role", "editor")]);
-        let Decision::Allow(a) = engine.decide_reusing(&role, Some(render)).await else {
-            panic!("role request")
-        };
+        let a = allow(engine.decide_memo(&role, encode).await);
         assert!(
             a.headers
                 .contains(&("x-hasura-role".into(), "editor".into()))
         );
         let spoof = request(&[("authorization", &bearer), ("x-hasura-org-id", "7")]);
-        let Decision::Allow(a) = engine.decide_reusing(&spoof, Some(render)).await else {
-            panic!("spoofed header request")
-        };
+        let a = allow(engine.decide_memo(&spoof, encode).await);
         assert_eq!(a.headers_to_remove, ["x-hasura-org-id"]);
         let mut elevate = request(&[("authorization", &bearer)]);
         elevate
             .context
             .insert("elevation".into(), "required".into());
-        let d = engine.decide_reusing(&elevate, Some(render)).await;
-        assert_eq!(d.reason_label(), "elevation_required", "{d:?}");
+        let d = engine.decide_memo(&elevate, encode).await;
+        assert_eq!(
+            d.summary().reason,
+            Some(DenyReason::ElevationRequired),
+            "{d:?}"
+        );
 
-        // Another token never gets this one's rendering.
+        // Another token never gets this one's encoding.
         let other = request(&[("authorization", &format!("Bearer {}", token("u-2")))]);
         for _ in 0..3 {
-            match engine.decide_reusing(&other, Some(render)).await {
-                Decision::Allow(a) => assert_ne!(render(&a), expected),
-                Decision::Rendered(r) => assert_ne!(r.bytes(), &*expected),
+            match engine.decide_memo(&other, encode).await {
+                Answer::Decided(Decision::Allow(a)) => assert_ne!(encode(&a), expected),
+                Answer::Memo(m) => assert_ne!(m.bytes(), &*expected),
                 d => panic!("{d:?}"),
             }
         }

@@ -19,7 +19,7 @@ use crate::decision::{Decision, DenyReason};
 use crate::elevation::Elevation;
 use crate::jwks::JwksRegistry;
 use crate::metrics::{Frontend, Metrics};
-use crate::pipeline::Engine;
+use crate::pipeline::{Answer, Engine};
 use crate::request::Request;
 
 /// Decisions of one front door that may be inside the pipeline at once
@@ -250,30 +250,48 @@ impl Shared {
     pub async fn decide(&self, frontend: Frontend, req: &Request, started: Instant) -> Decision {
         let engine = self.engine.load_full();
         let timeout = engine.settings.decision_timeout;
-        // Only the gRPC front door reuses renderings (as CheckResponse bytes).
-        let render: Option<crate::pipeline::Render> = match frontend {
-            Frontend::Grpc => Some(crate::grpc::encode_allow),
-            Frontend::Http | Frontend::Webhook => None,
-        };
-        let decided = engine.decide_reusing(req, render);
-        let slots = match frontend {
-            Frontend::Grpc => Slots::Grpc,
-            Frontend::Http | Frontend::Webhook => Slots::Http,
-        };
-        let decision = match self.bounded(slots, timeout, decided).await {
-            Some(d) => d,
-            None => {
-                tracing::warn!(
-                    frontend = frontend.as_str(),
-                    timeout_s = timeout.as_secs(),
-                    "decision timed out"
+        let decided = self.bounded(Slots::Http, timeout, engine.decide(req)).await;
+        let decision = decided.unwrap_or_else(|| timed_out(frontend, timeout));
+        self.recorded(frontend, req, &decision, started);
+        decision
+    }
+
+    /// As [`Shared::decide`], for the gRPC door: allows it encoded earlier
+    /// for a token's equivalent requests come back as bytes
+    /// ([`crate::pipeline::Engine::decide_memo`]).
+    pub async fn decide_memo(
+        &self,
+        req: &Request,
+        encode: crate::pipeline::EncodeAllow,
+        started: Instant,
+    ) -> Answer {
+        let engine = self.engine.load_full();
+        let timeout = engine.settings.decision_timeout;
+        let decided = self
+            .bounded(Slots::Grpc, timeout, engine.decide_memo(req, encode))
+            .await;
+        let answer = decided.unwrap_or_else(|| Answer::Decided(timed_out(Frontend::Grpc, timeout)));
+        match &answer {
+            Answer::Decided(d) => self.recorded(Frontend::Grpc, req, d, started),
+            Answer::Memo(_) => {
+                self.metrics.record(
+                    Frontend::Grpc,
+                    answer.summary(),
+                    started.elapsed().as_secs_f64(),
                 );
-                Decision::deny(DenyReason::InternalError, None)
             }
-        };
-        self.metrics
-            .record(frontend, &decision, started.elapsed().as_secs_f64());
-        if let Decision::Deny(d) = &decision {
+        }
+        answer
+    }
+
+    /// Counts a decision, and logs it when it is a denial.
+    fn recorded(&self, frontend: Frontend, req: &Request, decision: &Decision, started: Instant) {
+        self.metrics.record(
+            frontend,
+            decision.summary(),
+            started.elapsed().as_secs_f64(),
+        );
+        if let Decision::Deny(d) = decision {
             tracing::info!(
                 frontend = frontend.as_str(),
                 reason = d.reason.as_str(),
@@ -283,7 +301,6 @@ impl Shared {
                 "denied"
             );
         }
-        decision
     }
 
     /// Re-reads the config file; on success swaps the engine in, keeping
@@ -681,4 +698,14 @@ pub async fn start(
         stop,
         tasks: vec![grpc_task, http_task, health_task, purge_task],
     })
+}
+
+/// The denial for a decision that ran out of time.
+fn timed_out(frontend: Frontend, timeout: Duration) -> Decision {
+    tracing::warn!(
+        frontend = frontend.as_str(),
+        timeout_s = timeout.as_secs(),
+        "decision timed out"
+    );
+    Decision::deny(DenyReason::InternalError, None)
 }

@@ -520,8 +520,6 @@ fn main() {
                 if a.elevated { " elevated" } else { "" }
             ),
             authgate::decision::Decision::Deny(d) => format!("deny {}", d.reason.as_str()),
-            // `decide` never reuses an encoded answer (that is `decide_reusing`).
-            authgate::decision::Decision::Rendered(_) => "rendered".to_owned(),
         };
         assert_eq!(
             Some(&got.as_str()),

@@ -30,7 +30,7 @@ struct World {
     rt: tokio::runtime::Runtime,
     engine: Engine,
     /// The same config with a token cache, deciding as the gRPC front door
-    /// does (reusing rendered allows): it must answer as `engine` does.
+    /// does (reusing encoded allows): it must answer as `engine` does.
     cached: Engine,
 }
 
@@ -143,7 +143,7 @@ fuzz_target!(|data: &[u8]| {
             authgate::grpc::put_allow(a, &mut bytes);
             Some(bytes)
         }
-        Decision::Rendered(_) | Decision::Deny(_) => None,
+        Decision::Deny(_) => None,
     };
     let response = authgate::grpc::render(decision);
     // Reuse (the gRPC front door's path): a token's repeats may be served an
@@ -153,10 +153,10 @@ fuzz_target!(|data: &[u8]| {
         let reused = world.rt.block_on(
             world
                 .cached
-                .decide_reusing(&req, Some(authgate::grpc::encode_allow)),
+                .decide_memo(&req, authgate::grpc::encode_allow),
         );
         assert_eq!(
-            authgate::grpc::render(reused),
+            authgate::grpc::render_answer(reused),
             response,
             "a reused allow differs from the decision"
         );
