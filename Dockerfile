@@ -24,19 +24,21 @@ ENV CARGO_TERM_COLOR=never \
     CARGO_PROFILE_RELEASE_DEBUG=0
 
 # 1. Dependencies, in their own layer: rebuilt only when the manifest, the
-#    lock file or the build script change. Every target the manifest names
-#    gets an empty stand-in (the library, authgate, the two benchmark
-#    binaries), so that cargo resolves the package as it will in step 2.
+#    lock file or the build script change. Every target the manifests name
+#    gets an empty stand-in (the library, authgate, and the benchmark
+#    package's two binaries, a workspace member), so that cargo resolves the
+#    workspace as it will in step 2.
 #    libsqlite3 (sqlx's bundled SQLite) and aws-lc are compiled with the
 #    image's C compiler.
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY bench/Cargo.toml ./bench/
 # `--cfg tokio_unstable`, for the runtime's scheduling (src/server.rs: runtime).
 COPY .cargo ./.cargo
-RUN mkdir src bench \
+RUN mkdir -p src bench/src \
  && echo 'fn main() {}' > src/main.rs \
  && : > src/lib.rs \
- && echo 'fn main() {}' > bench/noop.rs \
- && echo 'fn main() {}' > bench/load.rs \
+ && echo 'fn main() {}' > bench/src/noop.rs \
+ && echo 'fn main() {}' > bench/src/load.rs \
  && cargo build --release --locked \
  && rm -rf src
 

@@ -2,7 +2,7 @@
 # Through a real Envoy, the way users run authgate: paired, alternating runs of
 #   alone      Envoy with a direct_response route (the floor),
 #   jwt_authn  Envoy's built-in jwt_authn, RS256 (its token cache is off by default),
-#   noop       Envoy + ext_authz gRPC to the no-op server (bench/noop.rs),
+#   noop       Envoy + ext_authz gRPC to the no-op server (bench/src/noop.rs),
 #   authgate   Envoy + ext_authz gRPC to authgate (one token repeated: cache hit),
 #   authgate_distinct  the same with a new RS256 token on every request,
 # driven by wrk over HTTP/1.1. Envoy runs with --concurrency 1 on core 0. At 64

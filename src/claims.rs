@@ -73,16 +73,23 @@ impl ClaimPath {
         }
         let data = match data {
             Some(d) => d,
-            None => data.insert(Rcvar::new(
-                Variable::from_serializable(payload).map_err(|_| ClaimsError::Evaluation)?,
-            )),
+            None => data.insert(jmespath_input(payload)?),
         };
-        let found = self
-            .expression
-            .search(&*data)
-            .map_err(|_| ClaimsError::Evaluation)?;
-        serde_json::to_value(&*found).map_err(|_| ClaimsError::Evaluation)
+        evaluate(&self.expression, data)
     }
+}
+
+/// A JSON document as the JMESPath interpreter's input.
+pub(crate) fn jmespath_input(doc: &Value) -> Result<Rcvar, ClaimsError> {
+    Ok(Rcvar::new(
+        Variable::from_serializable(doc).map_err(|_| ClaimsError::Evaluation)?,
+    ))
+}
+
+/// Evaluates a JMESPath expression, with its result as JSON.
+pub(crate) fn evaluate(expr: &Expression<'static>, data: &Rcvar) -> Result<Value, ClaimsError> {
+    let found = expr.search(data).map_err(|_| ClaimsError::Evaluation)?;
+    serde_json::to_value(&*found).map_err(|_| ClaimsError::Evaluation)
 }
 
 fn collect_fields(ast: &Ast, out: &mut Vec<String>) -> bool {

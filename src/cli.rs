@@ -310,7 +310,7 @@ pub fn mint(args: &TokenArgs) -> Result<String, String> {
         Ok(_) => return Err("--claims must be a JSON object".into()),
         Err(e) => return Err(format!("--claims is not valid JSON: {e}")),
     };
-    let now = crate::jwt::unix_now();
+    let now = crate::clock::unix_now();
     claims.entry("iat").or_insert(json!(now));
     claims.entry("exp").or_insert(json!(
         now.saturating_add(i64::try_from(args.ttl).unwrap_or(i64::MAX / 2))

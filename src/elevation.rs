@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::config::elevation::{ElevationConfig, ElevationMode};
+use crate::config::{Place, TokenLocation};
 use crate::decision::DenyReason;
 use crate::keys::VerifyKey;
 use crate::request::Request;
@@ -97,7 +98,7 @@ impl moka::Expiry<[u8; 32], Arc<VerifiedGrant>> for GrantExpiry {
         value: &Arc<VerifiedGrant>,
         _now: std::time::Instant,
     ) -> Option<Duration> {
-        let left = value.exp.saturating_sub(crate::jwt::unix_now());
+        let left = value.exp.saturating_sub(crate::clock::unix_now());
         Some(Duration::from_secs(u64::try_from(left).unwrap_or(0)))
     }
 }
@@ -297,6 +298,8 @@ pub struct Elevation {
     store_errors: prometheus::IntCounter,
     /// When the store last failed, and why (for `/readyz`).
     last_store_error: arc_swap::ArcSwapOption<(std::time::Instant, String)>,
+    /// Where a grant is read: the header, else the cookie of that name.
+    grant_locations: [TokenLocation; 2],
 }
 
 impl Elevation {
@@ -363,6 +366,11 @@ impl Elevation {
                 .build(),
             store_errors,
             last_store_error: arc_swap::ArcSwapOption::empty(),
+            grant_locations: [Place::Header, Place::Cookie].map(|place| TokenLocation {
+                place,
+                name: GRANT_HEADER.into(),
+                scheme: None,
+            }),
         })
     }
 
@@ -419,23 +427,12 @@ impl Elevation {
 
     /// The grant a request carries: header, else cookie.
     pub fn grant_of<'a>(&self, req: &'a Request) -> Option<std::borrow::Cow<'a, str>> {
-        let loc = crate::config::TokenLocation {
-            place: crate::config::Place::Header,
-            name: GRANT_HEADER.into(),
-            scheme: None,
-        };
-        if let crate::request::Credential::Present(g) = req.credential(&loc) {
-            return Some(g);
-        }
-        let cookie = crate::config::TokenLocation {
-            place: crate::config::Place::Cookie,
-            name: GRANT_HEADER.into(),
-            scheme: None,
-        };
-        match req.credential(&cookie) {
-            crate::request::Credential::Present(g) => Some(g),
-            _ => None,
-        }
+        self.grant_locations
+            .iter()
+            .find_map(|loc| match req.credential(loc) {
+                crate::request::Credential::Present(g) => Some(g),
+                _ => None,
+            })
     }
 }
 

@@ -182,12 +182,12 @@ impl JwksCache {
         match &result {
             Ok(Fetched::Updated(_)) => {
                 self.metrics.fetch_ok.inc();
-                self.metrics.succeeded(unix_seconds());
+                self.metrics.succeeded(crate::clock::unix_seconds());
                 self.set_last_error(None);
             }
             Ok(Fetched::NotModified(_)) => {
                 self.metrics.fetch_not_modified.inc();
-                self.metrics.succeeded(unix_seconds());
+                self.metrics.succeeded(crate::clock::unix_seconds());
                 self.set_last_error(None);
             }
             Err(e) => {
@@ -364,13 +364,6 @@ fn without_url(e: &reqwest::Error) -> String {
         "failed"
     };
     kind.to_owned()
-}
-
-fn unix_seconds() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// All JWKS caches of the process, by URL. Reloads reuse a cache whose URL

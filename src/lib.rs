@@ -5,6 +5,7 @@
 pub mod budget;
 pub mod claims;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod decision;

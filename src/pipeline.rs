@@ -326,7 +326,7 @@ impl Engine {
 
     /// Decides one request.
     pub async fn decide(&self, req: &Request) -> Decision {
-        let now = jwt::unix_now();
+        let now = crate::clock::unix_now();
         let asks = self.asks(req);
         match self.first_verified::<NoMemo>(req, &asks, now).await {
             Ok((auth, Found::Verified(v))) => self.finish(auth, v, &asks, now).await,
@@ -341,7 +341,7 @@ impl Engine {
     /// such repeat back as bytes. New tokens store no encoding: a token used
     /// once costs the cache no more than its session.
     pub async fn decide_memo(&self, req: &Request, encode: EncodeAllow) -> Answer {
-        let now = jwt::unix_now();
+        let now = crate::clock::unix_now();
         let asks = self.asks(req);
         let (auth, v) = match self.first_verified::<WithMemo>(req, &asks, now).await {
             Ok((auth, Found::Verified(v))) => (auth, v),
@@ -397,7 +397,7 @@ impl Engine {
     /// Authenticates a call to authgate's own endpoints: modes and role as
     /// for a Check, elevation computed but not enforced.
     pub async fn identify(&self, req: &Request) -> Result<Identity, Decision> {
-        let now = jwt::unix_now();
+        let now = crate::clock::unix_now();
         let asks = self.asks(req);
         let (auth, mut v) = match self.first_verified::<NoMemo>(req, &asks, now).await {
             Ok((auth, Found::Verified(v))) => (auth, v),
@@ -904,7 +904,7 @@ definition:
     fn token(user: &str) -> String {
         let claims = json!({
             "sub": user,
-            "exp": jwt::unix_now() + 600,
+            "exp": crate::clock::unix_now() + 600,
             "claims.jwt.hasura.io": {
                 "x-hasura-user-id": user,
                 "x-hasura-default-role": "user",

@@ -136,7 +136,9 @@ impl Shared {
         let engine = Engine::new(config, &registry, metrics.clone(), true, elevation);
         // The load at start is not a reload; it sets the state gauges.
         metrics.config_last_reload_successful.set(1);
-        metrics.config_last_reload_success.set(unix_seconds());
+        metrics
+            .config_last_reload_success
+            .set(crate::clock::unix_seconds());
         Ok(Arc::new(Shared {
             engine: ArcSwap::from_pointee(engine),
             metrics,
@@ -362,7 +364,9 @@ impl Shared {
                 self.engine.store(Arc::new(engine));
                 self.metrics.config_reload_ok.inc();
                 self.metrics.config_last_reload_successful.set(1);
-                self.metrics.config_last_reload_success.set(unix_seconds());
+                self.metrics
+                    .config_last_reload_success
+                    .set(crate::clock::unix_seconds());
                 tracing::info!(config = %path.display(), "configuration reloaded");
                 Ok(())
             }
@@ -482,13 +486,6 @@ pub async fn open_elevation(
     }
 }
 
-fn unix_seconds() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 /// A started server: its bound addresses and a way to stop it.
 pub struct Running {
     pub grpc_addr: SocketAddr,
@@ -541,7 +538,11 @@ async fn purge_challenges(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) 
             .cfg
             .challenge_ttl
             .clamp(Duration::from_secs(1), Duration::from_secs(60));
-        match elevation.store.purge_expired(crate::jwt::unix_now()).await {
+        match elevation
+            .store
+            .purge_expired(crate::clock::unix_now())
+            .await
+        {
             Ok(0) => {}
             Ok(n) => tracing::debug!(purged = n, "expired WebAuthn challenges deleted"),
             Err(e) => tracing::warn!(error = %e, "cannot delete expired WebAuthn challenges"),

@@ -21,10 +21,10 @@ use webauthn_rs::prelude::{
     SecurityKeyAuthentication, SecurityKeyRegistration, WebauthnError,
 };
 
+use crate::clock::unix_now;
 use crate::config::elevation::ElevationMode;
 use crate::decision::{Decision, DenyReason};
 use crate::elevation::Elevation;
-use crate::jwt::unix_now;
 use crate::pipeline::Identity;
 use crate::request::Request;
 use crate::server::Shared;

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use jmespath::{Rcvar, Variable};
+use jmespath::Rcvar;
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 
@@ -420,14 +420,12 @@ fn capitalize(s: &str) -> String {
     }
 }
 
-/// The URL without credentials or query, for logs.
+/// The value `expr` finds in `doc`; `None` for null or an error.
 fn search(expr: &jmespath::Expression<'static>, doc: &Value) -> Option<Value> {
-    let data = Rcvar::new(Variable::from_serializable(doc).ok()?);
-    let found = expr.search(&data).ok()?;
-    if found.is_null() {
-        return None;
-    }
-    serde_json::to_value(&*found).ok()
+    let data = crate::claims::jmespath_input(doc).ok()?;
+    crate::claims::evaluate(expr, &data)
+        .ok()
+        .filter(|v| !v.is_null())
 }
 
 fn apply_mapping(m: &FieldMapping, data: &Rcvar) -> Value {
@@ -440,11 +438,9 @@ fn apply_mapping(m: &FieldMapping, data: &Rcvar) -> Value {
         ),
         FieldMapping::Field { path, default } => {
             let found = path.as_ref().and_then(|e| {
-                let v = e.search(data).ok()?;
-                if v.is_null() {
-                    return None;
-                }
-                serde_json::to_value(&*v).ok()
+                crate::claims::evaluate(e, data)
+                    .ok()
+                    .filter(|v| !v.is_null())
             });
             found.or_else(|| default.clone()).unwrap_or(Value::Null)
         }
@@ -455,10 +451,8 @@ fn apply_mapping(m: &FieldMapping, data: &Rcvar) -> Value {
 pub fn render_transform(t: &Transform, doc: &Value) -> Result<(Vec<u8>, String), Failure> {
     match t {
         Transform::Jmespath(m) => {
-            let data = Rcvar::new(
-                Variable::from_serializable(doc)
-                    .map_err(|_| Failure::Unavailable("cannot evaluate the mapping"))?,
-            );
+            let data = crate::claims::jmespath_input(doc)
+                .map_err(|_| Failure::Unavailable("cannot evaluate the mapping"))?;
             let v = apply_mapping(m, &data);
             Ok((
                 serde_json::to_vec(&v).unwrap_or_default(),

@@ -347,7 +347,7 @@ fn main() {
             &hs,
             Some(common::SEED_EXP),
             Duration::from_secs(200 * 365 * 86_400),
-            authgate::jwt::unix_now(),
+            authgate::clock::unix_now(),
         )
         .expect("grant")
         .0;

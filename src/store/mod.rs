@@ -190,44 +190,9 @@ pub async fn open(
     } else {
         Err(StoreError::Unavailable(format!(
             "unsupported store URL `{}`: expected sqlite://PATH, sqlite::memory: or postgres://...",
-            redact_url(url)
+            crate::redact::database_url(url)
         )))
     }
-}
-
-/// The URL with any password (in the user info or a `password=` query
-/// parameter) replaced by `***`, for messages.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let (scheme, rest) = url.split_at(scheme_end + 3);
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rfind('@') {
-        Some(at) => {
-            let (userinfo, host) = authority.split_at(at);
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:***{host}"),
-                None => authority.to_owned(),
-            }
-        }
-        None => authority.to_owned(),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let query: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                    _ => pair.to_owned(),
-                })
-                .collect();
-            format!("{path}?{}", query.join("&"))
-        }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}{authority}{tail}")
 }
 
 /// The secrets of a URL (password, raw and percent-decoded), to scrub from
@@ -360,27 +325,6 @@ struct Migration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact_url("postgres://app:s3cret@db:5432/auth?sslmode=require"),
-            "postgres://app:***@db:5432/auth?sslmode=require"
-        );
-        assert_eq!(
-            redact_url("postgres://db/auth?user=app&password=s3cret"),
-            "postgres://db/auth?user=app&password=***"
-        );
-        assert_eq!(
-            redact_url("postgres://app@db/auth"),
-            "postgres://app@db/auth"
-        );
-        assert_eq!(redact_url("sqlite://authgate.db"), "sqlite://authgate.db");
-        assert_eq!(
-            redact_url("postgresql://u:p%40ss@h/d"),
-            "postgresql://u:***@h/d"
-        );
-    }
 
     #[test]
     fn scrubs_secrets() {

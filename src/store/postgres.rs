@@ -13,7 +13,7 @@ use sqlx::{Connection as _, Row};
 use super::{
     BoxFuture, ChallengeKind, CredentialStore, MAX_PENDING_CHALLENGES_PER_USER, Migration,
     NHOST_ID_PREFIX, PendingChallenge, StoreError, StoreOptions, StoredKey, challenge_from_row,
-    db_error, json_text, key_from_row, redact_url, scrub,
+    db_error, json_text, key_from_row, scrub,
 };
 
 /// The key of the transaction-scoped advisory lock that serialises migrations
@@ -72,7 +72,7 @@ pub struct PostgresStore {
 impl PostgresStore {
     /// Connects, runs the migrations and looks for nhost's table when asked to.
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
-        let shown = redact_url(url);
+        let shown = crate::redact::database_url(url);
         let connect = PgConnectOptions::from_str(url).map_err(|e| {
             StoreError::Unavailable(format!(
                 "invalid PostgreSQL store URL `{shown}`: {}",

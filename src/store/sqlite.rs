@@ -183,7 +183,7 @@ impl SqliteStore {
                 "INSERT INTO authgate_schema_version (version, applied_at) VALUES (?1, ?2)",
             )
             .bind(migration.version)
-            .bind(unix_now())
+            .bind(crate::clock::unix_now())
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
@@ -191,12 +191,6 @@ impl SqliteStore {
         }
         tx.commit().await.map_err(db_error)
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn key_of(row: &SqliteRow) -> Result<StoredKey, StoreError> {
