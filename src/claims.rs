@@ -9,8 +9,33 @@ use jmespath::ast::Ast;
 use jmespath::{Expression, Rcvar, Variable};
 use serde_json::Value;
 
-use crate::config::{ClaimsConfig, ClaimsFormat, is_hasura_name, is_session_key};
-use crate::session::Session;
+use crate::session::{Session, is_hasura_name, is_session_key};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimsFormat {
+    Json,
+    StringifiedJson,
+}
+
+#[derive(Debug, Clone)]
+pub struct Namespace {
+    pub expression: ClaimPath,
+    pub format: ClaimsFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClaimLocation {
+    /// Lower-case session variable name.
+    pub key: String,
+    pub path: Option<ClaimPath>,
+    pub default: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ClaimsConfig {
+    pub namespace: Option<Namespace>,
+    pub locations: Vec<ClaimLocation>,
+}
 
 /// Why claims could not be mapped; all are `invalid_token` to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -163,7 +188,7 @@ pub fn extract_owned(cfg: &ClaimsConfig, mut payload: Value) -> Result<Session, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ClaimLocation, Namespace};
+    use super::{ClaimLocation, Namespace};
     use serde_json::json;
 
     /// The direct field walk answers exactly what the interpreter answers.

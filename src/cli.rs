@@ -16,7 +16,7 @@ use crate::decision::Decision;
 use crate::jwks::JwksRegistry;
 use crate::keys;
 use crate::metrics::Metrics;
-use crate::pipeline::Engine;
+use crate::pipeline::{Engine, KeyFetch, Parts};
 use crate::request::{Headers, Request};
 use crate::server::{self, Shared};
 
@@ -212,7 +212,16 @@ async fn check(args: CheckArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let engine = Engine::new(config, &registry, metrics, true, elevation);
+    let engine = Engine::build(
+        config.settings,
+        config.modes,
+        Parts {
+            registry: &registry,
+            metrics,
+            fetch: KeyFetch::Background,
+            elevation,
+        },
+    );
     // Remote keys are fetched once before deciding.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !engine.is_ready() && tokio::time::Instant::now() < deadline {

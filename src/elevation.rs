@@ -16,11 +16,10 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header}
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::config::elevation::{ElevationConfig, ElevationMode};
-use crate::config::{Place, TokenLocation};
 use crate::decision::DenyReason;
 use crate::keys::VerifyKey;
-use crate::request::Request;
+use crate::redact::Secret;
+use crate::request::{Place, Request, TokenLocation};
 use crate::route::{self, Route};
 use crate::store::{CredentialStore, StoreOptions};
 
@@ -280,6 +279,60 @@ impl GrantKeys {
             (Some(exp), Some(sub), Some(ath)) => Ok(VerifiedGrant { sub, ath, exp }),
             (None, _, _) => Err(GrantError::Invalid),
             _ => Err(GrantError::Mismatch),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElevationMode {
+    Disabled,
+    Required,
+    Recommended,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebauthnSettings {
+    pub rp_id: String,
+    pub rp_name: String,
+    pub origins: Vec<reqwest::Url>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GrantSettings {
+    pub ttl: Duration,
+    /// Algorithm and private key PEM; `None` generates a key at start.
+    pub signing_key: Option<(Algorithm, Secret)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ElevationConfig {
+    pub mode: ElevationMode,
+    /// Session variable that carries elevation (lower case).
+    pub claim: String,
+    pub routes: Vec<Route>,
+    pub webauthn: Option<WebauthnSettings>,
+    pub grant: GrantSettings,
+    pub store_url: String,
+    /// PostgreSQL: also count nhost's `auth.user_security_keys`.
+    pub nhost_keys: bool,
+    /// How long a WebAuthn challenge stays valid.
+    pub challenge_ttl: Duration,
+}
+
+impl Default for ElevationConfig {
+    fn default() -> Self {
+        ElevationConfig {
+            mode: ElevationMode::Disabled,
+            claim: "x-hasura-auth-elevated".into(),
+            routes: Vec::new(),
+            webauthn: None,
+            grant: GrantSettings {
+                ttl: Duration::from_secs(900),
+                signing_key: None,
+            },
+            store_url: "sqlite://authgate.db".into(),
+            nhost_keys: false,
+            challenge_ttl: Duration::from_secs(300),
         }
     }
 }

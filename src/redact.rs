@@ -1,6 +1,16 @@
 //! What logs, probes and error messages may show of values that can carry
 //! secrets.
 
+/// A secret string whose `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
 /// `url` without user name, password, query and fragment: URLs of key
 /// sets and webhooks may carry credentials in any of them.
 pub fn url(url: &str) -> String {

@@ -6,7 +6,22 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use crate::config::{Place, TokenLocation};
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Header,
+    Query,
+    Cookie,
+}
+
+/// Where a mode finds its credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenLocation {
+    pub place: Place,
+    /// Lower case for headers; exact for query parameters and cookies.
+    pub name: String,
+    /// Lower-case scheme (`bearer`) expected before the credential.
+    pub scheme: Option<String>,
+}
 
 /// Request headers with lower-case names, in arrival order; duplicates kept.
 #[derive(Debug, Clone, Default)]

@@ -12,14 +12,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::budget::ByteBudget;
-use crate::config::elevation::ElevationMode;
 use crate::config::{self, Config, ConfigErrors};
 use crate::conn::{HttpSettings, Limits, Listener};
 use crate::decision::{Decision, DenyReason};
 use crate::elevation::Elevation;
+use crate::elevation::ElevationMode;
 use crate::jwks::JwksRegistry;
 use crate::metrics::{Frontend, Metrics};
-use crate::pipeline::{Answer, Engine};
+use crate::pipeline::{Answer, Engine, KeyFetch, Parts};
 use crate::request::Request;
 
 /// Decisions of one front door that may be inside the pipeline at once
@@ -133,7 +133,16 @@ impl Shared {
         let registry = JwksRegistry::new()?;
         let elevation = open_elevation(&config, None, &metrics).await?;
         let attempted = Some((config.fingerprint, false));
-        let engine = Engine::new(config, &registry, metrics.clone(), true, elevation);
+        let engine = Engine::build(
+            config.settings,
+            config.modes,
+            Parts {
+                registry: &registry,
+                metrics: metrics.clone(),
+                fetch: KeyFetch::Background,
+                elevation,
+            },
+        );
         // The load at start is not a reload; it sets the state gauges.
         metrics.config_last_reload_successful.set(1);
         metrics
@@ -352,12 +361,15 @@ impl Shared {
                 for w in &config.warnings {
                     tracing::warn!(path = %w.path, "{}", w.message);
                 }
-                let engine = Engine::new(
-                    config,
-                    &self.registry,
-                    self.metrics.clone(),
-                    true,
-                    elevation,
+                let engine = Engine::build(
+                    config.settings,
+                    config.modes,
+                    Parts {
+                        registry: &self.registry,
+                        metrics: self.metrics.clone(),
+                        fetch: KeyFetch::Background,
+                        elevation,
+                    },
                 );
                 let urls: Vec<&str> = engine.jwks().iter().map(|c| c.url()).collect();
                 self.registry.retain(&urls);

@@ -15,6 +15,57 @@ pub const DEFAULT_ROLE: &str = "x-hasura-default-role";
 pub const USER_ID: &str = "x-hasura-user-id";
 pub const ELEVATED: &str = "x-hasura-auth-elevated";
 
+/// An `x-hasura-*` name that is a valid header name: what a token's claims
+/// namespace may contribute (Hasura reads nothing else from a token).
+pub fn is_session_key(k: &str) -> bool {
+    is_hasura_name(k) && k.bytes().all(is_header_name_byte)
+}
+
+pub fn is_hasura_name(k: &str) -> bool {
+    // Bytes, not `str`: byte 9 may fall inside a character (`x-Hasura̛…`).
+    k.len() > "x-hasura-".len()
+        && k.as_bytes()[.."x-hasura-".len()].eq_ignore_ascii_case(b"x-hasura-")
+}
+
+/// Headers no session variable may set: framing, routing and hop-by-hop
+/// headers belong to the proxy, not to an authorization answer.
+const FORBIDDEN_VARIABLES: [&str; 12] = [
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-connection",
+    "cookie",
+];
+
+/// Whether `k` may be a session variable named by the operator (config
+/// `sessionVariables`, claim `locations`, webhook answers): any valid header
+/// name except the proxy's own headers.
+pub fn check_variable_name(k: &str) -> Result<(), String> {
+    if k.is_empty() || !k.bytes().all(is_header_name_byte) {
+        return Err(format!("`{k}` is not a valid header name"));
+    }
+    if FORBIDDEN_VARIABLES
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case(k))
+    {
+        return Err(format!(
+            "`{k}` cannot be a session variable: it is a header of the proxy"
+        ));
+    }
+    Ok(())
+}
+
+pub fn is_header_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// Session variables, lower-case keys, sorted so output is deterministic.
 /// A sorted vector, not a map: sessions hold a handful of variables, and
 /// each one sits in the verified-token cache (a B-tree node alone is ~600

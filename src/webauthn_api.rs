@@ -22,9 +22,9 @@ use webauthn_rs::prelude::{
 };
 
 use crate::clock::unix_now;
-use crate::config::elevation::ElevationMode;
 use crate::decision::{Decision, DenyReason};
 use crate::elevation::Elevation;
+use crate::elevation::ElevationMode;
 use crate::pipeline::Identity;
 use crate::request::Request;
 use crate::server::Shared;

@@ -493,7 +493,16 @@ fn main() {
             .block_on(authgate::server::open_elevation(&cfg, None, &metrics))
             .expect("elevation opens");
         let registry = authgate::jwks::JwksRegistry::new().expect("JWKS registry");
-        authgate::pipeline::Engine::new(cfg, &registry, metrics, false, elevation)
+        authgate::pipeline::Engine::build(
+            cfg.settings,
+            cfg.modes,
+            authgate::pipeline::Parts {
+                registry: &registry,
+                metrics,
+                fetch: authgate::pipeline::KeyFetch::OnDemand,
+                elevation,
+            },
+        )
     };
     let expected: HashMap<&str, &str> = [
         ("bearer", "allow user"),

@@ -18,7 +18,7 @@ use authgate::config;
 use authgate::decision::Decision;
 use authgate::jwks::JwksRegistry;
 use authgate::metrics::Metrics;
-use authgate::pipeline::Engine;
+use authgate::pipeline::{Engine, KeyFetch, Parts};
 use authgate::session;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use libfuzzer_sys::fuzz_target;
@@ -49,7 +49,16 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
         let elevation = rt
             .block_on(authgate::server::open_elevation(&cfg, None, &metrics))
             .expect("elevation opens");
-        Engine::new(cfg, &registry, metrics, false, elevation)
+        Engine::build(
+            cfg.settings,
+            cfg.modes,
+            Parts {
+                registry: &registry,
+                metrics,
+                fetch: KeyFetch::OnDemand,
+                elevation,
+            },
+        )
     };
     let text = common::check_config();
     let engine_without_cache = engine(&text);
@@ -150,11 +159,9 @@ fuzz_target!(|data: &[u8]| {
     // allow rendered for an earlier request; whatever the earlier requests
     // were, the answer must be the one this request gets without reuse.
     for _ in 0..3 {
-        let reused = world.rt.block_on(
-            world
-                .cached
-                .decide_memo(&req, authgate::grpc::encode_allow),
-        );
+        let reused = world
+            .rt
+            .block_on(world.cached.decide_memo(&req, authgate::grpc::encode_allow));
         assert_eq!(
             authgate::grpc::render_answer(reused),
             response,

@@ -10,7 +10,9 @@
 use std::sync::LazyLock;
 
 use authgate::claims::{self, ClaimPath};
-use authgate::config::{self, ClaimLocation, ClaimsConfig, ModeKind};
+use authgate::claims::{ClaimLocation, ClaimsConfig};
+use authgate::config;
+use authgate::pipeline::ModeKind;
 use authgate::session::{self, Session};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;

@@ -10,9 +10,9 @@
 
 use std::net::SocketAddr;
 
-use authgate::config::{Place, TokenLocation};
 use authgate::forward_auth::{ForwardAuthProxy, ForwardError};
 use authgate::request::{Credential, Headers, Request};
+use authgate::request::{Place, TokenLocation};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use libfuzzer_sys::fuzz_target;
 

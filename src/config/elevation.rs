@@ -7,62 +7,10 @@ use serde_json::Value;
 
 use super::env::{Env, env_string};
 use super::reader::{Diagnostics, Obj, YamlPath, as_str, as_str_list};
-use super::{Secret, check_variable_name};
+use crate::elevation::{ElevationConfig, ElevationMode, GrantSettings, WebauthnSettings};
+use crate::redact::Secret;
 use crate::route::{KNOWN_METHODS, Route, RoutePath};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ElevationMode {
-    Disabled,
-    Required,
-    Recommended,
-}
-
-#[derive(Debug, Clone)]
-pub struct WebauthnSettings {
-    pub rp_id: String,
-    pub rp_name: String,
-    pub origins: Vec<reqwest::Url>,
-}
-
-#[derive(Debug, Clone)]
-pub struct GrantSettings {
-    pub ttl: Duration,
-    /// Algorithm and private key PEM; `None` generates a key at start.
-    pub signing_key: Option<(Algorithm, Secret)>,
-}
-
-#[derive(Debug, Clone)]
-pub struct ElevationConfig {
-    pub mode: ElevationMode,
-    /// Session variable that carries elevation (lower case).
-    pub claim: String,
-    pub routes: Vec<Route>,
-    pub webauthn: Option<WebauthnSettings>,
-    pub grant: GrantSettings,
-    pub store_url: String,
-    /// PostgreSQL: also count nhost's `auth.user_security_keys`.
-    pub nhost_keys: bool,
-    /// How long a WebAuthn challenge stays valid.
-    pub challenge_ttl: Duration,
-}
-
-impl Default for ElevationConfig {
-    fn default() -> Self {
-        ElevationConfig {
-            mode: ElevationMode::Disabled,
-            claim: "x-hasura-auth-elevated".into(),
-            routes: Vec::new(),
-            webauthn: None,
-            grant: GrantSettings {
-                ttl: Duration::from_secs(900),
-                signing_key: None,
-            },
-            store_url: "sqlite://authgate.db".into(),
-            nhost_keys: false,
-            challenge_ttl: Duration::from_secs(300),
-        }
-    }
-}
+use crate::session::check_variable_name;
 
 pub(super) fn elevation(
     d: &mut Diagnostics,

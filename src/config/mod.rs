@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jsonwebtoken::Algorithm;
 use serde_json::Value;
 
 pub use env::{Env, ProcessEnv};
@@ -25,9 +24,15 @@ use env::{env_any, env_string, env_string_list};
 pub use reader::{Diagnostics, Location, Problem, Severity, YamlPath};
 use reader::{Obj, Tree, as_str, as_str_list, as_u64};
 
-use crate::keys::{self, KeySet};
+use crate::claims::{ClaimLocation, ClaimsConfig, ClaimsFormat, Namespace};
+use crate::keys;
+use crate::pipeline::{
+    ApiKeyMode, JwtMode, KeySource, MODE_ORDER, Mode, ModeKind, NoAuthMode, Settings,
+};
+use crate::redact::Secret;
+use crate::request::{Place, TokenLocation};
 use crate::rules::{self, HeaderRule, IpLocation, IpRule, SecurityRules};
-use crate::session::{self, Session};
+use crate::session::{self, Session, check_variable_name, is_header_name_byte};
 
 /// The validated configuration.
 #[derive(Debug)]
@@ -36,7 +41,7 @@ pub struct Config {
     /// Modes in RelyAuth's fixed order: apiKey, jwt, webhook, noAuth.
     pub modes: Vec<Mode>,
     /// `definition.elevation`, when present.
-    pub elevation: Option<elevation::ElevationConfig>,
+    pub elevation: Option<crate::elevation::ElevationConfig>,
     /// Non-fatal findings (weak secrets, ignored variables), for the log.
     pub warnings: Vec<Problem>,
     /// A hash of the text this config was read from, to tell an edited
@@ -51,165 +56,6 @@ pub fn fingerprint(text: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     text.hash(&mut h);
     h.finish()
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Settings {
-    /// Fixed JWKS refresh period; `None` follows Cache-Control.
-    pub reload_interval: Option<Duration>,
-    /// At most one unknown-`kid` refetch per JWKS URL per this period.
-    pub unknown_kid_cooldown: Duration,
-    /// Verified-token cache size (0 disables it).
-    pub token_cache_max_entries: u64,
-    /// Longest a verified token stays cached (never past its `exp`).
-    pub token_cache_ttl: Duration,
-    /// Longest one decision (or one WebAuthn call) may take, waiting for a
-    /// slot and for dependencies included; past it the answer is
-    /// `internal_error`.
-    pub decision_timeout: Duration,
-    /// The proxy in front of the forward-auth door (`/check`), whose headers
-    /// alone describe the original request.
-    pub forward_auth: crate::forward_auth::ForwardAuthProxy,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            reload_interval: None,
-            unknown_kid_cooldown: Duration::from_secs(30),
-            token_cache_max_entries: 100_000,
-            token_cache_ttl: Duration::from_secs(300),
-            decision_timeout: Duration::from_secs(10),
-            forward_auth: Default::default(),
-        }
-    }
-}
-
-/// One entry of `definition.modes`.
-#[derive(Debug)]
-pub struct Mode {
-    pub id: Arc<str>,
-    pub kind: ModeKind,
-    pub rules: SecurityRules,
-}
-
-#[derive(Debug)]
-pub enum ModeKind {
-    ApiKey(ApiKeyMode),
-    Jwt(JwtMode),
-    Webhook(Box<webhook::WebhookMode>),
-    NoAuth(NoAuthMode),
-}
-
-impl ModeKind {
-    /// The RelyAuth mode name, also used as the `mode` metric label.
-    pub fn name(&self) -> &'static str {
-        match self {
-            ModeKind::ApiKey(_) => "apiKey",
-            ModeKind::Jwt(_) => "jwt",
-            ModeKind::Webhook(_) => "webhook",
-            ModeKind::NoAuth(_) => "noAuth",
-        }
-    }
-}
-
-/// RelyAuth's fixed evaluation order.
-pub const MODE_ORDER: [&str; 4] = ["apiKey", "jwt", "webhook", "noAuth"];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Place {
-    Header,
-    Query,
-    Cookie,
-}
-
-/// Where a mode finds its credential.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenLocation {
-    pub place: Place,
-    /// Lower case for headers; exact for query parameters and cookies.
-    pub name: String,
-    /// Lower-case scheme (`bearer`) expected before the credential.
-    pub scheme: Option<String>,
-}
-
-/// A secret string whose `Debug` never prints it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-#[derive(Debug)]
-pub struct ApiKeyMode {
-    pub location: TokenLocation,
-    pub value: Secret,
-    pub session: Session,
-}
-
-#[derive(Debug)]
-pub struct NoAuthMode {
-    pub session: Session,
-}
-
-#[derive(Debug)]
-pub struct JwtMode {
-    pub location: TokenLocation,
-    pub keys: KeySource,
-    /// Accepted `aud` values (any of); empty means `aud` is not checked.
-    pub audience: Vec<String>,
-    pub issuer: Option<String>,
-    pub allowed_skew: u64,
-    pub require_exp: bool,
-    pub claims: ClaimsConfig,
-}
-
-#[derive(Debug, Clone)]
-pub enum KeySource {
-    Fixed(Arc<KeySet>),
-    Remote {
-        url: String,
-        algorithm: Option<Algorithm>,
-    },
-}
-
-impl KeySource {
-    /// The algorithm tokens must use, when the config pins one.
-    pub fn pinned(&self) -> Option<Algorithm> {
-        match self {
-            KeySource::Fixed(set) => set.keys.first().and_then(|k| k.declared),
-            KeySource::Remote { algorithm, .. } => *algorithm,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClaimsFormat {
-    Json,
-    StringifiedJson,
-}
-
-#[derive(Debug, Clone)]
-pub struct Namespace {
-    pub expression: crate::claims::ClaimPath,
-    pub format: ClaimsFormat,
-}
-
-#[derive(Debug, Clone)]
-pub struct ClaimLocation {
-    /// Lower-case session variable name.
-    pub key: String,
-    pub path: Option<crate::claims::ClaimPath>,
-    pub default: Option<Value>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct ClaimsConfig {
-    pub namespace: Option<Namespace>,
-    pub locations: Vec<ClaimLocation>,
 }
 
 /// Every problem found in a config file that has errors, warnings included,
@@ -815,57 +661,6 @@ fn session_variables(
         }
     }
     ok.then_some(s)
-}
-
-/// An `x-hasura-*` name that is a valid header name: what a token's claims
-/// namespace may contribute (Hasura reads nothing else from a token).
-pub fn is_session_key(k: &str) -> bool {
-    is_hasura_name(k) && k.bytes().all(is_header_name_byte)
-}
-
-pub fn is_hasura_name(k: &str) -> bool {
-    // Bytes, not `str`: byte 9 may fall inside a character (`x-Hasura̛…`).
-    k.len() > "x-hasura-".len()
-        && k.as_bytes()[.."x-hasura-".len()].eq_ignore_ascii_case(b"x-hasura-")
-}
-
-/// Headers no session variable may set: framing, routing and hop-by-hop
-/// headers belong to the proxy, not to an authorization answer.
-const FORBIDDEN_VARIABLES: [&str; 12] = [
-    "host",
-    "content-length",
-    "content-type",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-connection",
-    "cookie",
-];
-
-/// Whether `k` may be a session variable named by the operator (config
-/// `sessionVariables`, claim `locations`, webhook answers): any valid header
-/// name except the proxy's own headers.
-pub fn check_variable_name(k: &str) -> Result<(), String> {
-    if k.is_empty() || !k.bytes().all(is_header_name_byte) {
-        return Err(format!("`{k}` is not a valid header name"));
-    }
-    if FORBIDDEN_VARIABLES
-        .iter()
-        .any(|f| f.eq_ignore_ascii_case(k))
-    {
-        return Err(format!(
-            "`{k}` cannot be a session variable: it is a header of the proxy"
-        ));
-    }
-    Ok(())
-}
-
-pub fn is_header_name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn token_location(

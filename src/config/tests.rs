@@ -1,4 +1,5 @@
 use super::*;
+use crate::session::{is_hasura_name, is_session_key};
 
 fn env(name: &str) -> Option<String> {
     match name {

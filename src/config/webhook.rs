@@ -1,7 +1,6 @@
 //! The `webhook` mode's configuration: request/response transformers and
 //! RelyAuth's `httpClient` options.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,163 +8,13 @@ use serde_json::Value;
 
 use super::env::{Env, env_any, env_string};
 use super::reader::{Diagnostics, Obj, YamlPath, as_str, as_str_list, type_name};
-use super::{TokenLocation, compile_jmespath, token_location};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HookMethod {
-    Get,
-    Post,
-}
-
-/// Which request headers go to the hook.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Forward {
-    /// Every header but the excluded ones (`"*"`).
-    All,
-    /// These (lower-case) headers when present.
-    Names(Vec<String>),
-}
-
-#[derive(Debug, Clone)]
-pub struct AdditionalHeader {
-    pub name: String,
-    pub path: Option<jmespath::Expression<'static>>,
-    pub default: Option<String>,
-}
-
-/// RelyAuth's FieldMapping: an object of mappings, or a field (JMESPath
-/// `path` with a `default`).
-#[derive(Debug, Clone)]
-pub enum FieldMapping {
-    Object(Vec<(String, FieldMapping)>),
-    Field {
-        path: Option<jmespath::Expression<'static>>,
-        default: Option<Value>,
-    },
-}
-
-/// A parsed Go template (`gotmpl`).
-#[derive(Clone)]
-pub struct GoTemplate(pub Arc<gtmpl::Template>);
-
-impl fmt::Debug for GoTemplate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("GoTemplate")
-    }
-}
-
-#[derive(Debug, Clone)]
-pub enum Transform {
-    Jmespath(FieldMapping),
-    GoTemplate {
-        template: GoTemplate,
-        content_type: Option<String>,
-    },
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct TlsOptions {
-    /// Extra trusted roots, PEM.
-    pub root_certs: Vec<String>,
-    /// Client certificate and key, PEM (mutual TLS).
-    pub identity: Option<String>,
-    pub insecure_skip_verify: bool,
-    pub include_system_roots: bool,
-    pub min_version: Option<String>,
-    pub max_version: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Attempts in all (1 = no retry).
-    pub max_attempts: u32,
-    pub delay: Duration,
-    pub max_delay: Duration,
-    pub multiplier: f64,
-    /// Statuses worth a retry (connection errors always are).
-    pub statuses: Vec<u16>,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 1,
-            delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-            multiplier: 1.5,
-            statuses: vec![429, 502, 503, 504],
-        }
-    }
-}
-
-/// How authgate authenticates itself to the hook.
-#[derive(Clone)]
-pub enum HookAuth {
-    Basic {
-        header: String,
-        value: String,
-    },
-    Token {
-        location: TokenLocation,
-        value: String,
-    },
-    OAuth2 {
-        token_url: String,
-        client_id: String,
-        client_secret: String,
-        scopes: Vec<String>,
-        params: Vec<(String, String)>,
-    },
-}
-
-impl fmt::Debug for HookAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self {
-            HookAuth::Basic { .. } => "basic",
-            HookAuth::Token { .. } => "http",
-            HookAuth::OAuth2 { .. } => "oauth2",
-        };
-        write!(f, "HookAuth({kind}, <redacted>)")
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct HttpClientOptions {
-    pub timeout: Duration,
-    pub connect_timeout: Duration,
-    pub pool_idle_timeout: Option<Duration>,
-    pub pool_max_idle_per_host: Option<usize>,
-    pub tls: TlsOptions,
-    pub retry: RetryPolicy,
-    pub auth: Option<HookAuth>,
-}
-
-impl Default for HttpClientOptions {
-    fn default() -> Self {
-        HttpClientOptions {
-            timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(2),
-            pool_idle_timeout: None,
-            pool_max_idle_per_host: None,
-            tls: TlsOptions::default(),
-            retry: RetryPolicy::default(),
-            auth: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct WebhookMode {
-    pub url: String,
-    /// The HTTP client built from `client` (built at load so TLS errors are config errors).
-    pub http: reqwest::Client,
-    pub method: HookMethod,
-    pub forward: Option<Forward>,
-    pub additional: Vec<AdditionalHeader>,
-    pub body: Option<Transform>,
-    pub response: Option<Transform>,
-    pub client: HttpClientOptions,
-}
+use super::{compile_jmespath, token_location};
+use crate::request::{Place, TokenLocation};
+use crate::session::is_header_name_byte;
+use crate::webhook::{
+    AdditionalHeader, FieldMapping, Forward, GoTemplate, HookAuth, HookMethod, HttpClientOptions,
+    Transform, WebhookMode,
+};
 
 pub(super) fn webhook(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Option<WebhookMode> {
     let url = o.require(d, "url").and_then(|(p, v)| {
@@ -306,7 +155,7 @@ fn additional_header(
     name: &str,
     v: &Value,
 ) -> Option<AdditionalHeader> {
-    if name.is_empty() || !name.bytes().all(super::is_header_name_byte) {
+    if name.is_empty() || !name.bytes().all(is_header_name_byte) {
         d.error(&path, format!("`{name}` is not a valid header name"));
         return None;
     }
@@ -989,7 +838,7 @@ fn hook_auth(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> O
                         .map(|s| s.to_ascii_lowercase())
                         .or_else(|| (header == "authorization").then(|| "bearer".to_owned()));
                     Some(TokenLocation {
-                        place: super::Place::Header,
+                        place: Place::Header,
                         name: header,
                         scheme,
                     })

@@ -11,13 +11,16 @@ use jmespath::Rcvar;
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 
-use crate::config::webhook::{
-    FieldMapping, Forward, HookAuth, HookMethod, HttpClientOptions, Transform, WebhookMode,
+mod spec;
+
+pub use spec::{
+    AdditionalHeader, FieldMapping, Forward, GoTemplate, HookAuth, HookMethod, HttpClientOptions,
+    RetryPolicy, TlsOptions, Transform, WebhookMode,
 };
-use crate::config::{Place, check_variable_name};
+
 use crate::decision::DenyReason;
-use crate::request::Request;
-use crate::session::Session;
+use crate::request::{Place, Request};
+use crate::session::{Session, check_variable_name};
 
 /// Largest hook answer read.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -533,7 +536,7 @@ mod tests {
             let mut t = gtmpl::Template::default();
             t.parse(text).unwrap();
             Transform::GoTemplate {
-                template: crate::config::webhook::GoTemplate(std::sync::Arc::new(t)),
+                template: GoTemplate(std::sync::Arc::new(t)),
                 content_type: None,
             }
         };

@@ -11,15 +11,19 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::claims;
-use crate::config::{ClaimsConfig, Config, KeySource, ModeKind, Secret, Settings, TokenLocation};
+mod spec;
+
+pub use spec::{ApiKeyMode, JwtMode, KeySource, MODE_ORDER, Mode, ModeKind, NoAuthMode, Settings};
+
+use crate::claims::{self, ClaimsConfig};
 use crate::decision::{Allow, Decision, Deny, DenyReason, ModeRef, Summary};
 use crate::elevation::{Elevation, GrantError};
 use crate::jwks::{JwksCache, JwksRegistry};
 use crate::jwt::{self, ClaimRules, JwtError};
 use crate::keys::KeySet;
 use crate::metrics::Metrics;
-use crate::request::{Credential, Request};
+use crate::redact::Secret;
+use crate::request::{Credential, Request, TokenLocation};
 use crate::rules::SecurityRules;
 use crate::session::{self, RoleError, Session};
 use crate::webhook::WebhookAuth;
@@ -240,20 +244,41 @@ pub struct Identity {
     pub mode: ModeRef,
 }
 
+/// What an engine shares with the host and with the engines of other
+/// configs: they outlive a reload.
+pub struct Parts<'a> {
+    /// JWKS caches by URL; a reloaded engine keeps the caches it still uses.
+    pub registry: &'a JwksRegistry,
+    pub metrics: Arc<Metrics>,
+    /// Whether new JWKS caches start fetching and refreshing now.
+    pub fetch: KeyFetch,
+    /// The elevation stage, when the config has one.
+    pub elevation: Option<Arc<Elevation>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFetch {
+    /// Fetch now and refresh in the background (the server, `check`).
+    Background,
+    /// No background task: keys come only from an unknown-`kid` refetch
+    /// (tests and fuzzing, which must not reach the network by themselves).
+    OnDemand,
+}
+
 impl Engine {
-    /// Builds the engine; JWKS caches come from (and stay in) `registry`,
-    /// started in the background when `start` is set.
-    pub fn new(
-        config: Config,
-        registry: &JwksRegistry,
-        metrics: Arc<Metrics>,
-        start: bool,
-        elevation: Option<Arc<Elevation>>,
-    ) -> Self {
-        let settings = config.settings.clone();
+    /// Builds the engine for `settings` and `modes` (in evaluation order).
+    pub fn build(settings: Settings, modes: Vec<Mode>, parts: Parts<'_>) -> Self {
+        let Parts {
+            registry,
+            metrics,
+            fetch,
+            elevation,
+        } = parts;
+        let start = fetch == KeyFetch::Background;
         let mut jwks: Vec<Arc<JwksCache>> = Vec::new();
-        let mut modes = Vec::with_capacity(config.modes.len());
-        for m in config.modes {
+        let specs = modes;
+        let mut modes = Vec::with_capacity(specs.len());
+        for m in specs {
             let mode = ModeRef {
                 kind: m.kind.name(),
                 id: m.id.clone(),
@@ -898,7 +923,16 @@ definition:
         );
         let cfg = crate::config::parse(&yaml, &|_: &str| None).expect("config loads");
         let registry = JwksRegistry::new().expect("registry");
-        Engine::new(cfg, &registry, Arc::new(Metrics::new()), false, None)
+        Engine::build(
+            cfg.settings,
+            cfg.modes,
+            Parts {
+                registry: &registry,
+                metrics: Arc::new(Metrics::new()),
+                fetch: KeyFetch::OnDemand,
+                elevation: None,
+            },
+        )
     }
 
     fn token(user: &str) -> String {
