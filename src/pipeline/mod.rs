@@ -1,30 +1,39 @@
 //! The decision pipeline (docs/design.md): credentials -> verify -> claims ->
 //! session/role -> elevation -> [`Decision`]. One [`Engine`] is built per
 //! config and swapped whole on reload; it holds no tonic or axum types.
+//!
+//! - `spec`: what an engine is built from (settings, modes);
+//! - `modes`: the four authenticators and the loop over them;
+//! - `asks`: what a request asks for besides its credential;
+//! - `token_cache`: verified tokens, and `memo`: the gRPC door's encoded
+//!   allows kept with them;
+//! - here: building, role resolution, elevation and the final [`Allow`].
+
+mod asks;
+mod memo;
+mod modes;
+mod spec;
+mod token_cache;
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Duration;
 
-use jsonwebtoken::Algorithm;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
-mod spec;
-
+pub use asks::is_reserved_header;
+pub use memo::{Answer, EncodeAllow, MemoHit};
 pub use spec::{ApiKeyMode, JwtMode, KeySource, MODE_ORDER, Mode, ModeKind, NoAuthMode, Settings};
 
-use crate::claims::{self, ClaimsConfig};
-use crate::decision::{Allow, Decision, Deny, DenyReason, ModeRef, Summary};
+use asks::Asks;
+use memo::{NoMemo, WithMemo};
+use modes::{AuthKind, Authenticator, Found, JwtAuth, Keys, Verified, invalid_reason};
+use token_cache::TokenCache;
+
+use crate::decision::{Allow, Decision, DenyReason, ModeRef};
 use crate::elevation::{Elevation, GrantError};
 use crate::jwks::{JwksCache, JwksRegistry};
-use crate::jwt::{self, ClaimRules, JwtError};
-use crate::keys::KeySet;
 use crate::metrics::Metrics;
-use crate::redact::Secret;
-use crate::request::{Credential, Request, TokenLocation};
-use crate::rules::SecurityRules;
+use crate::request::Request;
 use crate::session::{self, RoleError, Session};
 use crate::webhook::WebhookAuth;
 
@@ -33,7 +42,7 @@ pub const MODE_HEADER: &str = "x-rely-auth-mode";
 pub const HASURA_MODE_HEADER: &str = "x-hasura-auth-mode";
 pub const ID_HEADER: &str = "x-rely-auth-id";
 
-/// The compiled, runnable form of a [`Config`].
+/// The compiled, runnable form of a config.
 pub struct Engine {
     modes: Vec<Authenticator>,
     jwks: Vec<Arc<JwksCache>>,
@@ -41,180 +50,6 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     elevation: Option<Arc<Elevation>>,
     pub settings: Settings,
-}
-
-struct Authenticator {
-    mode: ModeRef,
-    kind: AuthKind,
-    rules: SecurityRules,
-}
-
-enum AuthKind {
-    ApiKey {
-        location: TokenLocation,
-        value: Secret,
-        session: Session,
-    },
-    Jwt(Box<JwtAuth>),
-    Webhook(Box<WebhookAuth>),
-    NoAuth {
-        session: Session,
-    },
-}
-
-struct JwtAuth {
-    location: TokenLocation,
-    keys: Keys,
-    pinned: Option<Algorithm>,
-    audience: Vec<String>,
-    issuer: Option<String>,
-    skew: u64,
-    require_exp: bool,
-    claims: ClaimsConfig,
-}
-
-enum Keys {
-    Fixed(Arc<KeySet>),
-    Remote(Arc<JwksCache>),
-}
-
-/// How one mode fared.
-enum Outcome<'r, M: Memo> {
-    /// No credential at its location: try the next mode.
-    Absent,
-    /// A credential was there and was refused.
-    Invalid(DenyReason),
-    Found(Found<'r, M>),
-}
-
-/// What a mode that accepted the credential hands on.
-enum Found<'r, M: Memo> {
-    Verified(Verified<'r>),
-    /// A cached token whose allow was encoded for an equivalent request
-    /// ([`Engine::decide_memo`]); never built when `M` is [`NoMemo`].
-    Memo(M::Hit),
-}
-
-/// A mode verified a session: what role, elevation and rendering start from.
-struct Verified<'r> {
-    session: Session,
-    token: Option<AccessToken<'r>>,
-    /// The token-cache entry this session was served from (a repeat).
-    entry: Option<Arc<CachedToken>>,
-}
-
-impl Verified<'_> {
-    fn session(session: Session) -> Self {
-        Verified {
-            session,
-            token: None,
-            entry: None,
-        }
-    }
-}
-
-/// Whether a caller takes encoded allows from the token cache. The type
-/// proves that [`Engine::decide`] never gets one.
-trait Memo {
-    type Hit;
-    fn hit(entry: &Arc<CachedToken>) -> Option<Self::Hit>;
-}
-
-/// For [`Engine::decide`] and [`Engine::identify`]: no memo.
-enum NoMemo {}
-
-impl Memo for NoMemo {
-    type Hit = std::convert::Infallible;
-    fn hit(_: &Arc<CachedToken>) -> Option<Self::Hit> {
-        None
-    }
-}
-
-/// For [`Engine::decide_memo`]: the entry, when an encoding is stored.
-enum WithMemo {}
-
-impl Memo for WithMemo {
-    type Hit = Arc<CachedToken>;
-    fn hit(entry: &Arc<CachedToken>) -> Option<Self::Hit> {
-        entry.memo.get().is_some().then(|| entry.clone())
-    }
-}
-
-/// What a request asks of the pipeline besides its credential: everything
-/// role resolution, elevation and rendering read from the request. Two
-/// requests with the same token and nothing asked decide the same way,
-/// which is what lets [`Engine::decide_memo`] reuse an encoded allow.
-struct Asks<'r> {
-    /// Client headers authgate reserves ([`is_reserved_header`]), in
-    /// request order; the role asked for is one of them.
-    reserved: Vec<&'r str>,
-    /// `x-hasura-role`.
-    role: Option<&'r str>,
-    /// An elevation grant (header or cookie), when elevation is configured.
-    grant: Option<Cow<'r, str>>,
-    /// Whether the route asks for elevation; an `Err` when that cannot be
-    /// read (refused once a mode has verified the caller).
-    elevation: Result<bool, DenyReason>,
-}
-
-impl Asks<'_> {
-    /// Whether the request asks for nothing: the decision then depends on
-    /// the token alone. Destructured whole, so a field added to [`Asks`]
-    /// must be considered here.
-    fn nothing(&self) -> bool {
-        let Asks {
-            reserved,
-            role,
-            grant,
-            elevation,
-        } = self;
-        reserved.is_empty() && role.is_none() && grant.is_none() && *elevation == Ok(false)
-    }
-}
-
-/// How a front door encodes an allow, for the memo of
-/// [`Engine::decide_memo`]. One engine serves one encoder.
-pub type EncodeAllow = fn(&Allow) -> Box<[u8]>;
-
-/// The answer of [`Engine::decide_memo`].
-#[derive(Debug)]
-pub enum Answer {
-    Decided(Decision),
-    /// An allow encoded earlier for the same token and an equivalent request.
-    Memo(MemoHit),
-}
-
-/// Bytes of an allow, lent by the token-cache entry that holds them.
-pub struct MemoHit {
-    pub mode: ModeRef,
-    entry: Arc<CachedToken>,
-}
-
-impl MemoHit {
-    pub fn bytes(&self) -> &[u8] {
-        self.entry.memo.get().map_or(&[], |b| b)
-    }
-}
-
-impl std::fmt::Debug for MemoHit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoHit")
-            .field("mode", &self.mode)
-            .field("bytes", &self.bytes().len())
-            .finish()
-    }
-}
-
-impl Answer {
-    pub fn summary(&self) -> Summary {
-        match self {
-            Answer::Decided(d) => d.summary(),
-            Answer::Memo(m) => Summary {
-                reason: None,
-                mode: m.mode.kind,
-            },
-        }
-    }
 }
 
 /// The verified bearer token behind a JWT session, for elevation grants.
@@ -394,31 +229,6 @@ impl Engine {
         }
     }
 
-    /// Reads what the request asks for besides its credential.
-    fn asks<'r>(&self, req: &'r Request) -> Asks<'r> {
-        let reserved: Vec<&str> = req
-            .headers
-            .iter()
-            .map(|(name, _)| name)
-            .filter(|name| is_reserved_header(name))
-            .collect();
-        let role = if reserved.is_empty() {
-            None
-        } else {
-            req.headers.get(session::ROLE)
-        };
-        let (grant, elevation) = match &self.elevation {
-            None => (None, crate::elevation::context_requires(req)),
-            Some(el) => (el.grant_of(req), el.route_requires(req)),
-        };
-        Asks {
-            reserved,
-            role,
-            grant,
-            elevation,
-        }
-    }
-
     /// Authenticates a call to authgate's own endpoints: modes and role as
     /// for a Check, elevation computed but not enforced.
     pub async fn identify(&self, req: &Request) -> Result<Identity, Decision> {
@@ -442,195 +252,6 @@ impl Engine {
 
     pub fn elevation(&self) -> Option<&Arc<Elevation>> {
         self.elevation.as_ref()
-    }
-
-    /// Modes in order; the first verified session wins (RelyAuth's order;
-    /// an invalid credential never falls through to `noAuth`).
-    async fn first_verified<'s, 'r, M: Memo>(
-        &'s self,
-        req: &'r Request,
-        asks: &Asks<'r>,
-        now: i64,
-    ) -> Result<(&'s Authenticator, Found<'r, M>), Deny> {
-        let mode_filter = req
-            .headers
-            .get(MODE_HEADER)
-            .filter(|v| !v.is_empty())
-            .or_else(|| {
-                req.headers
-                    .get(HASURA_MODE_HEADER)
-                    .filter(|v| !v.is_empty())
-            });
-        let id_filter = req.headers.get(ID_HEADER).filter(|v| !v.is_empty());
-        let mut refused: Option<(DenyReason, &ModeRef)> = None;
-        for (index, auth) in self.modes.iter().enumerate() {
-            if mode_filter.is_some_and(|m| m != auth.mode.kind)
-                || id_filter.is_some_and(|id| id != &*auth.mode.id)
-            {
-                continue;
-            }
-            // noAuth stands in only when no credential was presented at all.
-            if matches!(auth.kind, AuthKind::NoAuth { .. }) && refused.is_some() {
-                continue;
-            }
-            match self.authenticate::<M>(index, auth, req, asks, now).await {
-                Outcome::Absent => {}
-                Outcome::Invalid(reason) => {
-                    refused = Some((reason, &auth.mode));
-                    if id_filter.is_some() {
-                        break;
-                    }
-                }
-                Outcome::Found(found) => return Ok((auth, found)),
-            }
-        }
-        Err(match refused {
-            Some((reason, mode)) => Deny {
-                reason,
-                mode: Some(mode.clone()),
-            },
-            None => Deny {
-                reason: DenyReason::MissingCredentials,
-                mode: None,
-            },
-        })
-    }
-
-    async fn authenticate<'r, M: Memo>(
-        &self,
-        index: usize,
-        auth: &Authenticator,
-        req: &'r Request,
-        asks: &Asks<'r>,
-        now: i64,
-    ) -> Outcome<'r, M> {
-        // Security rules apply once a mode has something to authenticate:
-        // a mode whose credential is absent is skipped, rules or not.
-        let blocked = || !auth.rules.is_empty() && !auth.rules.allows(req);
-        match &auth.kind {
-            AuthKind::NoAuth { session } => {
-                if blocked() {
-                    return Outcome::Invalid(DenyReason::BlockedByRule);
-                }
-                Outcome::Found(Found::Verified(Verified::session(session.clone())))
-            }
-            AuthKind::ApiKey {
-                location,
-                value,
-                session,
-            } => match req.credential(location) {
-                Credential::Absent => Outcome::Absent,
-                Credential::Ambiguous => Outcome::Invalid(DenyReason::InvalidApiKey),
-                Credential::Present(_) if blocked() => Outcome::Invalid(DenyReason::BlockedByRule),
-                Credential::Present(given) => {
-                    if bool::from(given.as_bytes().ct_eq(value.0.as_bytes())) {
-                        Outcome::Found(Found::Verified(Verified::session(session.clone())))
-                    } else {
-                        Outcome::Invalid(DenyReason::InvalidApiKey)
-                    }
-                }
-            },
-            AuthKind::Webhook(w) => {
-                if blocked() {
-                    return Outcome::Invalid(DenyReason::BlockedByRule);
-                }
-                match w.authenticate(req).await {
-                    Ok(session) => Outcome::Found(Found::Verified(Verified::session(session))),
-                    Err(reason) => Outcome::Invalid(reason),
-                }
-            }
-            AuthKind::Jwt(j) => match req.credential(&j.location) {
-                Credential::Absent => Outcome::Absent,
-                Credential::Ambiguous => Outcome::Invalid(DenyReason::InvalidToken),
-                Credential::Present(_) if blocked() => Outcome::Invalid(DenyReason::BlockedByRule),
-                Credential::Present(token) => {
-                    match self.verify_jwt::<M>(index, j, token, now, asks).await {
-                        Ok(found) => Outcome::Found(found),
-                        Err(e) => {
-                            tracing::debug!(mode = %auth.mode.id, error = %e, "token refused");
-                            Outcome::Invalid(e.reason())
-                        }
-                    }
-                }
-            },
-        }
-    }
-
-    async fn verify_jwt<'r, M: Memo>(
-        &self,
-        index: usize,
-        j: &JwtAuth,
-        token: Cow<'r, str>,
-        now: i64,
-        asks: &Asks<'r>,
-    ) -> Result<Found<'r, M>, JwtError> {
-        let rules = ClaimRules {
-            audience: &j.audience,
-            issuer: j.issuer.as_deref(),
-            skew: j.skew,
-            require_exp: j.require_exp,
-        };
-        let cache_key = self
-            .token_cache
-            .as_ref()
-            .map(|_| TokenCache::key(index, &token));
-        if let (Some(cache), Some(key)) = (&self.token_cache, &cache_key) {
-            if let Some(hit) = cache.get(key) {
-                self.metrics.token_cache_hit.inc();
-                hit.check_time(now, &rules)?;
-                if asks.nothing()
-                    && let Some(memo) = M::hit(&hit)
-                {
-                    return Ok(Found::Memo(memo));
-                }
-                // The encoding is ours; failing to read it back is a bug, and
-                // the token is simply verified again.
-                if let Some(session) = Session::from_compact(&hit.session) {
-                    let exp = (hit.exp != i64::MAX).then_some(hit.exp);
-                    return Ok(Found::Verified(Verified {
-                        session,
-                        token: Some(AccessToken { raw: token, exp }),
-                        entry: Some(hit),
-                    }));
-                }
-            }
-            self.metrics.token_cache_miss.inc();
-        }
-        let parsed = jwt::parse(&token)?;
-        let verified = match &j.keys {
-            Keys::Fixed(set) => verify_with(set, j.pinned, &parsed),
-            Keys::Remote(cache) => {
-                let set = cache.current().ok_or(JwtError::KeysUnavailable)?;
-                let known = match parsed.kid.as_deref() {
-                    Some(kid) => set.has_kid(kid) || set.keys.iter().any(|k| k.kid.is_none()),
-                    None => true,
-                };
-                cache.record_lookup(known);
-                if known {
-                    verify_with(&set, j.pinned, &parsed)
-                } else {
-                    let kid = parsed.kid.as_deref().unwrap_or_default();
-                    match cache.refetch_for_kid(kid).await {
-                        Some(set) => verify_with(&set, j.pinned, &parsed),
-                        None => Err(JwtError::NoKey),
-                    }
-                }
-            }
-        };
-        verified?;
-        let claims = parsed.claims()?;
-        let exp = jwt::check_claims(&claims, &rules, now)?;
-        let nbf = claims.get("nbf").and_then(Value::as_i64);
-        let session = claims::extract_owned(&j.claims, Value::Object(claims))
-            .map_err(|_| JwtError::Claims)?;
-        if let (Some(cache), Some(key)) = (&self.token_cache, cache_key) {
-            cache.insert(key, &session, exp, nbf, now);
-        }
-        Ok(Found::Verified(Verified {
-            session,
-            token: Some(AccessToken { raw: token, exp }),
-            entry: None,
-        }))
     }
 
     fn resolve_role(
@@ -758,146 +379,6 @@ impl Engine {
             elevated,
             headers_to_remove,
         })
-    }
-}
-
-/// What a broken session from this mode is reported as.
-fn invalid_reason(auth: &Authenticator) -> DenyReason {
-    match auth.kind {
-        AuthKind::Jwt(_) => DenyReason::InvalidToken,
-        _ => DenyReason::InternalError,
-    }
-}
-
-fn verify_with(
-    set: &KeySet,
-    pinned: Option<Algorithm>,
-    parsed: &jwt::Parsed<'_>,
-) -> Result<(), JwtError> {
-    let mut any = false;
-    for key in set.candidates(pinned, parsed.alg, parsed.kid.as_deref()) {
-        any = true;
-        if parsed.verify_with(key) {
-            return Ok(());
-        }
-    }
-    Err(if any {
-        JwtError::Signature
-    } else {
-        JwtError::Algorithm
-    })
-}
-
-/// Headers a client must never pass to the upstream on its own authority,
-/// in any spelling an upstream may fold to the same name: case-insensitive,
-/// and `_` equal to `-` anywhere (WSGI, Rack, PHP and nginx with
-/// `underscores_in_headers` read `x-hasura_role` as `x-hasura-role`).
-pub fn is_reserved_header(name: &str) -> bool {
-    let folded = |a: u8, b: u8| {
-        let a = if a == b'_' {
-            b'-'
-        } else {
-            a.to_ascii_lowercase()
-        };
-        a == b
-    };
-    let starts =
-        |p: &str| name.len() >= p.len() && name.bytes().zip(p.bytes()).all(|(a, b)| folded(a, b));
-    let equals = |p: &str| name.len() == p.len() && starts(p);
-    starts("x-hasura-") || starts("x-rely-auth-") || equals("x-elevation-token")
-}
-
-/// Verified tokens (docs/design.md, "Verified-token cache"): key = SHA-256 of mode index and token, value =
-/// the session before per-request steps. An entry is served for at most
-/// `tokenCacheTtl` and never past the token's `exp` (time validity is
-/// re-checked on every hit). `quick_cache`, not moka, for this one cache:
-/// at 100k entries moka's bookkeeping alone was ~400 bytes an entry
-/// (docs/benchmarks.md), quick_cache's is tens of bytes; eviction is by
-/// capacity, expiry checked on read.
-struct TokenCache {
-    cache: quick_cache::sync::Cache<[u8; 32], Arc<CachedToken>>,
-    ttl: Duration,
-}
-
-struct CachedToken {
-    /// [`Session::to_compact`]: one allocation per entry.
-    session: Box<str>,
-    /// `exp` and `nbf`; `i64::MAX` and `i64::MIN` when absent (not
-    /// `Option`s: 16 bytes less an entry, and the checks stay the same).
-    exp: i64,
-    nbf: i64,
-    /// `tokenCacheTtl` after the insert.
-    fresh_until: std::time::Instant,
-    /// The gRPC front door's encoded allow for requests that ask for
-    /// nothing ([`Engine::decide_memo`]), stored on the token's first repeat.
-    memo: std::sync::OnceLock<Box<[u8]>>,
-}
-
-impl CachedToken {
-    fn check_time(&self, now: i64, rules: &ClaimRules<'_>) -> Result<(), JwtError> {
-        let skew = i64::try_from(rules.skew).unwrap_or(i64::MAX / 4);
-        if now >= self.exp.saturating_add(skew) {
-            return Err(JwtError::Expired);
-        }
-        if now.saturating_add(skew) < self.nbf {
-            return Err(JwtError::NotYetValid);
-        }
-        Ok(())
-    }
-}
-
-impl TokenCache {
-    fn new(max_entries: u64, ttl: Duration) -> Self {
-        TokenCache {
-            cache: quick_cache::sync::Cache::new(
-                usize::try_from(max_entries).unwrap_or(usize::MAX),
-            ),
-            ttl,
-        }
-    }
-
-    fn key(index: usize, token: &str) -> [u8; 32] {
-        let mut h = Sha256::new();
-        h.update((index as u64).to_le_bytes());
-        h.update(token.as_bytes());
-        h.finalize().into()
-    }
-
-    fn get(&self, key: &[u8; 32]) -> Option<Arc<CachedToken>> {
-        let hit = self.cache.get(key)?;
-        if std::time::Instant::now() < hit.fresh_until {
-            Some(hit)
-        } else {
-            self.cache.remove(key);
-            None
-        }
-    }
-
-    fn insert(
-        &self,
-        key: [u8; 32],
-        session: &Session,
-        exp: Option<i64>,
-        nbf: Option<i64>,
-        now: i64,
-    ) {
-        let until_exp = match exp {
-            Some(exp) => Duration::from_secs(u64::try_from(exp.saturating_sub(now)).unwrap_or(0)),
-            None => self.ttl,
-        };
-        if self.ttl.min(until_exp).is_zero() {
-            return;
-        }
-        self.cache.insert(
-            key,
-            Arc::new(CachedToken {
-                session: session.to_compact(),
-                exp: exp.unwrap_or(i64::MAX),
-                nbf: nbf.unwrap_or(i64::MIN),
-                fresh_until: std::time::Instant::now() + self.ttl,
-                memo: std::sync::OnceLock::new(),
-            }),
-        );
     }
 }
 

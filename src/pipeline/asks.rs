@@ -1,0 +1,86 @@
+//! What a request asks of the pipeline besides its credential.
+
+use std::borrow::Cow;
+
+use super::Engine;
+use crate::decision::DenyReason;
+use crate::request::Request;
+use crate::session;
+
+/// What a request asks of the pipeline besides its credential: everything
+/// role resolution, elevation and rendering read from the request. Two
+/// requests with the same token and nothing asked decide the same way,
+/// which is what lets [`Engine::decide_memo`](super::Engine::decide_memo) reuse an encoded allow.
+pub(super) struct Asks<'r> {
+    /// Client headers authgate reserves ([`is_reserved_header`]), in
+    /// request order; the role asked for is one of them.
+    pub(super) reserved: Vec<&'r str>,
+    /// `x-hasura-role`.
+    pub(super) role: Option<&'r str>,
+    /// An elevation grant (header or cookie), when elevation is configured.
+    pub(super) grant: Option<Cow<'r, str>>,
+    /// Whether the route asks for elevation; an `Err` when that cannot be
+    /// read (refused once a mode has verified the caller).
+    pub(super) elevation: Result<bool, DenyReason>,
+}
+
+impl Asks<'_> {
+    /// Whether the request asks for nothing: the decision then depends on
+    /// the token alone. Destructured whole, so a field added to [`Asks`]
+    /// must be considered here.
+    pub(super) fn nothing(&self) -> bool {
+        let Asks {
+            reserved,
+            role,
+            grant,
+            elevation,
+        } = self;
+        reserved.is_empty() && role.is_none() && grant.is_none() && *elevation == Ok(false)
+    }
+}
+
+impl Engine {
+    /// Reads what the request asks for besides its credential.
+    pub(super) fn asks<'r>(&self, req: &'r Request) -> Asks<'r> {
+        let reserved: Vec<&str> = req
+            .headers
+            .iter()
+            .map(|(name, _)| name)
+            .filter(|name| is_reserved_header(name))
+            .collect();
+        let role = if reserved.is_empty() {
+            None
+        } else {
+            req.headers.get(session::ROLE)
+        };
+        let (grant, elevation) = match &self.elevation {
+            None => (None, crate::elevation::context_requires(req)),
+            Some(el) => (el.grant_of(req), el.route_requires(req)),
+        };
+        Asks {
+            reserved,
+            role,
+            grant,
+            elevation,
+        }
+    }
+}
+
+/// Headers a client must never pass to the upstream on its own authority,
+/// in any spelling an upstream may fold to the same name: case-insensitive,
+/// and `_` equal to `-` anywhere (WSGI, Rack, PHP and nginx with
+/// `underscores_in_headers` read `x-hasura_role` as `x-hasura-role`).
+pub fn is_reserved_header(name: &str) -> bool {
+    let folded = |a: u8, b: u8| {
+        let a = if a == b'_' {
+            b'-'
+        } else {
+            a.to_ascii_lowercase()
+        };
+        a == b
+    };
+    let starts =
+        |p: &str| name.len() >= p.len() && name.bytes().zip(p.bytes()).all(|(a, b)| folded(a, b));
+    let equals = |p: &str| name.len() == p.len() && starts(p);
+    starts("x-hasura-") || starts("x-rely-auth-") || equals("x-elevation-token")
+}

@@ -1,0 +1,312 @@
+//! The four ways a mode authenticates (apiKey, jwt, webhook, noAuth) and the
+//! loop that tries them in RelyAuth's order.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use jsonwebtoken::Algorithm;
+use serde_json::Value;
+use subtle::ConstantTimeEq;
+
+use super::asks::Asks;
+use super::memo::Memo;
+use super::token_cache::{CachedToken, TokenCache};
+use super::{AccessToken, Engine, HASURA_MODE_HEADER, ID_HEADER, MODE_HEADER};
+use crate::claims::{self, ClaimsConfig};
+use crate::decision::{Deny, DenyReason, ModeRef};
+use crate::jwks::JwksCache;
+use crate::jwt::{self, ClaimRules, JwtError};
+use crate::keys::KeySet;
+use crate::redact::Secret;
+use crate::request::{Credential, Request, TokenLocation};
+use crate::rules::SecurityRules;
+use crate::session::Session;
+use crate::webhook::WebhookAuth;
+
+pub(super) struct Authenticator {
+    pub(super) mode: ModeRef,
+    pub(super) kind: AuthKind,
+    pub(super) rules: SecurityRules,
+}
+
+pub(super) enum AuthKind {
+    ApiKey {
+        location: TokenLocation,
+        value: Secret,
+        session: Session,
+    },
+    Jwt(Box<JwtAuth>),
+    Webhook(Box<WebhookAuth>),
+    NoAuth {
+        session: Session,
+    },
+}
+
+pub(super) struct JwtAuth {
+    pub(super) location: TokenLocation,
+    pub(super) keys: Keys,
+    pub(super) pinned: Option<Algorithm>,
+    pub(super) audience: Vec<String>,
+    pub(super) issuer: Option<String>,
+    pub(super) skew: u64,
+    pub(super) require_exp: bool,
+    pub(super) claims: ClaimsConfig,
+}
+
+pub(super) enum Keys {
+    Fixed(Arc<KeySet>),
+    Remote(Arc<JwksCache>),
+}
+
+/// How one mode fared.
+pub(super) enum Outcome<'r, M: Memo> {
+    /// No credential at its location: try the next mode.
+    Absent,
+    /// A credential was there and was refused.
+    Invalid(DenyReason),
+    Found(Found<'r, M>),
+}
+
+/// What a mode that accepted the credential hands on.
+pub(super) enum Found<'r, M: Memo> {
+    Verified(Verified<'r>),
+    /// A cached token whose allow was encoded for an equivalent request
+    /// ([`Engine::decide_memo`]); never built when `M` is [`NoMemo`].
+    Memo(M::Hit),
+}
+
+/// A mode verified a session: what role, elevation and rendering start from.
+pub(super) struct Verified<'r> {
+    pub(super) session: Session,
+    pub(super) token: Option<AccessToken<'r>>,
+    /// The token-cache entry this session was served from (a repeat).
+    pub(super) entry: Option<Arc<CachedToken>>,
+}
+
+impl Verified<'_> {
+    fn session(session: Session) -> Self {
+        Verified {
+            session,
+            token: None,
+            entry: None,
+        }
+    }
+}
+
+impl Engine {
+    /// Modes in order; the first verified session wins (RelyAuth's order;
+    /// an invalid credential never falls through to `noAuth`).
+    pub(super) async fn first_verified<'s, 'r, M: Memo>(
+        &'s self,
+        req: &'r Request,
+        asks: &Asks<'r>,
+        now: i64,
+    ) -> Result<(&'s Authenticator, Found<'r, M>), Deny> {
+        let mode_filter = req
+            .headers
+            .get(MODE_HEADER)
+            .filter(|v| !v.is_empty())
+            .or_else(|| {
+                req.headers
+                    .get(HASURA_MODE_HEADER)
+                    .filter(|v| !v.is_empty())
+            });
+        let id_filter = req.headers.get(ID_HEADER).filter(|v| !v.is_empty());
+        let mut refused: Option<(DenyReason, &ModeRef)> = None;
+        for (index, auth) in self.modes.iter().enumerate() {
+            if mode_filter.is_some_and(|m| m != auth.mode.kind)
+                || id_filter.is_some_and(|id| id != &*auth.mode.id)
+            {
+                continue;
+            }
+            // noAuth stands in only when no credential was presented at all.
+            if matches!(auth.kind, AuthKind::NoAuth { .. }) && refused.is_some() {
+                continue;
+            }
+            match self.authenticate::<M>(index, auth, req, asks, now).await {
+                Outcome::Absent => {}
+                Outcome::Invalid(reason) => {
+                    refused = Some((reason, &auth.mode));
+                    if id_filter.is_some() {
+                        break;
+                    }
+                }
+                Outcome::Found(found) => return Ok((auth, found)),
+            }
+        }
+        Err(match refused {
+            Some((reason, mode)) => Deny {
+                reason,
+                mode: Some(mode.clone()),
+            },
+            None => Deny {
+                reason: DenyReason::MissingCredentials,
+                mode: None,
+            },
+        })
+    }
+
+    async fn authenticate<'r, M: Memo>(
+        &self,
+        index: usize,
+        auth: &Authenticator,
+        req: &'r Request,
+        asks: &Asks<'r>,
+        now: i64,
+    ) -> Outcome<'r, M> {
+        // Security rules apply once a mode has something to authenticate:
+        // a mode whose credential is absent is skipped, rules or not.
+        let blocked = || !auth.rules.is_empty() && !auth.rules.allows(req);
+        match &auth.kind {
+            AuthKind::NoAuth { session } => {
+                if blocked() {
+                    return Outcome::Invalid(DenyReason::BlockedByRule);
+                }
+                Outcome::Found(Found::Verified(Verified::session(session.clone())))
+            }
+            AuthKind::ApiKey {
+                location,
+                value,
+                session,
+            } => match req.credential(location) {
+                Credential::Absent => Outcome::Absent,
+                Credential::Ambiguous => Outcome::Invalid(DenyReason::InvalidApiKey),
+                Credential::Present(_) if blocked() => Outcome::Invalid(DenyReason::BlockedByRule),
+                Credential::Present(given) => {
+                    if bool::from(given.as_bytes().ct_eq(value.0.as_bytes())) {
+                        Outcome::Found(Found::Verified(Verified::session(session.clone())))
+                    } else {
+                        Outcome::Invalid(DenyReason::InvalidApiKey)
+                    }
+                }
+            },
+            AuthKind::Webhook(w) => {
+                if blocked() {
+                    return Outcome::Invalid(DenyReason::BlockedByRule);
+                }
+                match w.authenticate(req).await {
+                    Ok(session) => Outcome::Found(Found::Verified(Verified::session(session))),
+                    Err(reason) => Outcome::Invalid(reason),
+                }
+            }
+            AuthKind::Jwt(j) => match req.credential(&j.location) {
+                Credential::Absent => Outcome::Absent,
+                Credential::Ambiguous => Outcome::Invalid(DenyReason::InvalidToken),
+                Credential::Present(_) if blocked() => Outcome::Invalid(DenyReason::BlockedByRule),
+                Credential::Present(token) => {
+                    match self.verify_jwt::<M>(index, j, token, now, asks).await {
+                        Ok(found) => Outcome::Found(found),
+                        Err(e) => {
+                            tracing::debug!(mode = %auth.mode.id, error = %e, "token refused");
+                            Outcome::Invalid(e.reason())
+                        }
+                    }
+                }
+            },
+        }
+    }
+
+    async fn verify_jwt<'r, M: Memo>(
+        &self,
+        index: usize,
+        j: &JwtAuth,
+        token: Cow<'r, str>,
+        now: i64,
+        asks: &Asks<'r>,
+    ) -> Result<Found<'r, M>, JwtError> {
+        let rules = ClaimRules {
+            audience: &j.audience,
+            issuer: j.issuer.as_deref(),
+            skew: j.skew,
+            require_exp: j.require_exp,
+        };
+        let cache_key = self
+            .token_cache
+            .as_ref()
+            .map(|_| TokenCache::key(index, &token));
+        if let (Some(cache), Some(key)) = (&self.token_cache, &cache_key) {
+            if let Some(hit) = cache.get(key) {
+                self.metrics.token_cache_hit.inc();
+                hit.check_time(now, &rules)?;
+                if asks.nothing()
+                    && let Some(memo) = M::hit(&hit)
+                {
+                    return Ok(Found::Memo(memo));
+                }
+                // The encoding is ours; failing to read it back is a bug, and
+                // the token is simply verified again.
+                if let Some(session) = Session::from_compact(&hit.session) {
+                    let exp = (hit.exp != i64::MAX).then_some(hit.exp);
+                    return Ok(Found::Verified(Verified {
+                        session,
+                        token: Some(AccessToken { raw: token, exp }),
+                        entry: Some(hit),
+                    }));
+                }
+            }
+            self.metrics.token_cache_miss.inc();
+        }
+        let parsed = jwt::parse(&token)?;
+        let verified = match &j.keys {
+            Keys::Fixed(set) => verify_with(set, j.pinned, &parsed),
+            Keys::Remote(cache) => {
+                let set = cache.current().ok_or(JwtError::KeysUnavailable)?;
+                let known = match parsed.kid.as_deref() {
+                    Some(kid) => set.has_kid(kid) || set.keys.iter().any(|k| k.kid.is_none()),
+                    None => true,
+                };
+                cache.record_lookup(known);
+                if known {
+                    verify_with(&set, j.pinned, &parsed)
+                } else {
+                    let kid = parsed.kid.as_deref().unwrap_or_default();
+                    match cache.refetch_for_kid(kid).await {
+                        Some(set) => verify_with(&set, j.pinned, &parsed),
+                        None => Err(JwtError::NoKey),
+                    }
+                }
+            }
+        };
+        verified?;
+        let claims = parsed.claims()?;
+        let exp = jwt::check_claims(&claims, &rules, now)?;
+        let nbf = claims.get("nbf").and_then(Value::as_i64);
+        let session = claims::extract_owned(&j.claims, Value::Object(claims))
+            .map_err(|_| JwtError::Claims)?;
+        if let (Some(cache), Some(key)) = (&self.token_cache, cache_key) {
+            cache.insert(key, &session, exp, nbf, now);
+        }
+        Ok(Found::Verified(Verified {
+            session,
+            token: Some(AccessToken { raw: token, exp }),
+            entry: None,
+        }))
+    }
+}
+
+/// What a broken session from this mode is reported as.
+pub(super) fn invalid_reason(auth: &Authenticator) -> DenyReason {
+    match auth.kind {
+        AuthKind::Jwt(_) => DenyReason::InvalidToken,
+        _ => DenyReason::InternalError,
+    }
+}
+
+fn verify_with(
+    set: &KeySet,
+    pinned: Option<Algorithm>,
+    parsed: &jwt::Parsed<'_>,
+) -> Result<(), JwtError> {
+    let mut any = false;
+    for key in set.candidates(pinned, parsed.alg, parsed.kid.as_deref()) {
+        any = true;
+        if parsed.verify_with(key) {
+            return Ok(());
+        }
+    }
+    Err(if any {
+        JwtError::Signature
+    } else {
+        JwtError::Algorithm
+    })
+}
