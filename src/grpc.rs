@@ -31,9 +31,10 @@ use envoy_types::pb::google::rpc::Status;
 use crate::budget::{ByteBudget, Charge};
 use crate::conn::Connection;
 use crate::decision::{Allow, Decision, Deny, DenyReason};
+use crate::limits;
 use crate::pipeline::Answer;
 use crate::request::{Headers, Request};
-use crate::server::{self, Shared};
+use crate::state::Shared;
 
 mod encode;
 mod wire;
@@ -96,11 +97,11 @@ where
         let budget = match &conn {
             Some(c) => &c.body_budget,
             None => {
-                detached = ByteBudget::new(server::GRPC_CONNECTION_BYTES);
+                detached = ByteBudget::new(limits::GRPC_CONNECTION_BYTES);
                 &detached
             }
         };
-        let mut charge = Charge::new(budget, &self.shared.grpc_bytes);
+        let mut charge = Charge::new(budget, &self.shared.admission.grpc_bytes);
         // The headers are held as long as the message: charged first.
         let head: usize = req
             .headers()
@@ -136,7 +137,7 @@ pin_project_lite::pin_project! {
     /// A Check's request body, bounded: its bytes are charged to the
     /// connection's and the shared budget as they arrive (and given back when
     /// tonic is done with the body), and the whole message must arrive within
-    /// [`server::GRPC_MESSAGE_TIMEOUT`]. A stream that announces a large
+    /// [`limits::GRPC_MESSAGE_TIMEOUT`]. A stream that announces a large
     /// message and withholds its end thus holds bounded memory for a bounded
     /// time. The timer is armed only once the body has to be waited for: a
     /// Check whose message is there when it is first polled starts none.
@@ -177,7 +178,7 @@ where
             Poll::Pending => {
                 if this.deadline.is_none() {
                     this.deadline
-                        .set(Some(tokio::time::sleep(server::GRPC_MESSAGE_TIMEOUT)));
+                        .set(Some(tokio::time::sleep(limits::GRPC_MESSAGE_TIMEOUT)));
                 }
                 let expired = this
                     .deadline

@@ -16,13 +16,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use bytes::BytesMut;
 
+use crate::admission::Slots;
 use crate::budget::Charge;
 use crate::conn::Connection;
 use crate::decision::{Decision, DenyReason};
 use crate::forward_auth::{self, ForwardAuthProxy, ForwardError};
+use crate::limits;
 use crate::metrics::Frontend;
 use crate::request::{Headers, Request};
-use crate::server::{self, Shared, Slots};
+use crate::state::Shared;
 
 /// The denial reason on `/check` answers, so nginx can rebuild the body.
 pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-authgate-reason");
@@ -93,7 +95,7 @@ async fn header_limits(req: axum::extract::Request, next: Next) -> Response {
 pub enum BodyError {
     /// Longer than the endpoint's limit.
     TooLarge,
-    /// Not received whole within [`server::HTTP_BODY_TIMEOUT`].
+    /// Not received whole within [`limits::HTTP_BODY_TIMEOUT`].
     TooSlow,
     /// The connection's or the shared body budget is spent.
     Busy,
@@ -192,7 +194,7 @@ fn connection_of(req: &axum::extract::Request) -> Arc<Connection> {
     req.extensions()
         .get::<Arc<Connection>>()
         .cloned()
-        .unwrap_or_else(|| Arc::new(Connection::detached(server::HTTP_CONNECTION_BODY_BYTES)))
+        .unwrap_or_else(|| Arc::new(Connection::detached(limits::HTTP_CONNECTION_BODY_BYTES)))
 }
 
 /// Reads the body of a request whole, charged to its connection's and the
@@ -204,8 +206,8 @@ async fn with_read_body(
     limit: usize,
 ) -> Result<(axum::extract::Request, Charge), BodyError> {
     let (parts, body) = req.into_parts();
-    let mut charge = Charge::new(&conn.body_budget, &shared.http_body_bytes);
-    let bytes = read_body(body, limit, server::HTTP_BODY_TIMEOUT, &mut charge).await?;
+    let mut charge = Charge::new(&conn.body_budget, &shared.admission.http_body_bytes);
+    let bytes = read_body(body, limit, limits::HTTP_BODY_TIMEOUT, &mut charge).await?;
     Ok((
         axum::extract::Request::from_parts(parts, Body::from(bytes)),
         charge,
@@ -227,8 +229,8 @@ async fn hook_body(
 }
 
 /// Admission of a WebAuthn call, so that ceremonies cannot starve
-/// decisions: at most [`server::CEREMONIES_PER_CONNECTION`] per connection
-/// and [`server::MAX_PENDING_CEREMONIES`] in all (more are refused at once);
+/// decisions: at most [`limits::CEREMONIES_PER_CONNECTION`] per connection
+/// and [`limits::MAX_PENDING_CEREMONIES`] in all (more are refused at once);
 /// the body is read with a deadline before a slot is taken; the call then
 /// runs in a ceremony slot (never a decision's), within the decision
 /// timeout: a hung store or IdP answers `internal_error` (503).
@@ -248,7 +250,12 @@ async fn ceremony(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return resp;
     };
-    let Ok(_admitted) = shared.ceremonies_pending.clone().try_acquire_owned() else {
+    let Ok(_admitted) = shared
+        .admission
+        .ceremonies_pending
+        .clone()
+        .try_acquire_owned()
+    else {
         return BodyError::Busy.into_response();
     };
     let (req, _charge) = match with_read_body(&shared, &conn, req, MAX_WEBAUTHN_BODY_BYTES).await {
@@ -257,6 +264,7 @@ async fn ceremony(
     };
     let timeout = shared.decision_timeout();
     match shared
+        .admission
         .bounded(Slots::Ceremony, timeout, next.run(req))
         .await
     {

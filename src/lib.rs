@@ -2,6 +2,7 @@
 //! front of Hasura. See `README.md` and `docs/`.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod budget;
 pub mod claims;
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod http;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod pipeline;
 pub mod redact;
@@ -24,6 +26,7 @@ pub mod route;
 pub mod rules;
 pub mod server;
 pub mod session;
+pub mod state;
 pub mod store;
 pub mod webauthn_api;
 pub mod webhook;

@@ -1,130 +1,24 @@
-//! Running the server: state shared by the front doors, listeners, the
-//! readiness latch, reload and graceful shutdown.
+//! The composition root: builds the engine from a config, binds the
+//! listeners, runs the readiness latch, reloads, and drains on shutdown.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
-use crate::budget::ByteBudget;
 use crate::config::{self, Config, ConfigErrors};
 use crate::conn::{HttpSettings, Limits, Listener};
-use crate::decision::{Decision, DenyReason};
-use crate::elevation::Elevation;
-use crate::elevation::ElevationMode;
+use crate::elevation::{Elevation, ElevationMode};
 use crate::jwks::JwksRegistry;
-use crate::metrics::{Frontend, Metrics};
-use crate::pipeline::{Answer, Engine, KeyFetch, Parts};
-use crate::request::Request;
+use crate::limits::*;
+use crate::metrics::Metrics;
+use crate::pipeline::{Engine, KeyFetch, Parts};
+pub use crate::state::{Readiness, Shared};
 
-/// Decisions of one front door that may be inside the pipeline at once
-/// (gRPC Check; or HTTP `/check` and `/auth/*`). More wait for a slot,
-/// within their decision timeout.
-pub const MAX_CONCURRENT_REQUESTS: usize = 1024;
-/// WebAuthn calls inside the pipeline at once: their own slots, so that
-/// ceremonies can never hold the slots decisions need.
-pub const MAX_CONCURRENT_CEREMONIES: usize = 64;
-/// WebAuthn calls admitted at once, reading their body or waiting for or
-/// holding a slot; one more is refused with 503 at once.
-pub const MAX_PENDING_CEREMONIES: usize = 256;
-/// Largest gRPC `CheckRequest` decoded; a larger one is refused as a call
-/// (`OUT_OF_RANGE`), which Envoy turns into a denial.
-pub const MAX_CHECK_REQUEST_BYTES: usize = 1024 * 1024;
-/// HTTP/2 streams one gRPC connection may have open at once.
-pub const GRPC_MAX_CONCURRENT_STREAMS: u32 = 1024;
-/// Connections the gRPC address keeps open at once (Envoy opens one or a
-/// few per worker).
-pub const GRPC_MAX_CONNECTIONS: usize = 256;
-/// Bytes of `CheckRequest` messages (headers included) not yet decided on,
-/// per gRPC connection and in all.
-pub const GRPC_CONNECTION_BYTES: usize = 8 * 1024 * 1024;
-pub const GRPC_TOTAL_BYTES: usize = 64 * 1024 * 1024;
-/// Time to receive the rest of a Check's message once authgate waits for it
-/// (right after its headers).
-pub const GRPC_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections the HTTP address keeps open at once.
-pub const HTTP_MAX_CONNECTIONS: usize = 2048;
-/// Bytes of request bodies (webhook and WebAuthn calls) being read or
-/// held, per HTTP connection and in all.
-pub const HTTP_CONNECTION_BODY_BYTES: usize = 4 * 1024 * 1024;
-pub const HTTP_TOTAL_BODY_BYTES: usize = 32 * 1024 * 1024;
-/// Time to receive a whole request body once its head has arrived.
-pub const HTTP_BODY_TIMEOUT: Duration = Duration::from_secs(5);
-/// HTTP/1.1: time to receive a whole request head from its first byte.
-pub const HTTP_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/1.1 read buffer: the header limit (`http::MAX_HEADER_BYTES`) plus
-/// room for the request line and separators.
-pub const HTTP_MAX_BUF_SIZE: usize = crate::http::MAX_HEADER_BYTES + 8 * 1024;
-/// HTTP/2 streams one HTTP connection may have open at once, and the
-/// flow-control window of a stream and of a connection: what a client may
-/// send before authgate reads it (HTTP/2's default, 64 KiB).
-pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 128;
-pub const HTTP2_WINDOW: u32 = 65_535;
-/// WebAuthn calls in progress on one HTTP connection.
-pub const CEREMONIES_PER_CONNECTION: usize = 16;
-/// An HTTP connection without a request in progress for this long is
-/// closed (HTTP/1.1 keep-alive, HTTP/2): longer than the idle time of the
-/// usual client pools (90 s), so that they close first.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Which slots a piece of work takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Slots {
-    Grpc,
-    Http,
-    Ceremony,
-}
-
-/// What every front door shares: the current engine (swapped atomically on
-/// reload), metrics and the readiness state.
-pub struct Shared {
-    engine: ArcSwap<Engine>,
-    pub metrics: Arc<Metrics>,
-    registry: JwksRegistry,
-    config_path: Option<PathBuf>,
-    draining: AtomicBool,
-    /// Set the first time every JWKS had keys (see [`Shared::readiness`]).
-    been_ready: AtomicBool,
-    inflight: AtomicUsize,
-    grpc_slots: Semaphore,
-    http_slots: Semaphore,
-    ceremony_slots: Semaphore,
-    /// WebAuthn calls admitted (see [`MAX_PENDING_CEREMONIES`]).
-    pub ceremonies_pending: Arc<Semaphore>,
-    /// What all gRPC messages and HTTP bodies in progress may hold.
-    pub grpc_bytes: ByteBudget,
-    pub http_body_bytes: ByteBudget,
-    /// SIGHUP and the file watcher both reload: one at a time, so an older
-    /// file read cannot be swapped in after a newer one.
-    /// The file content last loaded or tried: its fingerprint, and whether
-    /// a SIGHUP may try it again (it failed for a reason outside the file,
-    /// the elevation store). Held for a whole reload, so reloads run one at
-    /// a time and an edit seen by both SIGHUP and the file watcher is one
-    /// attempt.
-    attempted: tokio::sync::Mutex<Option<(u64, bool)>>,
-}
-
-/// Counts a request in flight (for the drain) until it is answered or dropped.
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl<'a> InFlight<'a> {
-    fn enter(counter: &'a AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::AcqRel);
-        InFlight(counter)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
+/// Building and reloading: the only place where a config becomes an engine.
 impl Shared {
     /// Builds the shared state from a validated config: opens the elevation
     /// store, starts JWKS fetches in the background.
@@ -148,170 +42,13 @@ impl Shared {
         metrics
             .config_last_reload_success
             .set(crate::clock::unix_seconds());
-        Ok(Arc::new(Shared {
-            engine: ArcSwap::from_pointee(engine),
+        Ok(Arc::new(Shared::assemble(
+            engine,
             metrics,
             registry,
             config_path,
-            draining: AtomicBool::new(false),
-            been_ready: AtomicBool::new(false),
-            inflight: AtomicUsize::new(0),
-            grpc_slots: Semaphore::new(MAX_CONCURRENT_REQUESTS),
-            http_slots: Semaphore::new(MAX_CONCURRENT_REQUESTS),
-            ceremony_slots: Semaphore::new(MAX_CONCURRENT_CEREMONIES),
-            ceremonies_pending: Arc::new(Semaphore::new(MAX_PENDING_CEREMONIES)),
-            grpc_bytes: ByteBudget::new(GRPC_TOTAL_BYTES),
-            http_body_bytes: ByteBudget::new(HTTP_TOTAL_BODY_BYTES),
-            attempted: tokio::sync::Mutex::new(attempted),
-        }))
-    }
-
-    pub fn engine(&self) -> Arc<Engine> {
-        self.engine.load_full()
-    }
-
-    /// Ready: not draining, and every JWKS has had keys since start.
-    pub fn is_ready(&self) -> bool {
-        self.readiness().missing.is_empty()
-    }
-
-    /// What keeps authgate from being ready (`missing`: draining, or, until
-    /// it has first been ready, a JWKS source without keys), and key sources
-    /// without keys that no longer hold readiness back (`degraded`): once an
-    /// instance has been ready, a reload naming a new or broken JWKS URL
-    /// leaves it ready, since every replica reads the same file and would
-    /// otherwise leave the Service at once; only tokens of that source are
-    /// refused (`internal_error`) until its keys load. One line each, with
-    /// the reason.
-    pub fn readiness(&self) -> Readiness {
-        let mut waiting = Vec::new();
-        for jwks in self.engine.load().jwks() {
-            if jwks.is_ready() {
-                continue;
-            }
-            let why = jwks
-                .last_error()
-                .map_or_else(|| "first fetch in progress".to_owned(), |e| e.to_string());
-            waiting.push(format!(
-                "jwks {} ({}): no keys yet: {why}",
-                jwks.source(),
-                jwks.shown_url()
-            ));
-        }
-        let mut r = Readiness::default();
-        // A store outage degrades elevated access only: it never makes the
-        // instance unready (that would stop every decision).
-        if let Some(elevation) = self.engine.load().elevation()
-            && let Some((ago, why)) = elevation.recent_store_error(STORE_ERROR_WINDOW)
-        {
-            r.degraded.push(format!(
-                "elevation store: an operation failed {} s ago: {why}",
-                ago.as_secs()
-            ));
-        }
-        if self.draining.load(Ordering::Relaxed) {
-            r.missing.push("draining: shutting down".to_owned());
-        }
-        if self.been_ready.load(Ordering::Relaxed) {
-            r.degraded.extend(waiting);
-        } else if waiting.is_empty() {
-            self.been_ready.store(true, Ordering::Relaxed);
-        } else {
-            r.missing.extend(waiting);
-        }
-        r
-    }
-
-    /// Runs `work` in one of `slots`, within the decision timeout (the wait
-    /// for a slot included); `None` when the time ran out.
-    pub async fn bounded<T>(
-        &self,
-        slots: Slots,
-        timeout: Duration,
-        work: impl Future<Output = T>,
-    ) -> Option<T> {
-        let _inflight = InFlight::enter(&self.inflight);
-        let slots = match slots {
-            Slots::Grpc => &self.grpc_slots,
-            Slots::Http => &self.http_slots,
-            Slots::Ceremony => &self.ceremony_slots,
-        };
-        tokio::time::timeout(timeout, async {
-            // The semaphores are never closed, so this waits or succeeds.
-            let _slot = slots.acquire().await;
-            work.await
-        })
-        .await
-        .ok()
-    }
-
-    /// The proxy in front of the forward-auth door (`settings.forwardAuth`).
-    pub fn forward_auth_proxy(&self) -> crate::forward_auth::ForwardAuthProxy {
-        self.engine.load().settings.forward_auth
-    }
-
-    /// The current `settings.decisionTimeout`.
-    pub fn decision_timeout(&self) -> Duration {
-        self.engine.load().settings.decision_timeout
-    }
-
-    /// Runs the pipeline and records the decision (metrics, one log line per
-    /// denial). A decision that outlasts `settings.decisionTimeout` (a hung
-    /// dependency, or every slot busy) is `internal_error`.
-    pub async fn decide(&self, frontend: Frontend, req: &Request, started: Instant) -> Decision {
-        let engine = self.engine.load_full();
-        let timeout = engine.settings.decision_timeout;
-        let decided = self.bounded(Slots::Http, timeout, engine.decide(req)).await;
-        let decision = decided.unwrap_or_else(|| timed_out(frontend, timeout));
-        self.recorded(frontend, req, &decision, started);
-        decision
-    }
-
-    /// As [`Shared::decide`], for the gRPC door: allows it encoded earlier
-    /// for a token's equivalent requests come back as bytes
-    /// ([`crate::pipeline::Engine::decide_memo`]).
-    pub async fn decide_memo(
-        &self,
-        req: &Request,
-        encode: crate::pipeline::EncodeAllow,
-        started: Instant,
-    ) -> Answer {
-        let engine = self.engine.load_full();
-        let timeout = engine.settings.decision_timeout;
-        let decided = self
-            .bounded(Slots::Grpc, timeout, engine.decide_memo(req, encode))
-            .await;
-        let answer = decided.unwrap_or_else(|| Answer::Decided(timed_out(Frontend::Grpc, timeout)));
-        match &answer {
-            Answer::Decided(d) => self.recorded(Frontend::Grpc, req, d, started),
-            Answer::Memo(_) => {
-                self.metrics.record(
-                    Frontend::Grpc,
-                    answer.summary(),
-                    started.elapsed().as_secs_f64(),
-                );
-            }
-        }
-        answer
-    }
-
-    /// Counts a decision, and logs it when it is a denial.
-    fn recorded(&self, frontend: Frontend, req: &Request, decision: &Decision, started: Instant) {
-        self.metrics.record(
-            frontend,
-            decision.summary(),
-            started.elapsed().as_secs_f64(),
-        );
-        if let Decision::Deny(d) = decision {
-            tracing::info!(
-                frontend = frontend.as_str(),
-                reason = d.reason.as_str(),
-                mode = d.mode.as_ref().map(|m| m.kind).unwrap_or("none"),
-                mode_id = d.mode.as_ref().map(|m| &*m.id).unwrap_or(""),
-                request_id = req.headers.get("x-request-id").unwrap_or(""),
-                "denied"
-            );
-        }
+            attempted,
+        )))
     }
 
     /// Re-reads the config file; on success swaps the engine in, keeping
@@ -341,7 +78,7 @@ impl Shared {
         let loaded = text.and_then(|text| {
             config::parse_as(&text, config::Format::of(path), &config::ProcessEnv)
         });
-        let current = self.engine.load_full();
+        let current = self.engine();
         let loaded = match loaded {
             Ok(config) => {
                 match open_elevation(&config, current.elevation().map(|e| &**e), &self.metrics)
@@ -365,15 +102,13 @@ impl Shared {
                     config.settings,
                     config.modes,
                     Parts {
-                        registry: &self.registry,
+                        registry: self.registry(),
                         metrics: self.metrics.clone(),
                         fetch: KeyFetch::Background,
                         elevation,
                     },
                 );
-                let urls: Vec<&str> = engine.jwks().iter().map(|c| c.url()).collect();
-                self.registry.retain(&urls);
-                self.engine.store(Arc::new(engine));
+                self.install(engine);
                 self.metrics.config_reload_ok.inc();
                 self.metrics.config_last_reload_successful.set(1);
                 self.metrics
@@ -403,16 +138,6 @@ impl Shared {
             }
         }
     }
-}
-
-/// How long `/readyz` reports a store failure as `degraded`.
-const STORE_ERROR_WINDOW: Duration = Duration::from_secs(60);
-
-/// Why an instance is not ready, or works with fewer key sources.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Readiness {
-    pub missing: Vec<String>,
-    pub degraded: Vec<String>,
 }
 
 /// Sets every gRPC health service name authgate answers for.
@@ -512,7 +237,7 @@ impl Running {
     /// or once no decision is in flight (idle keep-alive connections, such
     /// as Envoy's, are not waited for).
     pub async fn shutdown(self) {
-        self.shared.draining.store(true, Ordering::Relaxed);
+        self.shared.admission.gate.start_draining();
         let _ = self.stop.send(true);
         let shared = self.shared.clone();
         let listeners = async {
@@ -521,9 +246,7 @@ impl Running {
             }
         };
         let idle = async {
-            while shared.inflight.load(Ordering::Acquire) > 0 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            shared.admission.gate.idle().await;
             // Let the last responses be written.
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
@@ -711,14 +434,4 @@ pub async fn start(
         stop,
         tasks: vec![grpc_task, http_task, health_task, purge_task],
     })
-}
-
-/// The denial for a decision that ran out of time.
-fn timed_out(frontend: Frontend, timeout: Duration) -> Decision {
-    tracing::warn!(
-        frontend = frontend.as_str(),
-        timeout_s = timeout.as_secs(),
-        "decision timed out"
-    );
-    Decision::deny(DenyReason::InternalError, None)
 }

@@ -27,7 +27,7 @@ use crate::elevation::Elevation;
 use crate::elevation::ElevationMode;
 use crate::pipeline::Identity;
 use crate::request::Request;
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::store::{ChallengeKind, PendingChallenge, StoreError, StoredKey};
 
 pub fn router() -> Router<Arc<Shared>> {

@@ -903,7 +903,7 @@ async fn oversized_tokens_headers_and_messages() {
     assert_eq!(o.headers.len(), 502);
 
     // Large headers within the gRPC message cap: each a clean decision.
-    let max_msg = authgate::server::MAX_CHECK_REQUEST_BYTES;
+    let max_msg = authgate::limits::MAX_CHECK_REQUEST_BYTES;
     let big = "A".repeat(max_msg / 4);
     assert_denied(
         &decide_token(&server, &big).await,
@@ -3350,7 +3350,7 @@ async fn ceremonies_are_limited_per_connection() {
     let send = h2_connect(server.running.http_addr).await;
     let mut pending = Vec::new();
     let mut streams = Vec::new();
-    for _ in 0..authgate::server::CEREMONIES_PER_CONNECTION + 1 {
+    for _ in 0..authgate::limits::CEREMONIES_PER_CONNECTION + 1 {
         let req = http::Request::post("/elevate/webauthn/verify")
             .header("authorization", &auth)
             .header("content-type", "application/json")
@@ -3377,7 +3377,7 @@ async fn ceremonies_are_limited_per_connection() {
         statuses.push(status);
     }
     statuses.sort_unstable();
-    let mut want = vec![408; authgate::server::CEREMONIES_PER_CONNECTION];
+    let mut want = vec![408; authgate::limits::CEREMONIES_PER_CONNECTION];
     want.push(429);
     assert_eq!(statuses, want);
     drop(streams);
@@ -3452,14 +3452,14 @@ async fn idle_sockets_cannot_keep_a_proxy_out() {
     let server = TestServer::start(&hs256_config("")).await;
     let token = mint(Algorithm::HS256, SECRET, claims_for("alice"), None);
     let mut silent = Vec::new();
-    for _ in 0..authgate::server::GRPC_MAX_CONNECTIONS {
+    for _ in 0..authgate::limits::GRPC_MAX_CONNECTIONS {
         silent.push(
             tokio::net::TcpStream::connect(server.running.grpc_addr)
                 .await
                 .unwrap(),
         );
     }
-    for _ in 0..authgate::server::HTTP_MAX_CONNECTIONS {
+    for _ in 0..authgate::limits::HTTP_MAX_CONNECTIONS {
         silent.push(
             tokio::net::TcpStream::connect(server.running.http_addr)
                 .await

@@ -1292,7 +1292,7 @@ fn decision_timeout_setting_defaults_and_validation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_limit_bounds_the_pipeline_per_front_door() {
     watch_panics();
-    assert_eq!(authgate::server::MAX_CONCURRENT_REQUESTS, 1024);
+    assert_eq!(authgate::limits::MAX_CONCURRENT_REQUESTS, 1024);
     let (addr, hook) = start_hook().await;
     let cfg = format!(
         "definition:\n  settings: {{decisionTimeout: 4}}\n  modes:\n    - mode: apiKey\n      tokenLocation: {{in: header, name: X-Key}}\n      value: {{value: k}}\n      sessionVariables: {{x-hasura-role: {{value: service}}}}\n    - mode: webhook\n      url: {{value: \"http://{addr}/hang\"}}\n      method: GET\n      httpClient: {{timeout: 60s}}\n"
