@@ -66,15 +66,65 @@ fn outcome_index(reason: Option<DenyReason>) -> usize {
     }
 }
 
-pub const ELEVATION_FAILURE_REASONS: [&str; 5] = [
-    "missing",
-    "mismatch",
-    "expired",
-    "invalid_grant",
-    "ceremony_failed",
-];
-pub const CEREMONY_STEPS: [&str; 3] = ["begin", "verify", "register"];
-pub const RESULTS_OK_ERROR: [&str; 2] = ["ok", "error"];
+/// `authgate_elevation_failures_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElevationFailure {
+    /// No grant, or no elevation where it was needed.
+    Missing,
+    /// A grant for another user or access token.
+    Mismatch,
+    Expired,
+    InvalidGrant,
+    /// A WebAuthn ceremony step failed.
+    CeremonyFailed,
+}
+
+impl ElevationFailure {
+    pub const ALL: [ElevationFailure; 5] = [
+        ElevationFailure::Missing,
+        ElevationFailure::Mismatch,
+        ElevationFailure::Expired,
+        ElevationFailure::InvalidGrant,
+        ElevationFailure::CeremonyFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ElevationFailure::Missing => "missing",
+            ElevationFailure::Mismatch => "mismatch",
+            ElevationFailure::Expired => "expired",
+            ElevationFailure::InvalidGrant => "invalid_grant",
+            ElevationFailure::CeremonyFailed => "ceremony_failed",
+        }
+    }
+}
+
+/// `authgate_elevation_ceremonies_total{step}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CeremonyStep {
+    /// Options handed out (registration or authentication).
+    Begin,
+    /// An assertion checked (elevation).
+    Verify,
+    /// A registration checked.
+    Register,
+}
+
+impl CeremonyStep {
+    pub const ALL: [CeremonyStep; 3] = [
+        CeremonyStep::Begin,
+        CeremonyStep::Verify,
+        CeremonyStep::Register,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CeremonyStep::Begin => "begin",
+            CeremonyStep::Verify => "verify",
+            CeremonyStep::Register => "register",
+        }
+    }
+}
 
 const JWK_LOOKUPS_HELP: &str = "Key lookups for a token's kid in a JWKS, by key source and result.";
 const JWKS_FETCHES_HELP: &str = "JWKS fetches, by key source and result.";
@@ -107,8 +157,10 @@ pub struct Metrics {
     jwks_last_success: GaugeVec,
     pub token_cache_hit: IntCounter,
     pub token_cache_miss: IntCounter,
-    pub elevation_failures: IntCounterVec,
-    pub elevation_ceremonies: IntCounterVec,
+    /// By [`ElevationFailure`], in `ALL` order.
+    elevation_failures: Vec<IntCounter>,
+    /// By [`CeremonyStep`] in `ALL` order, then ok, error.
+    elevation_ceremonies: Vec<[IntCounter; 2]>,
     /// Failed operations on the security-key store.
     pub elevation_store_errors: IntCounter,
     pub config_reload_ok: IntCounter,
@@ -260,20 +312,22 @@ impl Metrics {
             "Requests refused or ceremonies failed for elevated access, by reason.",
             &["reason"],
         );
-        for r in ELEVATION_FAILURE_REASONS {
-            elevation_failures.with_label_values(&[r]);
-        }
+        let elevation_failures = ElevationFailure::ALL
+            .iter()
+            .map(|r| elevation_failures.with_label_values(&[r.as_str()]))
+            .collect();
         let elevation_ceremonies = counter_vec(
             &registry,
             "authgate_elevation_ceremonies_total",
             "WebAuthn ceremonies, by step and result.",
             &["step", "result"],
         );
-        for s in CEREMONY_STEPS {
-            for r in RESULTS_OK_ERROR {
-                elevation_ceremonies.with_label_values(&[s, r]);
-            }
-        }
+        let elevation_ceremonies = CeremonyStep::ALL
+            .iter()
+            .map(|s| {
+                ["ok", "error"].map(|r| elevation_ceremonies.with_label_values(&[s.as_str(), r]))
+            })
+            .collect();
         let elevation_store_errors = IntCounter::new(
             "authgate_elevation_store_errors_total",
             "Operations on the security-key store that failed (unreachable, timed out, corrupt data); each was answered internal_error.",
@@ -354,6 +408,23 @@ impl Metrics {
         }
         if let Some(h) = self.durations.get(frontend as usize) {
             h.observe(seconds);
+        }
+    }
+
+    pub fn elevation_failure(&self, reason: ElevationFailure) {
+        if let Some(i) = ElevationFailure::ALL.iter().position(|r| *r == reason) {
+            self.elevation_failures[i].inc();
+        }
+    }
+
+    /// Counts a ceremony step; a failed one is also an elevation failure
+    /// (`ceremony_failed`).
+    pub fn ceremony(&self, step: CeremonyStep, ok: bool) {
+        if let Some(i) = CeremonyStep::ALL.iter().position(|s| *s == step) {
+            self.elevation_ceremonies[i][usize::from(!ok)].inc();
+        }
+        if !ok {
+            self.elevation_failure(ElevationFailure::CeremonyFailed);
         }
     }
 

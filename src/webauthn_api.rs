@@ -1,6 +1,7 @@
-//! The WebAuthn step-up endpoints (docs/elevation.md) on the HTTP address. Every call
-//! needs a valid access token, checked by the same pipeline as a Check; the
-//! JSON follows what browsers produce (`PublicKeyCredential.toJSON()`).
+//! The WebAuthn step-up endpoints (docs/elevation.md) on the HTTP address:
+//! HTTP in and out around [`crate::elevation::ceremony`]. Every call needs
+//! a valid access token, checked by the same pipeline as a Check; the JSON
+//! follows what browsers produce (`PublicKeyCredential.toJSON()`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,23 +13,16 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use uuid::Uuid;
-use webauthn_rs::prelude::{
-    CreationChallengeResponse, PublicKeyCredential, RegisterPublicKeyCredential, SecurityKey,
-    SecurityKeyAuthentication, SecurityKeyRegistration, WebauthnError,
-};
+use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential};
 
-use crate::clock::unix_now;
 use crate::decision::{Decision, DenyReason};
-use crate::elevation::Elevation;
-use crate::elevation::ElevationMode;
-use crate::pipeline::Identity;
+use crate::elevation::ceremony::{Caller, Ceremonies, CeremonyError};
+pub use crate::elevation::ceremony::{challenge_of, user_handle};
+use crate::pipeline::Engine;
 use crate::request::Request;
 use crate::state::Shared;
-use crate::store::{ChallengeKind, PendingChallenge, StoreError, StoredKey};
 
 pub fn router() -> Router<Arc<Shared>> {
     Router::new()
@@ -44,52 +38,58 @@ fn api_error(status: StatusCode, error: &str, message: &str) -> Response {
     (status, Json(json!({"error": error, "message": message}))).into_response()
 }
 
-fn store_error(elevation: &Elevation, e: StoreError) -> Response {
-    elevation.store_failed(&e);
-    crate::http::render(&Decision::deny(DenyReason::InternalError, None))
+/// A refused ceremony call as HTTP: store failures and missing elevation
+/// are the denials a Check gives; the others a JSON error a user can act
+/// on, with the `cause` of a refused credential.
+fn refused(e: CeremonyError) -> Response {
+    let status = match &e {
+        CeremonyError::Store(_) => {
+            return crate::http::render(&Decision::deny(DenyReason::InternalError, None));
+        }
+        CeremonyError::ElevationRequired => {
+            return crate::http::render(&Decision::deny(DenyReason::ElevationRequired, None));
+        }
+        CeremonyError::NotConfigured | CeremonyError::NotFound => StatusCode::NOT_FOUND,
+        CeremonyError::UserRequired | CeremonyError::TokenRequired => StatusCode::FORBIDDEN,
+        CeremonyError::InvalidRequest(_)
+        | CeremonyError::NoSecurityKey
+        | CeremonyError::CannotStart(_)
+        | CeremonyError::InvalidChallenge => StatusCode::BAD_REQUEST,
+        CeremonyError::CredentialExists => StatusCode::CONFLICT,
+        CeremonyError::KeyGone | CeremonyError::TokenExpiring => StatusCode::UNAUTHORIZED,
+        CeremonyError::Refused(_) => match e.cause() {
+            Some("credential_exists") => StatusCode::CONFLICT,
+            Some("malformed_credential" | "unsupported_key") => StatusCode::BAD_REQUEST,
+            _ => StatusCode::UNAUTHORIZED,
+        },
+    };
+    let mut body = json!({"error": e.code(), "message": e.message()});
+    if let Some(cause) = e.cause() {
+        body["cause"] = json!(cause);
+    }
+    (status, Json(body)).into_response()
 }
 
-/// The WebAuthn user handle: the user id when it is a UUID, else a stable
-/// name-based UUID (v5) of it.
-pub fn user_handle(user: &str) -> Uuid {
-    Uuid::parse_str(user).unwrap_or_else(|_| {
-        Uuid::new_v5(
-            &Uuid::NAMESPACE_URL,
-            format!("urn:authgate:user:{user}").as_bytes(),
-        )
-    })
-}
-
-/// The caller, verified; or the response that refuses them.
-struct Caller {
-    elevation: Arc<Elevation>,
-    webauthn: Arc<webauthn_rs::Webauthn>,
-    identity: Identity,
-    user: String,
-}
-
+/// The caller, identified by the pipeline, with the current engine (whose
+/// elevation stage the ceremony uses); or the response that refuses them.
 async fn caller(
     shared: &Shared,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     peer: SocketAddr,
-) -> Result<Caller, Response> {
+) -> Result<(Arc<Engine>, Caller), Response> {
     let engine = shared.engine();
-    let Some(elevation) = engine.elevation().cloned() else {
+    let Some(elevation) = engine.elevation() else {
         return Err(api_error(
             StatusCode::NOT_FOUND,
             "not_found",
             "elevated access is not configured",
         ));
     };
-    let Some(webauthn) = elevation.webauthn.clone() else {
-        return Err(api_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "WebAuthn is not configured",
-        ));
-    };
+    if elevation.webauthn.is_none() {
+        return Err(refused(CeremonyError::NotConfigured));
+    }
     let req = Request {
         headers: crate::http::headers_of(headers),
         method: method.as_str().to_owned(),
@@ -102,174 +102,14 @@ async fn caller(
         .identify(&req)
         .await
         .map_err(|d| crate::http::render(&d))?;
-    let Some(user) = identity.user_id.clone() else {
-        return Err(api_error(
-            StatusCode::FORBIDDEN,
-            "user_required",
-            "a user session is required",
-        ));
-    };
-    Ok(Caller {
-        elevation,
-        webauthn,
-        identity,
-        user,
-    })
+    let caller = Caller::of(identity).map_err(refused)?;
+    Ok((engine, caller))
 }
 
-fn elevation_required(shared: &Shared, reason: &str) -> Response {
-    shared
-        .metrics
-        .elevation_failures
-        .with_label_values(&[reason])
-        .inc();
-    crate::http::render(&Decision::deny(DenyReason::ElevationRequired, None))
-}
-
-fn ceremony(shared: &Shared, step: &str, ok: bool) {
-    shared
-        .metrics
-        .elevation_ceremonies
-        .with_label_values(&[step, if ok { "ok" } else { "error" }])
-        .inc();
-    if !ok {
-        shared
-            .metrics
-            .elevation_failures
-            .with_label_values(&["ceremony_failed"])
-            .inc();
-    }
-}
-
-/// Adding a key follows the mode (nhost): the first key is free; later ones
-/// need elevation unless elevation is disabled.
-async fn may_add_key(c: &Caller) -> Result<bool, Response> {
-    let count = c
-        .elevation
-        .store
-        .count_keys(&c.user)
-        .await
-        .map_err(|e| store_error(&c.elevation, e))?;
-    Ok(count == 0 || c.identity.elevated || c.elevation.cfg.mode == ElevationMode::Disabled)
-}
-
-/// Makes webauthn-rs' security-key registration options acceptable to
-/// browsers. webauthn-rs asks for the credProtect extension with
-/// `userVerificationRequired` while it asks for user verification only as
-/// `preferred`; Chromium refuses that pair before it asks the authenticator
-/// ("Requested protection policy is inconsistent or incongruent with other
-/// requested parameters", kanidm/webauthn-rs#490). authgate does not
-/// require user verification (a PIN-less key can step up, as with nhost),
-/// so the extension goes: a key then keeps its default protection. The
-/// registration state still says it was asked for, and webauthn-rs does
-/// not require the extension's output, so the ceremony verifies the same.
-/// docs/elevation.md ("User verification").
-pub fn consistent_registration_options(options: &mut CreationChallengeResponse) {
-    if let Some(ext) = options.public_key.extensions.as_mut() {
-        ext.cred_protect = None;
-    }
-}
-
-/// Why a ceremony failed, told so that a user or an operator can act on
-/// it. A cause names what did not match, never a value the client could
-/// not see anyway (the configured origins are not echoed).
-pub fn failure_cause(e: &WebauthnError) -> (StatusCode, &'static str, &'static str) {
-    use WebauthnError as E;
-    match e {
-        E::InvalidRPOrigin | E::CredentialCrossOrigin => (
-            StatusCode::UNAUTHORIZED,
-            "origin_mismatch",
-            "the page's origin is not allowed for this relying party (webauthn.origins)",
-        ),
-        E::InvalidRPIDHash => (
-            StatusCode::UNAUTHORIZED,
-            "rp_id_mismatch",
-            "the security key answered for another relying party ID (webauthn.rpId)",
-        ),
-        E::UserNotPresent => (
-            StatusCode::UNAUTHORIZED,
-            "user_not_present",
-            "the security key did not confirm the user's presence (touch)",
-        ),
-        E::UserNotVerified => (
-            StatusCode::UNAUTHORIZED,
-            "user_not_verified",
-            "the security key did not verify the user (PIN or biometric), which this key requires",
-        ),
-        E::AuthenticationFailure | E::SignatureInvalid => (
-            StatusCode::UNAUTHORIZED,
-            "bad_signature",
-            "the security key's signature did not verify",
-        ),
-        E::MismatchedChallenge => (
-            StatusCode::UNAUTHORIZED,
-            "challenge_mismatch",
-            "the credential answers another challenge",
-        ),
-        E::InvalidClientDataType => (
-            StatusCode::UNAUTHORIZED,
-            "wrong_ceremony",
-            "the credential was made for the other ceremony (registration or authentication)",
-        ),
-        E::CredentialNotFound => (
-            StatusCode::UNAUTHORIZED,
-            "unknown_credential",
-            "this security key is not registered for the user",
-        ),
-        E::CredentialExcludedFromRequest | E::CredentialAlreadyExists => (
-            StatusCode::CONFLICT,
-            "credential_exists",
-            "this security key is already registered",
-        ),
-        E::ParseBase64Failure(_)
-        | E::ParseCBORFailure(_)
-        | E::ParseJSONFailure(_)
-        | E::ParseNOMFailure
-        | E::ParseInsufficientBytesAvailable
-        | E::MissingAttestationCredentialData
-        | E::AuthenticatorDataMissingExtension
-        | E::InvalidExtensions => (
-            StatusCode::BAD_REQUEST,
-            "malformed_credential",
-            "the credential could not be parsed",
-        ),
-        E::COSEKeyInvalidCBORValue
-        | E::COSEKeyInvalidType
-        | E::COSEKeyEDUnsupported
-        | E::COSEKeyECDSAXYInvalid
-        | E::COSEKeyRSANEInvalid
-        | E::COSEKeyECDSAInvalidCurve
-        | E::COSEKeyEDDSAXInvalid
-        | E::COSEKeyEDDSAInvalidCurve
-        | E::COSEKeyInvalidAlgorithm
-        | E::CredentialAlteredAlgFromRequest
-        | E::CredentialInsecureCryptography => (
-            StatusCode::BAD_REQUEST,
-            "unsupported_key",
-            "the security key's public key or algorithm is not supported",
-        ),
-        _ => (
-            StatusCode::UNAUTHORIZED,
-            "ceremony_failed",
-            "the security key could not be verified",
-        ),
-    }
-}
-
-/// `{"error": "ceremony_failed", "cause": ..., "message": ...}`; a key
-/// registered already is `credential_exists`, as when the store finds it.
-fn ceremony_failed(e: &WebauthnError) -> Response {
-    let (status, cause, message) = failure_cause(e);
-    let error = if cause == "credential_exists" {
-        "credential_exists"
-    } else {
-        "ceremony_failed"
-    };
-    (
-        status,
-        Json(json!({"error": error, "cause": cause, "message": message})),
-    )
-        .into_response()
+/// The engine's ceremonies.
+fn ceremonies<'a>(shared: &'a Shared, engine: &'a Engine) -> Result<Ceremonies<'a>, CeremonyError> {
+    let elevation = engine.elevation().ok_or(CeremonyError::NotConfigured)?;
+    Ceremonies::of(elevation, &shared.metrics)
 }
 
 /// A malformed request (400), small enough to travel in a `Result`.
@@ -303,12 +143,20 @@ pub fn nickname_of(v: &Value) -> Result<Option<String>, BadRequest> {
     }
 }
 
-/// The challenge a credential answers, from its clientDataJSON.
-pub fn challenge_of(client_data_json: &[u8]) -> Option<String> {
-    let v: Value = serde_json::from_slice(client_data_json).ok()?;
-    let c = v.get("challenge")?.as_str()?;
-    let bytes = URL_SAFE_NO_PAD.decode(c.trim_end_matches('=')).ok()?;
-    Some(URL_SAFE_NO_PAD.encode(bytes))
+/// The body's `credential`, as `what` (a WebAuthn JSON type).
+fn credential_of<T: DeserializeOwned>(body: &Value, what: &'static str) -> Result<T, BadRequest> {
+    match body.get("credential").map(|v| T::deserialize(v)) {
+        Some(Ok(c)) => Ok(c),
+        _ => Err(BadRequest(what)),
+    }
+}
+
+/// Answers `result` as JSON.
+fn answer<T: serde::Serialize>(result: Result<T, CeremonyError>) -> Response {
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => refused(e),
+    }
 }
 
 async fn add_begin(
@@ -319,66 +167,19 @@ async fn add_begin(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let c = match caller(&shared, &method, &uri, &headers, peer).await {
+    let (engine, caller) = match caller(&shared, &method, &uri, &headers, peer).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let body = match parse_body(&body) {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
+    let c = match ceremonies(&shared, &engine) {
+        Ok(c) => c,
+        Err(e) => return refused(e),
     };
-    let nickname = match nickname_of(&body) {
+    let nickname = match parse_body(&body).and_then(|b| nickname_of(&b)) {
         Ok(n) => n,
         Err(e) => return e.into_response(),
     };
-    match may_add_key(&c).await {
-        Ok(true) => {}
-        Ok(false) => return elevation_required(&shared, "missing"),
-        Err(r) => return r,
-    }
-    let existing = match c.elevation.store.list_keys(&c.user).await {
-        Ok(k) => k,
-        Err(e) => return store_error(&c.elevation, e),
-    };
-    let exclude = existing
-        .iter()
-        .filter(|k| !k.id.starts_with("nhost:"))
-        .map(|k| k.credential_id.clone())
-        .collect();
-    let started = c.webauthn.start_securitykey_registration(
-        user_handle(&c.user),
-        &c.user,
-        &c.user,
-        Some(exclude),
-        None,
-        None,
-    );
-    let (mut options, state) = match started {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot start a WebAuthn registration");
-            ceremony(&shared, "begin", false);
-            return api_error(
-                StatusCode::BAD_REQUEST,
-                "ceremony_failed",
-                "cannot start the registration",
-            );
-        }
-    };
-    consistent_registration_options(&mut options);
-    let challenge = URL_SAFE_NO_PAD.encode(&options.public_key.challenge);
-    let pending = PendingChallenge {
-        challenge,
-        user_id: c.user.clone(),
-        kind: ChallengeKind::Register,
-        state: json!({"registration": state, "nickname": nickname}),
-        expires_at: unix_now() + c.elevation.cfg.challenge_ttl.as_secs() as i64,
-    };
-    if let Err(e) = c.elevation.store.put_challenge(&pending).await {
-        return store_error(&c.elevation, e);
-    }
-    ceremony(&shared, "begin", true);
-    Json(options).into_response()
+    answer(c.add_begin(&caller, nickname).await)
 }
 
 async fn add_finish(
@@ -389,115 +190,25 @@ async fn add_finish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let c = match caller(&shared, &method, &uri, &headers, peer).await {
+    let (engine, caller) = match caller(&shared, &method, &uri, &headers, peer).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let body = match parse_body(&body) {
-        Ok(b) => b,
+    let c = match ceremonies(&shared, &engine) {
+        Ok(c) => c,
+        Err(e) => return refused(e),
+    };
+    let parsed = parse_body(&body).and_then(|b| {
+        let credential: RegisterPublicKeyCredential =
+            credential_of(&b, "`credential` must be a RegistrationResponseJSON")?;
+        Ok((credential, nickname_of(&b)?))
+    });
+    let (credential, nickname) = match parsed {
+        Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let Some(Ok(credential)) = body
-        .get("credential")
-        .map(|v| serde_json::from_value::<RegisterPublicKeyCredential>(v.clone()))
-    else {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "`credential` must be a RegistrationResponseJSON",
-        );
-    };
-    let nickname = match nickname_of(&body) {
-        Ok(n) => n,
-        Err(e) => return e.into_response(),
-    };
-    match may_add_key(&c).await {
-        Ok(true) => {}
-        Ok(false) => return elevation_required(&shared, "missing"),
-        Err(r) => return r,
-    }
-    let Some(challenge) = challenge_of(&credential.response.client_data_json) else {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "clientDataJSON has no challenge",
-        );
-    };
-    let pending = match c
-        .elevation
-        .store
-        .take_challenge(&challenge, &c.user, ChallengeKind::Register, unix_now())
-        .await
-    {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            ceremony(&shared, "register", false);
-            return api_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_challenge",
-                "unknown, used or expired challenge",
-            );
-        }
-        Err(e) => return store_error(&c.elevation, e),
-    };
-    let Ok(state) =
-        serde_json::from_value::<SecurityKeyRegistration>(pending.state["registration"].clone())
-    else {
-        return store_error(
-            &c.elevation,
-            StoreError::Corrupt("registration state".into()),
-        );
-    };
-    let key = match c
-        .webauthn
-        .finish_securitykey_registration(&credential, &state)
-    {
-        Ok(k) => k,
-        Err(e) => {
-            tracing::info!(error = %e, "WebAuthn registration refused");
-            ceremony(&shared, "register", false);
-            return ceremony_failed(&e);
-        }
-    };
-    let nickname = nickname.or_else(|| pending.state["nickname"].as_str().map(str::to_owned));
-    let stored = StoredKey {
-        id: Uuid::new_v4().to_string(),
-        user_id: c.user.clone(),
-        credential_id: key.cred_id().to_vec(),
-        nickname: nickname.clone(),
-        credential: match serde_json::to_value(&key) {
-            Ok(v) => v,
-            Err(_) => return store_error(&c.elevation, StoreError::Corrupt("credential".into())),
-        },
-        counter: 0,
-        created_at: unix_now(),
-    };
-    match c.elevation.store.add_key(&stored).await {
-        Ok(()) => {}
-        Err(StoreError::Conflict) => {
-            ceremony(&shared, "register", false);
-            return api_error(
-                StatusCode::CONFLICT,
-                "credential_exists",
-                "this security key is already registered",
-            );
-        }
-        Err(e) => return store_error(&c.elevation, e),
-    }
-    c.elevation.invalidate(&c.user);
-    ceremony(&shared, "register", true);
-    Json(json!({"id": stored.id, "nickname": nickname})).into_response()
-}
-
-fn security_keys(keys: &[StoredKey]) -> Vec<(String, SecurityKey)> {
-    keys.iter()
-        .filter_map(|k| {
-            Some((
-                k.id.clone(),
-                serde_json::from_value(k.credential.clone()).ok()?,
-            ))
-        })
-        .collect()
+    let added = c.add_finish(&caller, &credential, nickname).await;
+    answer(added.map(|k| json!({"id": k.id, "nickname": k.nickname})))
 }
 
 async fn elevate_begin(
@@ -508,50 +219,18 @@ async fn elevate_begin(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let c = match caller(&shared, &method, &uri, &headers, peer).await {
+    let (engine, caller) = match caller(&shared, &method, &uri, &headers, peer).await {
         Ok(c) => c,
         Err(r) => return r,
+    };
+    let c = match ceremonies(&shared, &engine) {
+        Ok(c) => c,
+        Err(e) => return refused(e),
     };
     if let Err(e) = parse_body(&body) {
         return e.into_response();
     }
-    let keys = match c.elevation.store.list_keys(&c.user).await {
-        Ok(k) => security_keys(&k),
-        Err(e) => return store_error(&c.elevation, e),
-    };
-    if keys.is_empty() {
-        ceremony(&shared, "begin", false);
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "no_security_key",
-            "register a security key first",
-        );
-    }
-    let creds: Vec<SecurityKey> = keys.into_iter().map(|(_, k)| k).collect();
-    let (options, state) = match c.webauthn.start_securitykey_authentication(&creds) {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot start a WebAuthn authentication");
-            ceremony(&shared, "begin", false);
-            return api_error(
-                StatusCode::BAD_REQUEST,
-                "ceremony_failed",
-                "cannot start the challenge",
-            );
-        }
-    };
-    let pending = PendingChallenge {
-        challenge: URL_SAFE_NO_PAD.encode(&options.public_key.challenge),
-        user_id: c.user.clone(),
-        kind: ChallengeKind::Authenticate,
-        state: json!({"authentication": state}),
-        expires_at: unix_now() + c.elevation.cfg.challenge_ttl.as_secs() as i64,
-    };
-    if let Err(e) = c.elevation.store.put_challenge(&pending).await {
-        return store_error(&c.elevation, e);
-    }
-    ceremony(&shared, "begin", true);
-    Json(options).into_response()
+    answer(c.elevate_begin(&caller).await)
 }
 
 async fn elevate_finish(
@@ -562,119 +241,25 @@ async fn elevate_finish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let c = match caller(&shared, &method, &uri, &headers, peer).await {
+    let (engine, caller) = match caller(&shared, &method, &uri, &headers, peer).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let Some(token) = c.identity.token.clone() else {
-        return api_error(
-            StatusCode::FORBIDDEN,
-            "token_required",
-            "elevation grants bind to a bearer access token",
-        );
+    let c = match ceremonies(&shared, &engine) {
+        Ok(c) => c,
+        Err(e) => return refused(e),
     };
-    let body = match parse_body(&body) {
-        Ok(b) => b,
+    if let Err(e) = caller.bearer() {
+        return refused(e);
+    }
+    let credential: PublicKeyCredential = match parse_body(&body)
+        .and_then(|b| credential_of(&b, "`credential` must be an AuthenticationResponseJSON"))
+    {
+        Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let Some(Ok(credential)) = body
-        .get("credential")
-        .map(|v| serde_json::from_value::<PublicKeyCredential>(v.clone()))
-    else {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "`credential` must be an AuthenticationResponseJSON",
-        );
-    };
-    let Some(challenge) = challenge_of(&credential.response.client_data_json) else {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "clientDataJSON has no challenge",
-        );
-    };
-    let pending = match c
-        .elevation
-        .store
-        .take_challenge(&challenge, &c.user, ChallengeKind::Authenticate, unix_now())
-        .await
-    {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            ceremony(&shared, "verify", false);
-            return api_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_challenge",
-                "unknown, used or expired challenge",
-            );
-        }
-        Err(e) => return store_error(&c.elevation, e),
-    };
-    let Ok(state) = serde_json::from_value::<SecurityKeyAuthentication>(
-        pending.state["authentication"].clone(),
-    ) else {
-        return store_error(
-            &c.elevation,
-            StoreError::Corrupt("authentication state".into()),
-        );
-    };
-    let result = match c
-        .webauthn
-        .finish_securitykey_authentication(&credential, &state)
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::info!(error = %e, "WebAuthn assertion refused");
-            ceremony(&shared, "verify", false);
-            return ceremony_failed(&e);
-        }
-    };
-    // Persist the new signature counter.
-    let keys = match c.elevation.store.list_keys(&c.user).await {
-        Ok(k) => security_keys(&k),
-        Err(e) => return store_error(&c.elevation, e),
-    };
-    let Some((id, mut key)) = keys
-        .into_iter()
-        .find(|(_, k)| k.cred_id() == result.cred_id())
-    else {
-        ceremony(&shared, "verify", false);
-        return api_error(
-            StatusCode::UNAUTHORIZED,
-            "ceremony_failed",
-            "the security key is no longer registered",
-        );
-    };
-    if key.update_credential(&result).is_some() {
-        let value = serde_json::to_value(&key).unwrap_or(Value::Null);
-        if let Err(e) = c
-            .elevation
-            .store
-            .update_key(&id, &value, result.counter())
-            .await
-        {
-            return store_error(&c.elevation, e);
-        }
-    }
-    let now = unix_now();
-    match c.elevation.grants.mint(
-        &c.user,
-        &token.raw,
-        token.exp,
-        c.elevation.cfg.grant.ttl,
-        now,
-    ) {
-        Ok((grant, expires_in)) => {
-            ceremony(&shared, "verify", true);
-            Json(json!({"elevationToken": grant, "expiresIn": expires_in})).into_response()
-        }
-        Err(_) => api_error(
-            StatusCode::UNAUTHORIZED,
-            "token_expiring",
-            "the access token is about to expire",
-        ),
-    }
+    let grant = c.elevate_finish(&caller, &credential).await;
+    answer(grant.map(|g| json!({"elevationToken": g.token, "expiresIn": g.expires_in})))
 }
 
 fn rfc3339(ts: i64) -> String {
@@ -694,20 +279,23 @@ async fn list_keys(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let c = match caller(&shared, &method, &uri, &headers, peer).await {
+    let (engine, caller) = match caller(&shared, &method, &uri, &headers, peer).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    match c.elevation.store.list_keys(&c.user).await {
-        Ok(keys) => Json(json!({
+    let c = match ceremonies(&shared, &engine) {
+        Ok(c) => c,
+        Err(e) => return refused(e),
+    };
+    let keys = c.list(&caller).await;
+    answer(keys.map(|keys| {
+        json!({
             "keys": keys
                 .iter()
                 .map(|k| json!({"id": k.id, "nickname": k.nickname, "createdAt": rfc3339(k.created_at)}))
                 .collect::<Vec<_>>()
-        }))
-        .into_response(),
-        Err(e) => store_error(&c.elevation, e),
-    }
+        })
+    }))
 }
 
 async fn delete_key(
@@ -718,21 +306,17 @@ async fn delete_key(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let c = match caller(&shared, &method, &uri, &headers, peer).await {
+    let (engine, caller) = match caller(&shared, &method, &uri, &headers, peer).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    // Removing a key always requires elevation (nhost), whatever the mode.
-    if !c.identity.elevated {
-        return elevation_required(&shared, "missing");
-    }
-    match c.elevation.store.delete_key(&c.user, &id).await {
-        Ok(true) => {
-            c.elevation.invalidate(&c.user);
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Ok(false) => api_error(StatusCode::NOT_FOUND, "not_found", "no such security key"),
-        Err(e) => store_error(&c.elevation, e),
+    let c = match ceremonies(&shared, &engine) {
+        Ok(c) => c,
+        Err(e) => return refused(e),
+    };
+    match c.delete(&caller, &id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => refused(e),
     }
 }
 

@@ -344,11 +344,8 @@ impl Engine {
         match must {
             Ok(false) => {}
             Ok(true) => {
-                let label = grant_error.unwrap_or(GrantError::Missing).label();
                 self.metrics
-                    .elevation_failures
-                    .with_label_values(&[label])
-                    .inc();
+                    .elevation_failure(grant_error.unwrap_or(GrantError::Missing).into());
                 return Decision::deny(DenyReason::ElevationRequired, Some(auth.mode.clone()));
             }
             Err(reason) => return Decision::deny(reason, Some(auth.mode.clone())),

@@ -6,6 +6,8 @@
 //! it dies with that token: renewing the access token ends the elevation, as
 //! nhost's claim does.
 
+pub mod ceremony;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::decision::DenyReason;
 use crate::keys::VerifyKey;
+use crate::metrics::ElevationFailure;
 use crate::redact::Secret;
 use crate::request::{Place, Request, TokenLocation};
 use crate::route::{self, Route};
@@ -113,14 +116,13 @@ pub enum GrantError {
     Mismatch,
 }
 
-impl GrantError {
-    /// `authgate_elevation_failures_total{reason}`.
-    pub fn label(self) -> &'static str {
-        match self {
-            GrantError::Missing => "missing",
-            GrantError::Invalid => "invalid_grant",
-            GrantError::Expired => "expired",
-            GrantError::Mismatch => "mismatch",
+impl From<GrantError> for ElevationFailure {
+    fn from(e: GrantError) -> Self {
+        match e {
+            GrantError::Missing => ElevationFailure::Missing,
+            GrantError::Invalid => ElevationFailure::InvalidGrant,
+            GrantError::Expired => ElevationFailure::Expired,
+            GrantError::Mismatch => ElevationFailure::Mismatch,
         }
     }
 }
