@@ -6,8 +6,10 @@
 //! expressions compile, keys parse, URLs parse, environment references
 //! resolve. A `Config` that exists is one that can serve.
 
+mod duration;
 pub mod elevation;
 pub mod env;
+mod http_client;
 pub mod reader;
 pub mod webhook;
 

@@ -2,11 +2,11 @@
 //! `config` reads it).
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use super::GoTemplate;
 use crate::request::TokenLocation;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,16 +40,6 @@ pub enum FieldMapping {
         path: Option<jmespath::Expression<'static>>,
         default: Option<Value>,
     },
-}
-
-/// A parsed Go template (`gotmpl`).
-#[derive(Clone)]
-pub struct GoTemplate(pub Arc<gtmpl::Template>);
-
-impl fmt::Debug for GoTemplate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("GoTemplate")
-    }
 }
 
 #[derive(Debug, Clone)]

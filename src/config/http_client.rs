@@ -1,0 +1,458 @@
+//! A hook's `client` block: timeouts, TLS (CA bundle, client certificate),
+//! retries and how authgate authenticates itself to the hook.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::duration::duration;
+use super::env::{Env, env_any, env_string};
+use super::reader::{Diagnostics, Obj, YamlPath, as_str, as_str_list, type_name};
+use super::token_location;
+use crate::request::{Place, TokenLocation};
+use crate::webhook::{HookAuth, HttpClientOptions};
+
+fn env_bool(d: &mut Diagnostics, env: &dyn Env, path: &YamlPath, v: &Value) -> Option<bool> {
+    match v {
+        Value::Bool(b) => Some(*b),
+        _ => match env_any(d, env, path, v)? {
+            Value::Bool(b) => Some(b),
+            Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
+            Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
+            other => {
+                d.error(
+                    path,
+                    format!("expected true or false, found {}", type_name(&other)),
+                );
+                None
+            }
+        },
+    }
+}
+
+fn pem_sources(
+    d: &mut Diagnostics,
+    env: &dyn Env,
+    o: &mut Obj<'_>,
+    file_key: &str,
+    pem_key: &str,
+    out: &mut Vec<String>,
+) -> bool {
+    let mut ok = true;
+    for (key, is_file) in [(file_key, true), (pem_key, false)] {
+        let Some((p, v)) = o.get(key) else { continue };
+        let items: Vec<(YamlPath, &Value)> = match v {
+            Value::Array(a) => a.iter().enumerate().map(|(i, v)| (p.index(i), v)).collect(),
+            other => vec![(p.clone(), other)],
+        };
+        for (ip, iv) in items {
+            let text = match iv {
+                Value::String(s) => Some(s.clone()),
+                other => env_string(d, env, &ip, other),
+            };
+            let Some(text) = text else {
+                ok = false;
+                continue;
+            };
+            if is_file {
+                match std::fs::read_to_string(&text) {
+                    Ok(pem) => out.push(pem),
+                    Err(e) => {
+                        d.error(&ip, format!("cannot read {text}: {e}"));
+                        ok = false;
+                    }
+                }
+            } else {
+                out.push(text);
+            }
+        }
+    }
+    ok
+}
+
+pub(super) fn http_client(
+    d: &mut Diagnostics,
+    env: &dyn Env,
+    path: YamlPath,
+    v: &Value,
+) -> Option<HttpClientOptions> {
+    let mut opts = HttpClientOptions::default();
+    let mut o = Obj::open(d, path.clone(), v)?;
+    let mut ok = true;
+    if let Some((p, v)) = o.get("timeout") {
+        match duration(d, &p, v) {
+            Some(t) if !t.is_zero() => opts.timeout = t,
+            Some(_) => {}
+            None => ok = false,
+        }
+    }
+    if let Some((p, v)) = o.get("transport")
+        && let Some(mut t) = Obj::open(d, p.clone(), v)
+    {
+        if let Some((dp, dv)) = t.get("dialer")
+            && let Some(mut dialer) = Obj::open(d, dp, dv)
+        {
+            if let Some((tp, tv)) = dialer.get("timeout") {
+                match duration(d, &tp, tv) {
+                    Some(x) if !x.is_zero() => opts.connect_timeout = x,
+                    Some(_) => {}
+                    None => ok = false,
+                }
+            }
+            let no_effect = [
+                "keepAlive",
+                "keepAliveEnabled",
+                "keepAliveInterval",
+                "keepAliveIdle",
+                "keepAliveCount",
+                "fallbackDelay",
+            ];
+            dialer.no_effect(d, &no_effect, "");
+            let mut known = vec!["timeout"];
+            known.extend(no_effect);
+            dialer.finish(d, &known);
+        }
+        if let Some((ip, iv)) = t.get("idleConnTimeout") {
+            opts.pool_idle_timeout = duration(d, &ip, iv);
+        }
+        if let Some(n) = t.u64(d, "maxIdleConnsPerHost") {
+            opts.pool_max_idle_per_host = Some(usize::try_from(n).unwrap_or(usize::MAX));
+        }
+        if t.bool(d, "disableKeepAlives") == Some(true) {
+            opts.pool_max_idle_per_host = Some(0);
+        }
+        let no_effect = [
+            "responseHeaderTimeout",
+            "tlsHandshakeTimeout",
+            "expectContinueTimeout",
+            "maxIdleConns",
+            "maxConnsPerHost",
+            "maxResponseHeaderBytes",
+            "readBufferSize",
+            "writeBufferSize",
+            "forceAttemptHTTP2",
+        ];
+        for key in no_effect {
+            if let Some((kp, _)) = t.get(key) {
+                d.warn(
+                    &kp,
+                    "accepted for RelyAuth compatibility; it has no effect in authgate",
+                );
+            }
+        }
+        let mut known = vec![
+            "dialer",
+            "idleConnTimeout",
+            "maxIdleConnsPerHost",
+            "disableKeepAlives",
+        ];
+        known.extend(no_effect);
+        t.finish(d, &known);
+    }
+    if let Some((p, v)) = o.get("tls")
+        && let Some(mut t) = Obj::open(d, p.clone(), v)
+    {
+        ok &= pem_sources(
+            d,
+            env,
+            &mut t,
+            "rootCAFile",
+            "rootCAPem",
+            &mut opts.tls.root_certs,
+        );
+        ok &= pem_sources(d, env, &mut t, "caFile", "caPem", &mut opts.tls.root_certs);
+        if let Some((cp, cv)) = t.get("certificates") {
+            let items: Vec<&Value> = match cv {
+                Value::Array(a) => a.iter().collect(),
+                other => vec![other],
+            };
+            for (i, item) in items.into_iter().enumerate() {
+                let ip = cp.index(i);
+                let Some(mut c) = Obj::open(d, ip.clone(), item) else {
+                    ok = false;
+                    continue;
+                };
+                let mut cert = Vec::new();
+                let mut key = Vec::new();
+                ok &= pem_sources(d, env, &mut c, "certFile", "certPem", &mut cert);
+                ok &= pem_sources(d, env, &mut c, "keyFile", "keyPem", &mut key);
+                c.finish(d, &["certFile", "certPem", "keyFile", "keyPem"]);
+                if cert.len() != 1 || key.len() != 1 {
+                    d.error(&ip, "a certificate needs one certificate and one key");
+                    ok = false;
+                } else {
+                    opts.tls.identity = Some(format!("{}\n{}", cert[0], key[0]));
+                }
+            }
+        }
+        if let Some((bp, bv)) = t.get("insecureSkipVerify") {
+            match env_bool(d, env, &bp, bv) {
+                Some(true) => {
+                    d.warn(&bp, "TLS certificates of the webhook are not verified");
+                    opts.tls.insecure_skip_verify = true;
+                }
+                Some(false) => {}
+                None => ok = false,
+            }
+        }
+        opts.tls.include_system_roots = true;
+        if let Some((bp, bv)) = t.get("includeSystemCACertsPool") {
+            match env_bool(d, env, &bp, bv) {
+                Some(b) => opts.tls.include_system_roots = b || opts.tls.root_certs.is_empty(),
+                None => ok = false,
+            }
+        }
+        for (key, slot) in [
+            ("minVersion", &mut opts.tls.min_version),
+            ("maxVersion", &mut opts.tls.max_version),
+        ] {
+            if let Some((vp, vv)) = t.get(key) {
+                match as_str(d, &vp, vv) {
+                    Some(s @ ("1.0" | "1.1" | "1.2" | "1.3")) => *slot = Some(s.to_owned()),
+                    Some(other) => {
+                        d.error(
+                            &vp,
+                            format!("unknown TLS version `{other}`; expected 1.2 or 1.3"),
+                        );
+                        ok = false;
+                    }
+                    None => ok = false,
+                }
+            }
+        }
+        for key in ["cipherSuites", "serverName"] {
+            if let Some((kp, _)) = t.get(key) {
+                d.warn(
+                    &kp,
+                    "accepted for RelyAuth compatibility; it has no effect in authgate",
+                );
+            }
+        }
+        t.finish(
+            d,
+            &[
+                "rootCAFile",
+                "rootCAPem",
+                "caFile",
+                "caPem",
+                "certificates",
+                "insecureSkipVerify",
+                "includeSystemCACertsPool",
+                "minVersion",
+                "maxVersion",
+                "cipherSuites",
+                "serverName",
+            ],
+        );
+    }
+    if let Some((p, v)) = o.get("retry")
+        && let Some(mut r) = Obj::open(d, p.clone(), v)
+    {
+        if let Some(n) = r.u64(d, "maxAttempts") {
+            opts.retry.max_attempts = u32::try_from(n.clamp(1, 10)).unwrap_or(1);
+        }
+        // RelyAuth: delays in milliseconds.
+        if let Some(n) = r.u64(d, "delay") {
+            opts.retry.delay = Duration::from_millis(n);
+        }
+        if let Some(n) = r.u64(d, "maxDelay") {
+            opts.retry.max_delay = Duration::from_millis(n);
+        }
+        if let Some((mp, mv)) = r.get("multiplier") {
+            match mv.as_f64() {
+                Some(m) if m >= 1.0 => opts.retry.multiplier = m,
+                _ => {
+                    d.error(&mp, "expected a number >= 1");
+                    ok = false;
+                }
+            }
+        }
+        if let Some((sp, sv)) = r.get("httpStatus") {
+            match sv.as_array() {
+                Some(items) => {
+                    opts.retry.statuses = items
+                        .iter()
+                        .filter_map(|s| s.as_u64().and_then(|n| u16::try_from(n).ok()))
+                        .collect();
+                    if opts.retry.statuses.len() != items.len() {
+                        d.error(&sp, "expected a list of HTTP status codes");
+                        ok = false;
+                    }
+                }
+                None => {
+                    d.error(&sp, "expected a list of HTTP status codes");
+                    ok = false;
+                }
+            }
+        }
+        r.no_effect(
+            d,
+            &["jitter", "jitterFactor"],
+            " (retries wait the computed delay)",
+        );
+        r.finish(
+            d,
+            &[
+                "maxAttempts",
+                "delay",
+                "maxDelay",
+                "httpStatus",
+                "multiplier",
+                "jitter",
+                "jitterFactor",
+            ],
+        );
+    }
+    if let Some((p, v)) = o.get("authentication") {
+        match hook_auth(d, env, p, v) {
+            Some(a) => opts.auth = Some(a),
+            None => ok = false,
+        }
+    }
+    o.finish(
+        d,
+        &["timeout", "transport", "tls", "retry", "authentication"],
+    );
+    ok.then_some(opts)
+}
+
+fn hook_auth(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> Option<HookAuth> {
+    let mut o = Obj::open(d, path.clone(), v)?;
+    let kind = o
+        .require(d, "type")
+        .and_then(|(p, v)| as_str(d, &p, v).map(|s| (p, s)));
+
+    match kind {
+        Some((_, "basic")) => {
+            let header = o
+                .str(d, "header")
+                .unwrap_or("Authorization")
+                .to_ascii_lowercase();
+            let user = o
+                .require(d, "username")
+                .and_then(|(p, v)| env_string(d, env, &p, v));
+            let pass = o
+                .require(d, "password")
+                .and_then(|(p, v)| env_string(d, env, &p, v));
+            o.finish(d, &["type", "header", "username", "password"]);
+            use base64::Engine as _;
+            let (user, pass) = (user?, pass?);
+            let encoded =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+            Some(HookAuth::Basic {
+                header,
+                value: format!("Basic {encoded}"),
+            })
+        }
+        Some((_, "http")) => {
+            let location = match o.get("tokenLocation") {
+                Some((p, v)) => token_location(d, p, v, Some("bearer")),
+                None => {
+                    let header = o
+                        .str(d, "header")
+                        .unwrap_or("Authorization")
+                        .to_ascii_lowercase();
+                    let scheme = o
+                        .str(d, "scheme")
+                        .map(|s| s.to_ascii_lowercase())
+                        .or_else(|| (header == "authorization").then(|| "bearer".to_owned()));
+                    Some(TokenLocation {
+                        place: Place::Header,
+                        name: header,
+                        scheme,
+                    })
+                }
+            };
+            let value = o
+                .require(d, "value")
+                .and_then(|(p, v)| env_string(d, env, &p, v));
+            o.finish(d, &["type", "tokenLocation", "header", "scheme", "value"]);
+            Some(HookAuth::Token {
+                location: location?,
+                value: value?,
+            })
+        }
+        Some((_, "oauth2")) => {
+            let flows = o.require(d, "flows");
+            o.no_effect(
+                d,
+                &["tokenLocation"],
+                " (the access token is sent as `Authorization: Bearer`)",
+            );
+            o.finish(d, &["type", "flows", "tokenLocation"]);
+            let (fp, fv) = flows?;
+            let mut f = Obj::open(d, fp.clone(), fv)?;
+            let cc = f.require(d, "clientCredentials");
+            f.finish(d, &["clientCredentials"]);
+            let (cp, cv) = cc?;
+            let mut c = Obj::open(d, cp.clone(), cv)?;
+            let token_url = c
+                .require(d, "tokenUrl")
+                .and_then(|(p, v)| env_string(d, env, &p, v));
+            let client_id = c
+                .require(d, "clientId")
+                .and_then(|(p, v)| env_string(d, env, &p, v));
+            let client_secret = c
+                .require(d, "clientSecret")
+                .and_then(|(p, v)| env_string(d, env, &p, v));
+            c.no_effect(
+                d,
+                &["refreshUrl"],
+                " (tokens are fetched again from `tokenUrl`)",
+            );
+            let scopes = match c.get("scopes") {
+                Some((p, Value::Object(m))) => {
+                    let _ = p;
+                    m.keys().cloned().collect()
+                }
+                Some((p, v)) => as_str_list(d, &p, v).unwrap_or_default(),
+                None => Vec::new(),
+            };
+            let mut params = Vec::new();
+            if let Some((pp, pv)) = c.get("endpointParams")
+                && let Some(mut po) = Obj::open(d, pp.clone(), pv)
+            {
+                po.read_all();
+                for (k, v) in po.entries() {
+                    let value = match v {
+                        Value::String(s) => Some(s.clone()),
+                        other => env_string(d, env, &pp.key(k), other),
+                    };
+                    if let Some(value) = value {
+                        params.push((k.clone(), value));
+                    }
+                }
+            }
+            c.finish(
+                d,
+                &[
+                    "tokenUrl",
+                    "refreshUrl",
+                    "clientId",
+                    "clientSecret",
+                    "scopes",
+                    "endpointParams",
+                ],
+            );
+            Some(HookAuth::OAuth2 {
+                token_url: token_url?,
+                client_id: client_id?,
+                client_secret: client_secret?,
+                scopes,
+                params,
+            })
+        }
+        Some((p, other)) => {
+            d.error(
+                &p,
+                format!("unknown authentication type `{other}`; expected basic, http or oauth2"),
+            );
+            o.read_all();
+            None
+        }
+        None => {
+            o.read_all();
+            None
+        }
+    }
+}
