@@ -94,7 +94,7 @@ pub(super) fn elevation(
             if let Some(b) = s.bool(d, "nhostSecurityKeys") {
                 c.nhost_keys = b;
             }
-            s.finish(d, &["url", "nhostSecurityKeys"]);
+            s.finish(d);
         } else {
             ok = false;
         }
@@ -102,18 +102,7 @@ pub(super) fn elevation(
     if let Some(n) = o.u64(d, "challengeTtl") {
         c.challenge_ttl = Duration::from_secs(n.clamp(1, 3600));
     }
-    o.finish(
-        d,
-        &[
-            "mode",
-            "claim",
-            "routes",
-            "webauthn",
-            "grant",
-            "store",
-            "challengeTtl",
-        ],
-    );
+    o.finish(d);
     if c.mode != ElevationMode::Disabled && c.webauthn.is_none() && ok {
         d.error(
             &path,
@@ -132,7 +121,7 @@ fn route(d: &mut Diagnostics, path: YamlPath, v: &Value) -> Option<Route> {
     };
     let exact = o.str(d, "path").map(str::to_owned);
     let prefix = o.str(d, "pathPrefix").map(str::to_owned);
-    o.finish(d, &["methods", "path", "pathPrefix"]);
+    o.finish(d);
     let (key, parsed) = match (&exact, &prefix) {
         (Some(p), None) if p.starts_with('/') => ("path", RoutePath::exact(p)),
         (None, Some(p)) if p.starts_with('/') => ("pathPrefix", RoutePath::prefix(p)),
@@ -220,7 +209,7 @@ fn webauthn(d: &mut Diagnostics, path: YamlPath, v: &Value) -> Option<WebauthnSe
         }
         (out.len() == list.len() && !out.is_empty()).then_some(out)
     });
-    o.finish(d, &["rpId", "rpName", "origins"]);
+    o.finish(d);
     let (rp_id, origins) = (rp_id?, origins?);
     for (i, origin) in origins.iter().enumerate() {
         let host = origin.host_str().unwrap_or("");
@@ -256,7 +245,7 @@ fn grant(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> Optio
             None => ok = false,
         }
     }
-    o.finish(d, &["ttl", "signingKey"]);
+    o.finish(d);
     ok.then_some(g)
 }
 
@@ -287,7 +276,7 @@ fn signing_key(
     let key = o
         .require(d, "key")
         .and_then(|(p, v)| env_string(d, env, &p, v).map(|k| (p, k)));
-    o.finish(d, &["algorithm", "key"]);
+    o.finish(d);
     let (alg, (kp, key)) = (alg?, key?);
     if let Err(e) = crate::elevation::GrantKeys::from_pem(alg, &key) {
         d.error(&kp, e);

@@ -42,9 +42,9 @@ fn resolve<'a>(
     v: &'a Value,
 ) -> Option<Resolved<'a>> {
     let mut o = Obj::open(d, path.clone(), v)?;
-    let name = o.str(d, "env");
     let literal = o.get("value").map(|(_, v)| v);
-    o.finish_hiding_keys(d, &["value", "env"]);
+    let name = o.str(d, "env");
+    o.finish_hiding_keys(d);
     if let Some(name) = name {
         match env.var(name) {
             Some(val) if !val.is_empty() => return Some(Resolved::FromEnv(name.to_owned(), val)),

@@ -34,8 +34,8 @@ fn pem_sources(
     d: &mut Diagnostics,
     env: &dyn Env,
     o: &mut Obj<'_>,
-    file_key: &str,
-    pem_key: &str,
+    file_key: &'static str,
+    pem_key: &'static str,
     out: &mut Vec<String>,
 ) -> bool {
     let mut ok = true;
@@ -108,9 +108,7 @@ pub(super) fn http_client(
                 "fallbackDelay",
             ];
             dialer.no_effect(d, &no_effect, "");
-            let mut known = vec!["timeout"];
-            known.extend(no_effect);
-            dialer.finish(d, &known);
+            dialer.finish(d);
         }
         if let Some((ip, iv)) = t.get("idleConnTimeout") {
             opts.pool_idle_timeout = duration(d, &ip, iv);
@@ -132,22 +130,8 @@ pub(super) fn http_client(
             "writeBufferSize",
             "forceAttemptHTTP2",
         ];
-        for key in no_effect {
-            if let Some((kp, _)) = t.get(key) {
-                d.warn(
-                    &kp,
-                    "accepted for RelyAuth compatibility; it has no effect in authgate",
-                );
-            }
-        }
-        let mut known = vec![
-            "dialer",
-            "idleConnTimeout",
-            "maxIdleConnsPerHost",
-            "disableKeepAlives",
-        ];
-        known.extend(no_effect);
-        t.finish(d, &known);
+        t.no_effect(d, &no_effect, "");
+        t.finish(d);
     }
     if let Some((p, v)) = o.get("tls")
         && let Some(mut t) = Obj::open(d, p.clone(), v)
@@ -176,7 +160,7 @@ pub(super) fn http_client(
                 let mut key = Vec::new();
                 ok &= pem_sources(d, env, &mut c, "certFile", "certPem", &mut cert);
                 ok &= pem_sources(d, env, &mut c, "keyFile", "keyPem", &mut key);
-                c.finish(d, &["certFile", "certPem", "keyFile", "keyPem"]);
+                c.finish(d);
                 if cert.len() != 1 || key.len() != 1 {
                     d.error(&ip, "a certificate needs one certificate and one key");
                     ok = false;
@@ -228,22 +212,7 @@ pub(super) fn http_client(
                 );
             }
         }
-        t.finish(
-            d,
-            &[
-                "rootCAFile",
-                "rootCAPem",
-                "caFile",
-                "caPem",
-                "certificates",
-                "insecureSkipVerify",
-                "includeSystemCACertsPool",
-                "minVersion",
-                "maxVersion",
-                "cipherSuites",
-                "serverName",
-            ],
-        );
+        t.finish(d);
     }
     if let Some((p, v)) = o.get("retry")
         && let Some(mut r) = Obj::open(d, p.clone(), v)
@@ -290,18 +259,7 @@ pub(super) fn http_client(
             &["jitter", "jitterFactor"],
             " (retries wait the computed delay)",
         );
-        r.finish(
-            d,
-            &[
-                "maxAttempts",
-                "delay",
-                "maxDelay",
-                "httpStatus",
-                "multiplier",
-                "jitter",
-                "jitterFactor",
-            ],
-        );
+        r.finish(d);
     }
     if let Some((p, v)) = o.get("authentication") {
         match hook_auth(d, env, p, v) {
@@ -309,10 +267,7 @@ pub(super) fn http_client(
             None => ok = false,
         }
     }
-    o.finish(
-        d,
-        &["timeout", "transport", "tls", "retry", "authentication"],
-    );
+    o.finish(d);
     ok.then_some(opts)
 }
 
@@ -334,7 +289,7 @@ fn hook_auth(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> O
             let pass = o
                 .require(d, "password")
                 .and_then(|(p, v)| env_string(d, env, &p, v));
-            o.finish(d, &["type", "header", "username", "password"]);
+            o.finish(d);
             use base64::Engine as _;
             let (user, pass) = (user?, pass?);
             let encoded =
@@ -366,7 +321,7 @@ fn hook_auth(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> O
             let value = o
                 .require(d, "value")
                 .and_then(|(p, v)| env_string(d, env, &p, v));
-            o.finish(d, &["type", "tokenLocation", "header", "scheme", "value"]);
+            o.finish(d);
             Some(HookAuth::Token {
                 location: location?,
                 value: value?,
@@ -379,11 +334,11 @@ fn hook_auth(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> O
                 &["tokenLocation"],
                 " (the access token is sent as `Authorization: Bearer`)",
             );
-            o.finish(d, &["type", "flows", "tokenLocation"]);
+            o.finish(d);
             let (fp, fv) = flows?;
             let mut f = Obj::open(d, fp.clone(), fv)?;
             let cc = f.require(d, "clientCredentials");
-            f.finish(d, &["clientCredentials"]);
+            f.finish(d);
             let (cp, cv) = cc?;
             let mut c = Obj::open(d, cp.clone(), cv)?;
             let token_url = c
@@ -423,17 +378,7 @@ fn hook_auth(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> O
                     }
                 }
             }
-            c.finish(
-                d,
-                &[
-                    "tokenUrl",
-                    "refreshUrl",
-                    "clientId",
-                    "clientSecret",
-                    "scopes",
-                    "endpointParams",
-                ],
-            );
+            c.finish(d);
             Some(HookAuth::OAuth2 {
                 token_url: token_url?,
                 client_id: client_id?,

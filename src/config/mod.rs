@@ -237,7 +237,7 @@ fn compile(d: &mut Diagnostics, env: &dyn Env, root: &Value) -> Option<Config> {
         }
     }
     let definition = top.require(d, "definition");
-    top.finish(d, &["version", "kind", "definition"]);
+    top.finish(d);
     let (dpath, dvalue) = definition?;
     let mut def = Obj::open(d, dpath, dvalue)?;
     let settings = match def.get("settings") {
@@ -251,7 +251,7 @@ fn compile(d: &mut Diagnostics, env: &dyn Env, root: &Value) -> Option<Config> {
     let elevation = def
         .get("elevation")
         .and_then(|(p, v)| elevation::elevation(d, env, p, v));
-    def.finish(d, &["settings", "modes", "elevation"]);
+    def.finish(d);
     Some(Config {
         settings,
         modes,
@@ -300,19 +300,9 @@ fn settings(d: &mut Diagnostics, path: YamlPath, v: &Value) -> Settings {
                 ),
             }
         }
-        fa.finish(d, &["proxy"]);
+        fa.finish(d);
     }
-    o.finish(
-        d,
-        &[
-            "reloadInterval",
-            "unknownKidCooldown",
-            "tokenCacheMaxEntries",
-            "tokenCacheTtl",
-            "decisionTimeout",
-            "forwardAuth",
-        ],
-    );
+    o.finish(d);
     s
 }
 
@@ -367,8 +357,6 @@ fn modes(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> Vec<M
     }
     out
 }
-
-const COMMON_KEYS: [&str; 4] = ["id", "mode", "description", "securityRules"];
 
 fn mode(
     d: &mut Diagnostics,
@@ -452,7 +440,7 @@ fn security_rules(
                         ok = false;
                         continue;
                     };
-                    let patterns = |key: &str, ro: &mut Obj<'_>, d: &mut Diagnostics| {
+                    let patterns = |key: &'static str, ro: &mut Obj<'_>, d: &mut Diagnostics| {
                         let Some((kp, kv)) = ro.get(key) else {
                             return Some(Vec::new());
                         };
@@ -468,7 +456,7 @@ fn security_rules(
                     };
                     let include = patterns("include", &mut ro, d);
                     let exclude = patterns("exclude", &mut ro, d);
-                    ro.finish(d, &["include", "exclude"]);
+                    ro.finish(d);
                     match (include, exclude) {
                         (Some(include), Some(exclude)) => headers.push(HeaderRule {
                             name: name.to_ascii_lowercase(),
@@ -482,7 +470,7 @@ fn security_rules(
             None => ok = false,
         }
     }
-    o.finish(d, &["allowedIPs", "headerRules"]);
+    o.finish(d);
     ok.then_some(SecurityRules {
         allowed_ips,
         headers,
@@ -492,7 +480,7 @@ fn security_rules(
 fn ip_rule(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> Option<IpRule> {
     let mut o = Obj::open(d, path.clone(), v)?;
     let mut ok = true;
-    let nets = |key: &str, o: &mut Obj<'_>, d: &mut Diagnostics| {
+    let nets = |key: &'static str, o: &mut Obj<'_>, d: &mut Diagnostics| {
         let Some((kp, kv)) = o.get(key) else {
             return Some(Vec::new());
         };
@@ -536,18 +524,7 @@ fn ip_rule(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> Opt
         Some((p, v)) => as_str_list(d, &p, v),
         None => Some(Vec::new()),
     };
-    o.finish(
-        d,
-        &[
-            "include",
-            "exclude",
-            "publicOnly",
-            "location",
-            "numTrustedProxies",
-            "trustedProxyIpPrefixes",
-            "headers",
-        ],
-    );
+    o.finish(d);
     let location = match location {
         "x_forwarded_for" => IpLocation::ForwardedFor {
             trusted_proxies: u32::try_from(proxies).unwrap_or(u32::MAX),
@@ -600,11 +577,6 @@ fn ip_rule(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> Opt
     })
 }
 
-fn finish_mode(d: &mut Diagnostics, o: Obj<'_>, own: &[&str]) {
-    let known: Vec<&str> = COMMON_KEYS.iter().chain(own.iter()).copied().collect();
-    o.finish(d, &known);
-}
-
 fn api_key(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Option<ApiKeyMode> {
     let location = o
         .require(d, "tokenLocation")
@@ -618,7 +590,7 @@ fn api_key(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Option<ApiKeyM
         Some(Secret(s))
     });
     let session = session_variables(d, env, &mut o, true);
-    finish_mode(d, o, &["tokenLocation", "value", "sessionVariables"]);
+    o.finish(d);
     Some(ApiKeyMode {
         location: location?,
         value: value?,
@@ -628,7 +600,7 @@ fn api_key(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Option<ApiKeyM
 
 fn no_auth(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Option<NoAuthMode> {
     let session = session_variables(d, env, &mut o, true);
-    finish_mode(d, o, &["sessionVariables"]);
+    o.finish(d);
     Some(NoAuthMode { session: session? })
 }
 
@@ -686,7 +658,7 @@ fn token_location(
     };
     let name = o.str(d, "name").map(str::trim);
     let scheme = o.str(d, "scheme").map(|s| s.trim().to_ascii_lowercase());
-    o.finish(d, &["in", "name", "scheme"]);
+    o.finish(d);
     let place = place?;
     let name = match name {
         Some("") => {
@@ -750,19 +722,7 @@ fn jwt(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Option<JwtMode> {
     let claims = o
         .require(d, "claimsConfig")
         .and_then(|(p, v)| claims_config(d, env, p, v));
-    finish_mode(
-        d,
-        o,
-        &[
-            "tokenLocation",
-            "key",
-            "audience",
-            "issuer",
-            "allowedSkew",
-            "requireExp",
-            "claimsConfig",
-        ],
-    );
+    o.finish(d);
     Some(JwtMode {
         location: location?,
         keys: keys?,
@@ -789,7 +749,7 @@ fn key_source(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> 
     };
     let fixed = o.get("key");
     let remote = o.get("jwkFromUrl");
-    o.finish(d, &["algorithm", "key", "jwkFromUrl"]);
+    o.finish(d);
     let algorithm = algorithm?;
     match (fixed, remote) {
         (Some(_), Some(_)) => {
@@ -913,7 +873,7 @@ fn claims_config(
             ok = false;
         }
     }
-    o.finish(d, &["namespace", "locations"]);
+    o.finish(d);
     if namespace.is_none() && locations.is_empty() && ok {
         d.error(
             &path,
@@ -944,7 +904,7 @@ fn namespace(d: &mut Diagnostics, path: YamlPath, v: &Value) -> Option<Namespace
             None
         }
     };
-    o.finish(d, &["location", "claimsFormat"]);
+    o.finish(d);
     Some(Namespace {
         expression: crate::claims::ClaimPath::new(expr?),
         format: format?,
@@ -989,7 +949,7 @@ fn location(
         );
         ok = false;
     }
-    o.finish(d, &["path", "default", "type"]);
+    o.finish(d);
     if expr.is_none() && default.is_none() && ok {
         d.error(&path, "set `path`, `default` or both");
         return None;

@@ -431,11 +431,16 @@ pub fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// A mapping being read. Call [`Obj::finish`] when done to report unknown keys.
+/// A mapping being read. Call [`Obj::finish`] when done to report unknown
+/// keys: the keys asked for are remembered, so each is named once, where
+/// it is read.
 pub struct Obj<'a> {
     pub path: YamlPath,
     map: &'a Map<String, Value>,
     read: Vec<&'a str>,
+    /// Every key asked for, present or not: what an unknown key may be a
+    /// misspelling of.
+    asked: Vec<&'static str>,
 }
 
 impl<'a> Obj<'a> {
@@ -446,6 +451,7 @@ impl<'a> Obj<'a> {
                 path,
                 map,
                 read: Vec::new(),
+                asked: Vec::new(),
             }),
             other => {
                 d.error(
@@ -458,7 +464,10 @@ impl<'a> Obj<'a> {
     }
 
     /// An optional key; `null` counts as absent.
-    pub fn get(&mut self, key: &str) -> Option<(YamlPath, &'a Value)> {
+    pub fn get(&mut self, key: &'static str) -> Option<(YamlPath, &'a Value)> {
+        if !self.asked.contains(&key) {
+            self.asked.push(key);
+        }
         let (k, v) = self.map.get_key_value(key)?;
         self.read.push(k.as_str());
         if v.is_null() {
@@ -468,7 +477,11 @@ impl<'a> Obj<'a> {
     }
 
     /// A required key: records "missing" when absent.
-    pub fn require(&mut self, d: &mut Diagnostics, key: &str) -> Option<(YamlPath, &'a Value)> {
+    pub fn require(
+        &mut self,
+        d: &mut Diagnostics,
+        key: &'static str,
+    ) -> Option<(YamlPath, &'a Value)> {
         let got = self.get(key);
         if got.is_none() {
             d.error(&self.path, format!("missing required key `{key}`"));
@@ -480,12 +493,12 @@ impl<'a> Obj<'a> {
         self.map.get(key).is_some_and(|v| !v.is_null())
     }
 
-    pub fn str(&mut self, d: &mut Diagnostics, key: &str) -> Option<&'a str> {
+    pub fn str(&mut self, d: &mut Diagnostics, key: &'static str) -> Option<&'a str> {
         let (p, v) = self.get(key)?;
         as_str(d, &p, v)
     }
 
-    pub fn bool(&mut self, d: &mut Diagnostics, key: &str) -> Option<bool> {
+    pub fn bool(&mut self, d: &mut Diagnostics, key: &'static str) -> Option<bool> {
         let (p, v) = self.get(key)?;
         match v {
             Value::Bool(b) => Some(*b),
@@ -499,14 +512,14 @@ impl<'a> Obj<'a> {
         }
     }
 
-    pub fn u64(&mut self, d: &mut Diagnostics, key: &str) -> Option<u64> {
+    pub fn u64(&mut self, d: &mut Diagnostics, key: &'static str) -> Option<u64> {
         let (p, v) = self.get(key)?;
         as_u64(d, &p, v)
     }
 
     /// Reads RelyAuth keys that authgate accepts but does not act on: each
     /// one present is a warning (an error under `validate --strict`).
-    pub fn no_effect(&mut self, d: &mut Diagnostics, keys: &[&str], why: &str) {
+    pub fn no_effect(&mut self, d: &mut Diagnostics, keys: &[&'static str], why: &str) {
         for key in keys {
             if let Some((p, _)) = self.get(key) {
                 d.warn(
@@ -519,8 +532,10 @@ impl<'a> Obj<'a> {
         }
     }
 
-    /// Reports every key that was never read, with a close match if one exists.
-    pub fn finish(self, d: &mut Diagnostics, known: &[&str]) {
+    /// Reports every key that was never read, with a close match among the
+    /// keys asked for if one exists.
+    pub fn finish(self, d: &mut Diagnostics) {
+        let known = &self.asked;
         for key in self.map.keys() {
             if self.read.contains(&key.as_str()) {
                 continue;
@@ -537,7 +552,8 @@ impl<'a> Obj<'a> {
     /// unknown key is named only when it is a misspelling of a known one
     /// (`valu`); any other may be the secret itself (`{value:s3cret}`, no
     /// space after the colon, is one key) and is counted, not shown.
-    pub fn finish_hiding_keys(self, d: &mut Diagnostics, known: &[&str]) {
+    pub fn finish_hiding_keys(self, d: &mut Diagnostics) {
+        let known = &self.asked;
         let mut unknown = 0;
         for key in self.map.keys() {
             if self.read.contains(&key.as_str()) {
@@ -791,7 +807,8 @@ mod tests {
         let mut d = Diagnostics::default();
         let mut o = Obj::open(&mut d, YamlPath::root().key("m"), &v).unwrap();
         assert_eq!(o.str(&mut d, "issuer"), Some("x"));
-        o.finish(&mut d, &["issuer", "audience"]);
+        assert_eq!(o.get("audience"), None);
+        o.finish(&mut d);
         assert_eq!(d.errors.len(), 1);
         assert_eq!(d.errors[0].path.to_string(), "m.audiance");
         assert!(d.errors[0].message.contains("did you mean `audience`"));

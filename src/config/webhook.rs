@@ -79,13 +79,13 @@ pub(super) fn webhook(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Opt
                     }
                 }
             }
-            ho.finish(d, &["forward", "additional"]);
+            ho.finish(d);
         }
         if let Some((bp, bv)) = cr.get("body") {
             body = transform(d, env, bp, bv);
             ok &= body.is_some();
         }
-        cr.finish(d, &["headers", "body"]);
+        cr.finish(d);
     }
     if matches!(method, Some(HookMethod::Get)) && body.is_some() {
         d.error(
@@ -102,7 +102,7 @@ pub(super) fn webhook(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Opt
             response = transform(d, env, rp, rv);
             ok &= response.is_some();
         }
-        cr.finish(d, &["response"]);
+        cr.finish(d);
     }
     let client_path = o.path.key("httpClient");
     let client = match o.get("httpClient") {
@@ -119,17 +119,7 @@ pub(super) fn webhook(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Opt
         },
         None => None,
     };
-    super::finish_mode(
-        d,
-        o,
-        &[
-            "url",
-            "method",
-            "customRequest",
-            "customResponse",
-            "httpClient",
-        ],
-    );
+    o.finish(d);
     if !ok {
         return None;
     }
@@ -165,7 +155,7 @@ fn additional_header(
         Some((p, v)) => Some(env_string(d, env, &p, v)?),
         None => None,
     };
-    o.finish(d, &["path", "default"]);
+    o.finish(d);
     if expr.is_none() && default.is_none() {
         d.error(&path, "set `path`, `default` or both");
         return None;
@@ -193,7 +183,7 @@ pub fn transform(
             let mapping = o
                 .require(d, "template")
                 .and_then(|(p, v)| field_mapping(d, env, p, v));
-            o.finish(d, &["type", "template"]);
+            o.finish(d);
             mapping.map(Transform::Jmespath)
         }
         Some((_, "gotmpl")) => {
@@ -208,7 +198,7 @@ pub fn transform(
                     }
                 }
             });
-            o.finish(d, &["type", "template", "contentType"]);
+            o.finish(d);
             template.map(|template| Transform::GoTemplate {
                 template,
                 content_type,
@@ -254,7 +244,7 @@ fn field_mapping(
                     ok = false;
                 }
             }
-            o.finish(d, &["type", "properties"]);
+            o.finish(d);
             ok.then_some(FieldMapping::Object(out))
         }
         "field" => {
@@ -275,7 +265,7 @@ fn field_mapping(
                 }
                 None => None,
             };
-            o.finish(d, &["type", "path", "default"]);
+            o.finish(d);
             ok.then_some(FieldMapping::Field {
                 path: expr,
                 default,
