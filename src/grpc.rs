@@ -4,7 +4,6 @@
 //! A decision is always an OK gRPC call; gRPC errors are only for calls that
 //! are not ext_authz requests at all.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -17,27 +16,29 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{Body, BoxFuture, Service, StdError};
 use tonic::server::{NamedService, UnaryService};
 
-use envoy_types::pb::envoy::config::core::v3::address::Address;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{
-    CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
-};
+use envoy_types::pb::envoy::service::auth::v3::{CheckResponse, DeniedHttpResponse};
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
-use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value as PbValue, value::Kind};
+use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::pb::google::rpc::Status;
 
 use crate::budget::{ByteBudget, Charge};
 use crate::conn::Connection;
-use crate::decision::{Allow, Decision, Deny, DenyReason};
+use crate::decision::{Allow, Decision, Deny};
 use crate::limits;
 use crate::pipeline::Answer;
-use crate::request::{Headers, Request};
+use crate::request::Request;
 use crate::state::Shared;
 
 mod encode;
+#[cfg(any(test, feature = "reference"))]
+mod reference;
 mod wire;
+
+#[cfg(any(test, feature = "reference"))]
+pub use reference::{render, render_answer, to_request};
 
 pub use encode::put_allow;
 pub use wire::{DecodeError, decode_check};
@@ -289,54 +290,6 @@ impl Decoder for CheckDecoder {
     }
 }
 
-/// Builds the neutral request from Envoy's attributes. Headers come from
-/// `header_map` (with `encode_raw_headers`) and from `headers`; pseudo
-/// headers are kept out of the header list.
-pub fn to_request(check: CheckRequest, peer: Option<IpAddr>) -> Request {
-    let mut req = Request::default();
-    let Some(attrs) = check.attributes else {
-        req.source_ip = peer;
-        return req;
-    };
-    req.context = attrs.context_extensions;
-    req.source_ip = attrs
-        .source
-        .and_then(|s| s.address)
-        .and_then(|a| a.address)
-        .and_then(|a| match a {
-            Address::SocketAddress(sa) => sa.address.parse().ok(),
-            _ => None,
-        })
-        .or(peer);
-    let Some(http) = attrs.request.and_then(|r| r.http) else {
-        return req;
-    };
-    let raw = http.header_map.map(|m| m.headers).unwrap_or_default();
-    let mut headers = Headers::with_capacity(http.headers.len() + raw.len());
-    for (k, v) in http.headers {
-        if !k.starts_with(':') {
-            headers.push(&k, v);
-        }
-    }
-    for hv in raw {
-        if hv.key.starts_with(':') {
-            continue;
-        }
-        let value = if hv.raw_value.is_empty() {
-            hv.value
-        } else {
-            // Non-UTF-8 bytes become U+FFFD: such a credential cannot verify.
-            String::from_utf8(hv.raw_value)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-        };
-        headers.push(&hv.key, value);
-    }
-    req.headers = headers;
-    req.method = http.method;
-    req.path = http.path;
-    req
-}
-
 /// `append = false` and `OVERWRITE_IF_EXISTS_OR_ADD` both: older Envoys read
 /// the deprecated `append`, newer ones `append_action`. An empty value is
 /// sent with `keep_empty_value`: an Envoy that honours the flag would drop
@@ -344,7 +297,7 @@ pub fn to_request(check: CheckRequest, peer: Option<IpAddr>) -> Request {
 /// would reach the upstream (the name is not in `headers_to_remove`, since
 /// authgate sets it).
 #[allow(deprecated)]
-fn header(key: String, value: String) -> HeaderValueOption {
+pub(crate) fn header(key: String, value: String) -> HeaderValueOption {
     let keep_empty_value = value.is_empty();
     HeaderValueOption {
         header: Some(HeaderValue {
@@ -358,28 +311,6 @@ fn header(key: String, value: String) -> HeaderValueOption {
     }
 }
 
-/// Renders by value: the decision's strings move into the response.
-pub fn render(decision: Decision) -> CheckResponse {
-    match decision {
-        Decision::Allow(a) => allow(a),
-        Decision::Deny(d) => deny(&d),
-    }
-}
-
-/// Renders what [`crate::pipeline::Engine::decide_memo`] answered; memo
-/// bytes are read back as the response they encode.
-pub fn render_answer(answer: Answer) -> CheckResponse {
-    match answer {
-        Answer::Decided(d) => render(d),
-        Answer::Memo(m) => CheckResponse::decode(m.bytes()).unwrap_or_else(|_| {
-            deny(&Deny {
-                reason: DenyReason::InternalError,
-                mode: Some(m.mode),
-            })
-        }),
-    }
-}
-
 /// An allow as `CheckResponse` bytes, kept by the token cache for the
 /// token's repeats ([`crate::pipeline::Engine::decide_memo`]).
 pub fn encode_allow(a: &Allow) -> Box<[u8]> {
@@ -388,33 +319,7 @@ pub fn encode_allow(a: &Allow) -> Box<[u8]> {
     bytes.into_boxed_slice()
 }
 
-fn allow(a: Allow) -> CheckResponse {
-    let fields: HashMap<String, PbValue> = encode::metadata(&a)
-        .into_iter()
-        .filter_map(|(name, field)| {
-            let kind = match field? {
-                encode::Field::Text(s) => Kind::StringValue(s.into_owned()),
-                encode::Field::Bool(b) => Kind::BoolValue(b),
-            };
-            Some((name.to_owned(), PbValue { kind: Some(kind) }))
-        })
-        .collect();
-    CheckResponse {
-        status: Some(Status {
-            code: 0,
-            message: String::new(),
-            details: Vec::new(),
-        }),
-        dynamic_metadata: Some(Struct { fields }),
-        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers: a.headers.into_iter().map(|(k, v)| header(k, v)).collect(),
-            headers_to_remove: a.headers_to_remove,
-            ..Default::default()
-        })),
-    }
-}
-
-fn deny(d: &Deny) -> CheckResponse {
+pub(crate) fn deny(d: &Deny) -> CheckResponse {
     let mut headers = vec![header("content-type".into(), "application/json".into())];
     if let Some(challenge) = d.reason.www_authenticate() {
         headers.push(header("www-authenticate".into(), challenge.into()));
