@@ -38,9 +38,9 @@ pub const HTTP_TOTAL_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub const HTTP_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/1.1: time to receive a whole request head from its first byte.
 pub const HTTP_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/1.1 read buffer: the header limit (`http::MAX_HEADER_BYTES`) plus
+/// HTTP/1.1 read buffer: the header limit ([`MAX_HEADER_BYTES`]) plus
 /// room for the request line and separators.
-pub const HTTP_MAX_BUF_SIZE: usize = crate::http::MAX_HEADER_BYTES + 8 * 1024;
+pub const HTTP_MAX_BUF_SIZE: usize = MAX_HEADER_BYTES + 8 * 1024;
 /// HTTP/2 streams one HTTP connection may have open at once, and the
 /// flow-control window of a stream and of a connection: what a client may
 /// send before authgate reads it (HTTP/2's default, 64 KiB).
@@ -52,3 +52,8 @@ pub const CEREMONIES_PER_CONNECTION: usize = 16;
 /// closed (HTTP/1.1 keep-alive, HTTP/2): longer than the idle time of the
 /// usual client pools (90 s), so that they close first.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Most header fields one HTTP request may carry (hyper also refuses more
+/// than 100 on HTTP/1.1).
+pub const MAX_HEADERS: usize = 100;
+/// Largest request target plus header names and values of one HTTP request.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;

@@ -939,7 +939,7 @@ async fn oversized_tokens_headers_and_messages() {
     );
 
     // HTTP: headers beyond the cap answer 431 without a decision.
-    for size in [authgate::http::MAX_HEADER_BYTES + 1, 1024 * 1024] {
+    for size in [authgate::limits::MAX_HEADER_BYTES + 1, 1024 * 1024] {
         let (status, _, _) = http(
             &server,
             "GET",

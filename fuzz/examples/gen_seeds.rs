@@ -543,7 +543,7 @@ fn main() {
     let elevation = common::open_elevation(&rt, &common::webauthn_config());
     let webauthn = elevation.webauthn.clone().expect("webauthn configured");
     let origin = Url::parse(common::WEBAUTHN_ORIGIN).expect("origin");
-    let user = authgate::webauthn_api::user_handle(common::WEBAUTHN_USER);
+    let user = authgate::http::webauthn::user_handle(common::WEBAUTHN_USER);
     let (mut ccr, reg_state) = webauthn
         .start_securitykey_registration(
             user,

@@ -1,4 +1,4 @@
-//! WebAuthn request bodies, as `src/webauthn_api.rs` reads them:
+//! WebAuthn request bodies, as `src/http/webauthn.rs` reads them:
 //! `parse_body`, `nickname_of`, the `credential` as a
 //! `RegisterPublicKeyCredential` (`/user/webauthn/verify`) and as a
 //! `PublicKeyCredential` (`/elevate/webauthn/verify`), `challenge_of`, then
@@ -11,7 +11,7 @@
 
 use std::sync::LazyLock;
 
-use authgate::webauthn_api::{challenge_of, nickname_of, parse_body};
+use authgate::http::webauthn::{challenge_of, nickname_of, parse_body};
 use axum::body::Bytes;
 use libfuzzer_sys::fuzz_target;
 use webauthn_rs::Webauthn;
@@ -36,7 +36,7 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
     let rt = common::current_thread_runtime();
     let elevation = common::open_elevation(&rt, &common::webauthn_config());
     let webauthn = elevation.webauthn.clone().expect("webauthn configured");
-    let user = authgate::webauthn_api::user_handle(common::WEBAUTHN_USER);
+    let user = authgate::http::webauthn::user_handle(common::WEBAUTHN_USER);
     let (_, registration) = webauthn
         .start_securitykey_registration(
             user,

@@ -16,8 +16,8 @@ use webauthn_rs::prelude::{
 
 use super::{Elevation, ElevationMode};
 use crate::clock::unix_now;
+use crate::identity::{AccessToken, Identity};
 use crate::metrics::{CeremonyStep, ElevationFailure, Metrics};
-use crate::pipeline::{AccessToken, Identity};
 use crate::store::{ChallengeKind, PendingChallenge, StoreError, StoredKey};
 
 /// Why a ceremony call was refused. Each names what the caller can do

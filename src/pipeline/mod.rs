@@ -15,11 +15,11 @@ mod modes;
 mod spec;
 mod token_cache;
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde_json::Value;
 
+pub use crate::identity::{AccessToken, Identity};
 pub use asks::is_reserved_header;
 pub use memo::{Answer, EncodeAllow, MemoHit};
 pub use spec::{ApiKeyMode, JwtMode, KeySource, MODE_ORDER, Mode, ModeKind, NoAuthMode, Settings};
@@ -50,33 +50,6 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     elevation: Option<Arc<Elevation>>,
     pub settings: Settings,
-}
-
-/// The verified bearer token behind a JWT session, for elevation grants.
-/// A Check borrows it from the request; an [`Identity`] owns it.
-#[derive(Debug, Clone)]
-pub struct AccessToken<'r> {
-    pub raw: Cow<'r, str>,
-    pub exp: Option<i64>,
-}
-
-impl AccessToken<'_> {
-    pub fn into_owned(self) -> AccessToken<'static> {
-        AccessToken {
-            raw: Cow::Owned(self.raw.into_owned()),
-            exp: self.exp,
-        }
-    }
-}
-
-/// Who is calling, for authgate's own endpoints (WebAuthn).
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub session: Session,
-    pub user_id: Option<String>,
-    pub token: Option<AccessToken<'static>>,
-    pub elevated: bool,
-    pub mode: ModeRef,
 }
 
 /// What an engine shares with the host and with the engines of other

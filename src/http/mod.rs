@@ -21,10 +21,12 @@ use crate::budget::Charge;
 use crate::conn::Connection;
 use crate::decision::{Decision, DenyReason};
 use crate::forward_auth::{self, ForwardAuthProxy, ForwardError};
-use crate::limits;
+use crate::limits::{self, MAX_HEADER_BYTES, MAX_HEADERS};
 use crate::metrics::Frontend;
 use crate::request::{Headers, Request};
 use crate::state::Shared;
+
+pub mod webauthn;
 
 /// The denial reason on `/check` answers, so nginx can rebuild the body.
 pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-authgate-reason");
@@ -33,11 +35,6 @@ pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-authgate-reason
 /// header of an allow (comma-separated).
 pub const HEADERS_TO_REMOVE: HeaderName = HeaderName::from_static("x-envoy-auth-headers-to-remove");
 
-/// Most header fields one HTTP request may carry (hyper also refuses more
-/// than 100 on HTTP/1.1).
-pub const MAX_HEADERS: usize = 100;
-/// Largest request target plus header names and values of one HTTP request.
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Largest body of a WebAuthn endpoint call.
 pub const MAX_WEBAUTHN_BODY_BYTES: usize = 64 * 1024;
 /// Largest POST body of the Hasura webhook endpoints (`/auth/ddn`, `/auth/hasura`).
@@ -48,16 +45,13 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/auth/ddn", get(hasura_ddn_get).post(hasura_ddn_post))
         .route("/auth/hasura", get(hasura_v2_get).post(hasura_v2_post))
         .route_layer(middleware::from_fn_with_state(shared.clone(), hook_body));
-    let webauthn = crate::webauthn_api::router()
-        .route_layer(middleware::from_fn_with_state(shared.clone(), ceremony));
+    let webauthn =
+        webauthn::router().route_layer(middleware::from_fn_with_state(shared.clone(), ceremony));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route(
-            "/.well-known/jwks.json",
-            get(crate::webauthn_api::grant_jwks),
-        )
+        .route("/.well-known/jwks.json", get(webauthn::grant_jwks))
         .route("/check", any(check))
         .route("/check/", any(check))
         .route("/check/{*rest}", any(check))

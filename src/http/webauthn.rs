@@ -44,10 +44,10 @@ fn api_error(status: StatusCode, error: &str, message: &str) -> Response {
 fn refused(e: CeremonyError) -> Response {
     let status = match &e {
         CeremonyError::Store(_) => {
-            return crate::http::render(&Decision::deny(DenyReason::InternalError, None));
+            return super::render(&Decision::deny(DenyReason::InternalError, None));
         }
         CeremonyError::ElevationRequired => {
-            return crate::http::render(&Decision::deny(DenyReason::ElevationRequired, None));
+            return super::render(&Decision::deny(DenyReason::ElevationRequired, None));
         }
         CeremonyError::NotConfigured | CeremonyError::NotFound => StatusCode::NOT_FOUND,
         CeremonyError::UserRequired | CeremonyError::TokenRequired => StatusCode::FORBIDDEN,
@@ -91,17 +91,14 @@ async fn caller(
         return Err(refused(CeremonyError::NotConfigured));
     }
     let req = Request {
-        headers: crate::http::headers_of(headers),
+        headers: super::headers_of(headers),
         method: method.as_str().to_owned(),
         path: uri.path().to_owned(),
         source_ip: Some(peer.ip()),
         context: Default::default(),
         body: None,
     };
-    let identity = engine
-        .identify(&req)
-        .await
-        .map_err(|d| crate::http::render(&d))?;
+    let identity = engine.identify(&req).await.map_err(|d| super::render(&d))?;
     let caller = Caller::of(identity).map_err(refused)?;
     Ok((engine, caller))
 }
