@@ -24,30 +24,34 @@ ENV CARGO_TERM_COLOR=never \
     CARGO_PROFILE_RELEASE_DEBUG=0
 
 # 1. Dependencies, in their own layer: rebuilt only when the manifest, the
-#    lock file or the build script change. Every target the manifests name
-#    gets an empty stand-in (the library, authgate, and the benchmark
-#    package's two binaries, a workspace member), so that cargo resolves the
-#    workspace as it will in step 2.
+#    lock file or the build script change. Every target the workspace's
+#    manifests name gets an empty stand-in (authgate's library and binary,
+#    the authgate-core library, the benchmark package's two binaries), so
+#    that cargo resolves the workspace as it will in step 2.
 #    libsqlite3 (sqlx's bundled SQLite) and aws-lc are compiled with the
 #    image's C compiler.
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY crates/core/Cargo.toml ./crates/core/
 COPY bench/Cargo.toml ./bench/
 # `--cfg tokio_unstable`, for the runtime's scheduling (src/server.rs: runtime).
 COPY .cargo ./.cargo
-RUN mkdir -p src bench/src \
+RUN mkdir -p src crates/core/src bench/src \
  && echo 'fn main() {}' > src/main.rs \
  && : > src/lib.rs \
+ && : > crates/core/src/lib.rs \
  && echo 'fn main() {}' > bench/src/noop.rs \
  && echo 'fn main() {}' > bench/src/load.rs \
  && cargo build --release --locked \
- && rm -rf src
+ && rm -rf src crates/core/src
 
-# 2. authgate itself. The stand-ins' fingerprints are removed so that cargo
-#    rebuilds the crate whatever the sources' timestamps are. The benchmark
-#    binaries keep their stand-ins: the image does not ship them.
+# 2. authgate itself. The stand-ins' fingerprints (authgate-*, authgate-core
+#    included) are removed so that cargo rebuilds both crates whatever the
+#    sources' timestamps are. The benchmark binaries keep their stand-ins:
+#    the image does not ship them.
 COPY src ./src
+COPY crates/core/src ./crates/core/src
 RUN rm -rf target/release/.fingerprint/authgate-* \
- && touch src/main.rs src/lib.rs \
+ && touch src/main.rs src/lib.rs crates/core/src/lib.rs \
  && cargo build --release --locked --bin authgate \
  && mkdir -p /out/bin /out/var-lib/authgate \
  && cp target/release/authgate /out/bin/authgate \

@@ -133,7 +133,7 @@ impl GrantSigner {
         GrantSigner { pem, kid }
     }
 
-    /// An elevation grant as authgate mints it (src/elevation.rs
+    /// An elevation grant as authgate mints it (crates/core/src/elevation/
     /// `GrantKeys::mint`), bound to `user` and to `access_token`.
     fn grant(&self, user: &str, access_token: &str, exp: i64) -> String {
         let mut header = Header::new(Algorithm::ES256);

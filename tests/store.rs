@@ -1,4 +1,4 @@
-//! The credential store (src/store): every scenario runs against SQLite (a
+//! The credential store (crates/core/src/store): every scenario runs against SQLite (a
 //! temporary file) and against a real PostgreSQL server.
 //!
 //! The PostgreSQL tests start their own throwaway cluster (see
