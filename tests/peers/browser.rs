@@ -13,7 +13,7 @@
 //! `/usr/bin/chromium` and `/usr/bin/chromedriver` (`CHROMIUM_BIN`,
 //! `CHROMEDRIVER_BIN`); `.ci/run` installs both.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

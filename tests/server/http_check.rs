@@ -1,7 +1,7 @@
 //! HTTP forward-auth (`/check`) and RelyAuth `securityRules` (IP lists with
 //! X-Forwarded-For and trusted proxies, the Envoy source address, header rules).
 
-mod common;
+use crate::common;
 
 use common::*;
 use jsonwebtoken::Algorithm;

@@ -17,7 +17,7 @@ use authgate::store::{
 use serde_json::json;
 use sqlx::Connection;
 
-mod common;
+use crate::common;
 
 /// A fresh, empty database for one test.
 struct TestDb {

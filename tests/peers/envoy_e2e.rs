@@ -5,7 +5,7 @@
 //! Envoy is found at `$ENVOY_BIN`, `.venv/bin/envoy` or on `PATH`; when it is
 //! missing the test fails (it does not skip): `.ci/run` installs it.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

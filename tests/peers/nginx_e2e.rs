@@ -7,7 +7,7 @@
 //! the headers-more module is missing the test fails (it does not skip):
 //! `.ci/run` installs both.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

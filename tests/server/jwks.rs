@@ -1,7 +1,7 @@
 //! Remote JWKS against a real local HTTP server: readiness, rotation by
 //! unknown kid (single-flight, rate-limited), outages, algorithm pinning.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The `authgate` binary as a user runs it: validate, check, token, serve,
 //! signals and exit codes.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

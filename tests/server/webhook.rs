@@ -2,7 +2,7 @@
 //! forwarding, JMESPath and Go templates, refusals, errors, timeouts, retries,
 //! and RelyAuth's own webhook vectors.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

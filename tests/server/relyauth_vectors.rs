@@ -2,7 +2,7 @@
 //! `authtests/units.go` in relychan/rely-auth), run unchanged against
 //! `/auth/ddn` and `/auth/hasura`.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{Value, json};

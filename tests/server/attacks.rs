@@ -6,20 +6,20 @@
 //! Outcomes and limits are summarised in `docs/security.md` (## Attack suite).
 //!
 //! Already covered elsewhere, and only extended here:
-//! - `tests/grpc_check.rs::refused_tokens_each_with_their_reason`: RS256 config with an HS256
+//! - `tests/server/grpc_check.rs::refused_tokens_each_with_their_reason`: RS256 config with an HS256
 //!   token keyed by the public PEM, PS256 for RS256, `alg: none` / `None`, 20 KB token, `jku`
 //!   with a fixed key, expired / `nbf` / `iat` / `aud` / `iss` basics.
-//! - `tests/grpc_check.rs::spoofed_session_headers_are_overwritten_or_removed`,
+//! - `tests/server/grpc_check.rs::spoofed_session_headers_are_overwritten_or_removed`,
 //!   `header_map_input_and_non_utf8`, `control_characters_in_claims_are_a_denial`.
-//! - `tests/jwks.rs::burst_of_unknown_kids_refetches_at_most_once`,
+//! - `tests/server/jwks.rs::burst_of_unknown_kids_refetches_at_most_once`,
 //!   `rotation_by_unknown_kid_refetches_once_per_cooldown`,
 //!   `algorithm_beside_jwk_from_url_pins_keys_and_hmac_keys_are_ignored`.
-//! - `tests/elevation.rs::ceremonies_refuse_replays_forgeries_wrong_origins_and_expired_challenges`
+//! - `tests/server/elevation.rs::ceremonies_refuse_replays_forgeries_wrong_origins_and_expired_challenges`
 //!   (replayed and forged assertions, another user's challenge, expired challenges) and
 //!   `required_mode_end_to_end` (grants for another user or a renewed token, a forged grant),
 //!   `recommended_disabled_nhost_claims_and_path_tricks` (`//`, `/./`, `%75`, `%2F`, `..`, `\`).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! authenticator (`webauthn-authenticator-rs` SoftPasskey) against the HTTP
 //! endpoints, grants checked by the gRPC and HTTP front doors.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

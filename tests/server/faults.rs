@@ -7,16 +7,16 @@
 //! outside the test code.
 //!
 //! Already covered elsewhere and not repeated: JWKS 500 / garbage after a good
-//! fetch (tests/jwks.rs `outage_keeps_serving_the_last_good_keys`), webhook
-//! 500 / garbage / slow / unreachable (tests/webhook.rs
+//! fetch (tests/server/jwks.rs `outage_keeps_serving_the_last_good_keys`), webhook
+//! 500 / garbage / slow / unreachable (tests/server/webhook.rs
 //! `hook_failures_are_internal_errors_and_never_panics`), a broken config on
-//! SIGHUP and a deleted config file with the real binary (tests/cli.rs
+//! SIGHUP and a deleted config file with the real binary (tests/server/cli.rs
 //! `serve_answers_reloads_on_sighup_and_drains_on_sigterm`).
 //!
-//! The PostgreSQL tests start their own cluster (see tests/store.rs);
+//! The PostgreSQL tests start their own cluster (see tests/server/store.rs);
 //! the server is never stopped: a TCP proxy owned by the test goes down.
 
-mod common;
+use crate::common;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -802,7 +802,7 @@ async fn assert_internal_error_everywhere(server: &TestServer, what: &str) {
     assert_eq!(within(5, "body", resp.text()).await.unwrap(), "", "{what}");
 }
 
-/// Defined outcomes (beside tests/webhook.rs, which covers 500, garbage JSON,
+/// Defined outcomes (beside tests/server/webhook.rs, which covers 500, garbage JSON,
 /// a slow hook under its `httpClient.timeout` and an unreachable hook): an
 /// answer over 1 MiB (the hook's or its OAuth2 token endpoint's), a hook that
 /// resets the connection or refuses it, and a

@@ -1,7 +1,7 @@
 //! The gRPC ext_authz front door, called as Envoy calls it: a tonic client
 //! built from Envoy's protos against the real server on 127.0.0.1:0.
 
-mod common;
+use crate::common;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
