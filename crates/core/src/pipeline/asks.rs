@@ -1,6 +1,7 @@
 //! What a request asks of the pipeline besides its credential.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use super::Engine;
 use crate::decision::DenyReason;
@@ -12,6 +13,7 @@ use crate::session;
 /// requests with the same token and nothing asked decide the same way,
 /// which is what lets [`Engine::decide_memo`](super::Engine::decide_memo) reuse an encoded allow.
 pub(super) struct Asks<'r> {
+    req: &'r Request,
     /// Client headers authgate reserves ([`is_reserved_header`]), in
     /// request order; the role asked for is one of them.
     pub(super) reserved: Vec<&'r str>,
@@ -20,22 +22,36 @@ pub(super) struct Asks<'r> {
     /// An elevation grant (header or cookie), when elevation is configured.
     pub(super) grant: Option<Cow<'r, str>>,
     /// Whether the route asks for elevation; an `Err` when that cannot be
-    /// read (refused once a mode has verified the caller).
-    pub(super) elevation: Result<bool, DenyReason>,
+    /// read (refused once a mode has verified the caller). Read when first
+    /// needed: a request refused before that never has its route matched
+    /// (nor a misconfigured route logged).
+    elevation: OnceLock<Result<bool, DenyReason>>,
 }
 
 impl Asks<'_> {
+    /// Whether the route asks for elevation ([`Asks::elevation`] field).
+    pub(super) fn elevation(&self, engine: &Engine) -> Result<bool, DenyReason> {
+        *self.elevation.get_or_init(|| match &engine.elevation {
+            None => crate::elevation::context_requires(self.req),
+            Some(el) => el.route_requires(self.req),
+        })
+    }
+
     /// Whether the request asks for nothing: the decision then depends on
     /// the token alone. Destructured whole, so a field added to [`Asks`]
     /// must be considered here.
-    pub(super) fn nothing(&self) -> bool {
+    pub(super) fn nothing(&self, engine: &Engine) -> bool {
         let Asks {
+            req: _,
             reserved,
             role,
             grant,
-            elevation,
+            elevation: _,
         } = self;
-        reserved.is_empty() && role.is_none() && grant.is_none() && *elevation == Ok(false)
+        reserved.is_empty()
+            && role.is_none()
+            && grant.is_none()
+            && self.elevation(engine) == Ok(false)
     }
 }
 
@@ -53,15 +69,13 @@ impl Engine {
         } else {
             req.headers.get(session::ROLE)
         };
-        let (grant, elevation) = match &self.elevation {
-            None => (None, crate::elevation::context_requires(req)),
-            Some(el) => (el.grant_of(req), el.route_requires(req)),
-        };
+        let grant = self.elevation.as_ref().and_then(|el| el.grant_of(req));
         Asks {
+            req,
             reserved,
             role,
             grant,
-            elevation,
+            elevation: OnceLock::new(),
         }
     }
 }

@@ -190,7 +190,9 @@ impl Engine {
         let decision = self.finish(auth, v, &asks, now).await;
         match (entry, &decision) {
             // An encoding already set was offered (and refused) in verify_jwt.
-            (Some(entry), Decision::Allow(a)) if entry.memo.get().is_none() && asks.nothing() => {
+            (Some(entry), Decision::Allow(a))
+                if entry.memo.get().is_none() && asks.nothing(self) =>
+            {
                 // Another request may have stored the same bytes first.
                 let _ = entry.memo.set(encode(a));
                 Answer::Memo(MemoHit {
@@ -307,7 +309,7 @@ impl Engine {
         // elevated request is refused when the route's requirement cannot be
         // read (an unknown context value, a path with no single reading):
         // such a config or request is broken.
-        let must = match (&self.elevation, asks.elevation) {
+        let must = match (&self.elevation, asks.elevation(self)) {
             (_, Err(reason)) => Err(reason),
             (_, Ok(false)) => Ok(false),
             (_, Ok(true)) if elevated => Ok(false),

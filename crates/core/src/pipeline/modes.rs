@@ -228,7 +228,7 @@ impl Engine {
             if let Some(hit) = cache.get(key) {
                 self.metrics.token_cache_hit.inc();
                 hit.check_time(now, &rules)?;
-                if asks.nothing()
+                if asks.nothing(self)
                     && let Some(memo) = M::hit(&hit)
                 {
                     return Ok(Found::Memo(memo));
