@@ -26,22 +26,25 @@ ENV CARGO_TERM_COLOR=never \
 # 1. Dependencies, in their own layer: rebuilt only when the manifest, the
 #    lock file or the build script change. Every target the workspace's
 #    manifests name gets an empty stand-in (authgate's library and binary,
-#    the authgate-core library, the benchmark package's two binaries), so
+#    the authgate-core library, the Envoy module's library, the benchmark
+#    package's two binaries), so
 #    that cargo resolves the workspace as it will in step 2.
 #    libsqlite3 (sqlx's bundled SQLite) and aws-lc are compiled with the
 #    image's C compiler.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY crates/core/Cargo.toml ./crates/core/
+COPY envoy/module/Cargo.toml ./envoy/module/
 COPY bench/Cargo.toml ./bench/
 # `--cfg tokio_unstable`, for the runtime's scheduling (src/server.rs: runtime).
 COPY .cargo ./.cargo
-RUN mkdir -p src crates/core/src bench/src \
+RUN mkdir -p src crates/core/src envoy/module/src bench/src \
  && echo 'fn main() {}' > src/main.rs \
  && : > src/lib.rs \
  && : > crates/core/src/lib.rs \
+ && : > envoy/module/src/lib.rs \
  && echo 'fn main() {}' > bench/src/noop.rs \
  && echo 'fn main() {}' > bench/src/load.rs \
- && cargo build --release --locked \
+ && cargo build --release --locked -p authgate \
  && rm -rf src crates/core/src
 
 # 2. authgate itself. The stand-ins' fingerprints (authgate-*, authgate-core

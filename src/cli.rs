@@ -152,18 +152,9 @@ fn validate(args: ValidateArgs) -> ExitCode {
     let config = match config::load_file(&path) {
         Ok(c) => c,
         Err(e) => {
-            for p in &e.0 {
-                eprintln!("{}", p.render(&file, args.strict));
+            for line in e.report(&file, args.strict) {
+                eprintln!("{line}");
             }
-            let n = if args.strict {
-                e.0.len()
-            } else {
-                e.errors().count()
-            };
-            eprintln!(
-                "{file}: invalid: {n} error{}",
-                if n == 1 { "" } else { "s" }
-            );
             return ExitCode::FAILURE;
         }
     };

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::config::{self, Config, ConfigErrors};
 use crate::conn::{HttpSettings, Limits, Listener};
-use crate::elevation::{Elevation, ElevationMode};
+use crate::elevation::Elevation;
 use crate::jwks::JwksRegistry;
 use crate::limits::*;
 use crate::metrics::Metrics;
@@ -205,22 +205,14 @@ pub fn watch_config(shared: Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> 
     }))
 }
 
-/// Opens the elevation stage when the config asks for it (a mode other than
-/// disabled, or WebAuthn settings for voluntary step-up).
+/// Opens the elevation stage when the config asks for it
+/// ([`crate::elevation::open_configured`]).
 pub async fn open_elevation(
     config: &Config,
     previous: Option<&Elevation>,
     metrics: &Metrics,
 ) -> Result<Option<Arc<Elevation>>, String> {
-    match &config.elevation {
-        Some(cfg) if cfg.mode != ElevationMode::Disabled || cfg.webauthn.is_some() => {
-            let errors = metrics.elevation_store_errors.clone();
-            Ok(Some(Arc::new(
-                Elevation::open(cfg.clone(), previous, errors).await?,
-            )))
-        }
-        _ => Ok(None),
-    }
+    crate::elevation::open_configured(config.elevation.as_ref(), previous, metrics).await
 }
 
 /// A started server: its bound addresses and a way to stop it.

@@ -6,13 +6,10 @@
 //! (prost) to exactly what [`super::render`] builds; unit tests here and the
 //! `check_request` fuzz target compare the two.
 
-use std::borrow::Cow;
-
 use bytes::BufMut;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 
-use crate::decision::Allow;
-use crate::session;
+use crate::decision::{Allow, MetaValue};
 
 // Every field number here is below 16: a key is one byte, (field << 3) | wire.
 const LEN: u8 = 2;
@@ -76,46 +73,22 @@ fn header_option(k: &str, v: &str) -> usize {
 }
 
 /// A dynamic-metadata field: `Value.string_value` (3) or `bool_value` (4).
-pub(super) enum Field<'a> {
-    Text(Cow<'a, str>),
-    Bool(bool),
-}
-
-impl Field<'_> {
-    fn value_len(&self) -> usize {
-        match self {
-            // A oneof member is written even when empty.
-            Field::Text(s) => len_field(s.len()),
-            Field::Bool(_) => 2,
-        }
-    }
-
-    /// A `Struct.fields` map entry `{ key: 1, value: 2 }` length.
-    fn entry_len(&self, name: &str) -> usize {
-        str_field(name) + len_field(self.value_len())
+fn value_len(f: &MetaValue<'_>) -> usize {
+    match f {
+        // A oneof member is written even when empty.
+        MetaValue::Text(s) => len_field(s.len()),
+        MetaValue::Bool(_) => 2,
     }
 }
 
-/// The dynamic metadata of an allow (also what `super::render` builds).
-pub(super) fn metadata(a: &Allow) -> [(&'static str, Option<Field<'_>>); 5] {
-    let user = a.session.user_id_text().map(Field::Text);
-    [
-        (
-            "role",
-            a.session
-                .get_str(session::ROLE)
-                .map(|r| Field::Text(Cow::Borrowed(r))),
-        ),
-        ("user_id", user),
-        ("mode", Some(Field::Text(Cow::Borrowed(a.mode.kind)))),
-        ("mode_id", Some(Field::Text(Cow::Borrowed(&a.mode.id)))),
-        ("elevated", Some(Field::Bool(a.elevated))),
-    ]
+/// A `Struct.fields` map entry `{ key: 1, value: 2 }` length.
+fn entry_len(f: &MetaValue<'_>, name: &str) -> usize {
+    str_field(name) + len_field(value_len(f))
 }
 
 /// Appends the serialized `CheckResponse` of `a` to `buf`.
 pub fn put_allow(a: &Allow, buf: &mut impl BufMut) {
-    let fields = metadata(a);
+    let fields = a.metadata();
     let ok_len: usize = a
         .headers
         .iter()
@@ -127,7 +100,7 @@ pub fn put_allow(a: &Allow, buf: &mut impl BufMut) {
             .sum::<usize>();
     let struct_len: usize = fields
         .iter()
-        .filter_map(|(name, f)| f.as_ref().map(|f| len_field(f.entry_len(name))))
+        .filter_map(|(name, f)| f.as_ref().map(|f| len_field(entry_len(f, name))))
         .sum();
 
     // CheckResponse.status (1): google.rpc.Status with code 0, i.e. empty.
@@ -157,15 +130,15 @@ pub fn put_allow(a: &Allow, buf: &mut impl BufMut) {
     put_len(buf, 4, struct_len);
     for (name, f) in &fields {
         let Some(f) = f else { continue };
-        put_len(buf, 1, f.entry_len(name));
+        put_len(buf, 1, entry_len(f, name));
         put_str(buf, 1, name);
-        put_len(buf, 2, f.value_len());
+        put_len(buf, 2, value_len(f));
         match f {
-            Field::Text(s) => {
+            MetaValue::Text(s) => {
                 put_len(buf, 3, s.len());
                 buf.put_slice(s.as_bytes());
             }
-            Field::Bool(b) => {
+            MetaValue::Bool(b) => {
                 buf.put_u8(key(4, VARINT));
                 buf.put_u8(u8::from(*b));
             }

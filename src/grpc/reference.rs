@@ -14,8 +14,8 @@ use envoy_types::pb::google::protobuf::{Struct, Value as PbValue};
 use envoy_types::pb::google::rpc::Status;
 use prost::Message;
 
-use super::{deny, encode, header};
-use crate::decision::{Allow, Decision, Deny, DenyReason};
+use super::{deny, header};
+use crate::decision::{Allow, Decision, Deny, DenyReason, MetaValue};
 use crate::pipeline::Answer;
 use crate::request::{Headers, Request};
 
@@ -90,12 +90,13 @@ pub fn render_answer(answer: Answer) -> CheckResponse {
 }
 
 fn allow(a: Allow) -> CheckResponse {
-    let fields: HashMap<String, PbValue> = encode::metadata(&a)
+    let fields: HashMap<String, PbValue> = a
+        .metadata()
         .into_iter()
         .filter_map(|(name, field)| {
             let kind = match field? {
-                encode::Field::Text(s) => Kind::StringValue(s.into_owned()),
-                encode::Field::Bool(b) => Kind::BoolValue(b),
+                MetaValue::Text(s) => Kind::StringValue(s.into_owned()),
+                MetaValue::Bool(b) => Kind::BoolValue(b),
             };
             Some((name.to_owned(), PbValue { kind: Some(kind) }))
         })

@@ -4,9 +4,10 @@
 //! metric labels: an open set would leak detail to clients and blow up label
 //! cardinality.
 
+use std::borrow::Cow;
 use std::fmt;
 
-use crate::session::Session;
+use crate::session::{self, Session};
 
 /// Why a request was denied. Each reason fixes its gRPC code, HTTP status and
 /// `WWW-Authenticate` challenge.
@@ -176,6 +177,36 @@ pub struct Allow {
     pub elevated: bool,
     /// Client-supplied headers to strip upstream (lower case), never one in `session`.
     pub headers_to_remove: Vec<String>,
+}
+
+/// One field of an allow's dynamic metadata (Envoy's `Struct` value kinds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaValue<'a> {
+    Text(Cow<'a, str>),
+    Bool(bool),
+}
+
+impl Allow {
+    /// The dynamic metadata every Envoy front door attaches to an allow, for
+    /// access logs and rate limits (docs/reference.md): role, user id (when
+    /// the session has one), mode type and id, elevated.
+    pub fn metadata(&self) -> [(&'static str, Option<MetaValue<'_>>); 5] {
+        [
+            (
+                "role",
+                self.session
+                    .get_str(session::ROLE)
+                    .map(|r| MetaValue::Text(Cow::Borrowed(r))),
+            ),
+            ("user_id", self.session.user_id_text().map(MetaValue::Text)),
+            ("mode", Some(MetaValue::Text(Cow::Borrowed(self.mode.kind)))),
+            (
+                "mode_id",
+                Some(MetaValue::Text(Cow::Borrowed(&self.mode.id))),
+            ),
+            ("elevated", Some(MetaValue::Bool(self.elevated))),
+        ]
+    }
 }
 
 #[derive(Debug, Clone)]

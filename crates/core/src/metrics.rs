@@ -19,16 +19,25 @@ pub enum Frontend {
     Grpc = 0,
     Http = 1,
     Webhook = 2,
+    /// The Envoy dynamic module (`libauthgate_envoy.so`), deciding inside
+    /// Envoy.
+    EnvoyModule = 3,
 }
 
 impl Frontend {
-    pub const ALL: [Frontend; 3] = [Frontend::Grpc, Frontend::Http, Frontend::Webhook];
+    pub const ALL: [Frontend; 4] = [
+        Frontend::Grpc,
+        Frontend::Http,
+        Frontend::Webhook,
+        Frontend::EnvoyModule,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Frontend::Grpc => "grpc",
             Frontend::Http => "http",
             Frontend::Webhook => "webhook",
+            Frontend::EnvoyModule => "envoy_module",
         }
     }
 }
@@ -476,10 +485,183 @@ impl Default for Metrics {
     }
 }
 
+/// How a family counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// A metric family as a host that must declare its stats up front (Envoy,
+/// for the module) sees it: name, kind and label names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Family {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub labels: &'static [&'static str],
+}
+
+/// Every `authgate_*` family [`Metrics`] registers (a unit test keeps the
+/// two in step).
+pub const FAMILIES: [Family; 13] = [
+    Family {
+        name: "authgate_check_requests_total",
+        kind: Kind::Counter,
+        labels: &["frontend", "decision", "reason", "mode"],
+    },
+    Family {
+        name: "authgate_check_duration_seconds",
+        kind: Kind::Histogram,
+        labels: &["frontend"],
+    },
+    Family {
+        name: "authgate_jwk_cache_lookups_total",
+        kind: Kind::Counter,
+        labels: &["source", "result"],
+    },
+    Family {
+        name: "authgate_jwks_fetches_total",
+        kind: Kind::Counter,
+        labels: &["source", "result"],
+    },
+    Family {
+        name: "authgate_jwks_keys",
+        kind: Kind::Gauge,
+        labels: &["source"],
+    },
+    Family {
+        name: "authgate_jwks_last_success_timestamp_seconds",
+        kind: Kind::Gauge,
+        labels: &["source"],
+    },
+    Family {
+        name: "authgate_token_cache_lookups_total",
+        kind: Kind::Counter,
+        labels: &["result"],
+    },
+    Family {
+        name: "authgate_elevation_failures_total",
+        kind: Kind::Counter,
+        labels: &["reason"],
+    },
+    Family {
+        name: "authgate_elevation_ceremonies_total",
+        kind: Kind::Counter,
+        labels: &["step", "result"],
+    },
+    Family {
+        name: "authgate_elevation_store_errors_total",
+        kind: Kind::Counter,
+        labels: &[],
+    },
+    Family {
+        name: "authgate_config_reloads_total",
+        kind: Kind::Counter,
+        labels: &["result"],
+    },
+    Family {
+        name: "authgate_config_last_reload_success_timestamp_seconds",
+        kind: Kind::Gauge,
+        labels: &[],
+    },
+    Family {
+        name: "authgate_config_last_reload_successful",
+        kind: Kind::Gauge,
+        labels: &[],
+    },
+];
+
+/// `authgate_build_info{version}`: a gauge always 1.
+pub const BUILD_INFO: Family = Family {
+    name: "authgate_build_info",
+    kind: Kind::Gauge,
+    labels: &["version"],
+};
+
+impl Metrics {
+    /// Calls `f` with every counter and gauge series of the `authgate_*`
+    /// families (histograms and the process collector's series left out):
+    /// the family's index in [`FAMILIES`] (`None` for [`BUILD_INFO`]), the
+    /// label values in the family's label order, and the value.
+    pub fn for_each_series(&self, mut f: impl FnMut(Option<usize>, &[&str], f64)) {
+        for family in self.registry.gather() {
+            let index = FAMILIES.iter().position(|x| x.name == family.name());
+            let labels = match index {
+                Some(i) if FAMILIES[i].kind != Kind::Histogram => FAMILIES[i].labels,
+                None if family.name() == BUILD_INFO.name => BUILD_INFO.labels,
+                _ => continue,
+            };
+            for m in family.get_metric() {
+                let mut values: Vec<&str> = Vec::with_capacity(labels.len());
+                for name in labels {
+                    let v = m
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == *name)
+                        .map_or("", |l| l.value());
+                    values.push(v);
+                }
+                let value = match family.get_field_type() {
+                    prometheus::proto::MetricType::COUNTER => m.get_counter().get_value(),
+                    _ => m.get_gauge().get_value(),
+                };
+                f(index, &values, value);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::decision::{Decision, ModeRef};
+
+    #[test]
+    fn families_list_what_the_registry_holds() {
+        let m = Metrics::new();
+        let _ = m.source("users");
+        m.jwks_last_success.with_label_values(&["users"]).set(1.0);
+        let mut names: Vec<String> = m
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .filter(|n| n.starts_with("authgate_"))
+            .collect();
+        names.sort();
+        let mut want: Vec<String> = FAMILIES
+            .iter()
+            .chain([&BUILD_INFO])
+            .map(|f| f.name.to_owned())
+            .collect();
+        want.sort();
+        assert_eq!(names, want);
+        for family in m.registry.gather() {
+            let Some(f) = FAMILIES
+                .iter()
+                .chain([&BUILD_INFO])
+                .find(|f| f.name == family.name())
+            else {
+                continue;
+            };
+            for series in family.get_metric() {
+                let mut got: Vec<&str> = series.get_label().iter().map(|l| l.name()).collect();
+                let mut names = f.labels.to_vec();
+                got.sort();
+                names.sort();
+                assert_eq!(got, names, "{}", f.name);
+            }
+        }
+        let mut seen = 0;
+        m.for_each_series(|i, labels, _| {
+            if i == Some(0) {
+                assert_eq!(labels.len(), 4);
+                seen += 1;
+            }
+        });
+        assert_eq!(seen, Frontend::ALL.len() * OUTCOMES * MODE_LABELS.len());
+    }
 
     #[test]
     fn every_family_is_present_from_start() {

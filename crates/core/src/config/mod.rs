@@ -91,6 +91,26 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+impl ConfigErrors {
+    /// What `authgate validate` prints for a file with errors: every
+    /// problem as `FILE:LINE:COLUMN: error: PATH: message`, then the count.
+    /// Hosts that load a config elsewhere (the Envoy module) report the same
+    /// lines.
+    pub fn report(&self, file: &str, strict: bool) -> Vec<String> {
+        let mut lines: Vec<String> = self.0.iter().map(|p| p.render(file, strict)).collect();
+        let n = if strict {
+            self.0.len()
+        } else {
+            self.errors().count()
+        };
+        lines.push(format!(
+            "{file}: invalid: {n} error{}",
+            if n == 1 { "" } else { "s" }
+        ));
+        lines
+    }
+}
+
 /// Which config file to use: flag, `AUTHGATE_CONFIG`, RelyAuth's
 /// `RELY_AUTH_CONFIG_PATH`, then `./auth.yaml`.
 pub fn resolve_path(flag: Option<PathBuf>) -> PathBuf {

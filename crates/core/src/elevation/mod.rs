@@ -357,6 +357,24 @@ pub struct Elevation {
     grant_locations: [TokenLocation; 2],
 }
 
+/// Opens the elevation stage when the config asks for it: a mode other than
+/// disabled, or WebAuthn settings for voluntary step-up. `None` otherwise.
+pub async fn open_configured(
+    cfg: Option<&ElevationConfig>,
+    previous: Option<&Elevation>,
+    metrics: &crate::metrics::Metrics,
+) -> Result<Option<Arc<Elevation>>, String> {
+    match cfg {
+        Some(cfg) if cfg.mode != ElevationMode::Disabled || cfg.webauthn.is_some() => {
+            let errors = metrics.elevation_store_errors.clone();
+            Ok(Some(Arc::new(
+                Elevation::open(cfg.clone(), previous, errors).await?,
+            )))
+        }
+        _ => Ok(None),
+    }
+}
+
 impl Elevation {
     /// Opens the store and prepares the grant keys. On reload, `previous`
     /// lends its store (same URL) and its keys (same or generated key), so
