@@ -15,20 +15,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::any;
 
-use super::free_port;
-
-/// The repository's root (where `Cargo.lock` is), for tests of any package.
-pub fn repo_root() -> PathBuf {
-    let mut p = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    while !p.join("Cargo.lock").exists() {
-        assert!(
-            p.pop(),
-            "no Cargo.lock above {}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-    }
-    p
-}
+use super::{free_port, repo_root};
 
 pub fn envoy_binary() -> PathBuf {
     if let Ok(p) = std::env::var("ENVOY_BIN") {

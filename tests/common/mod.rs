@@ -31,11 +31,17 @@ use serde_json::{Value, json};
 pub mod envoy;
 
 pub fn fixture(name: &str) -> String {
-    std::fs::read_to_string(format!(
-        "{}/tests/fixtures/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+    std::fs::read_to_string(repo_root().join("tests/fixtures").join(name))
+        .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
+/// The repository's root (where `Cargo.lock` is), for tests of any package.
+pub fn repo_root() -> std::path::PathBuf {
+    let mut p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    while !p.join("Cargo.lock").exists() {
+        assert!(p.pop(), "no Cargo.lock above {}", env!("CARGO_MANIFEST_DIR"));
+    }
+    p
 }
 
 /// A port free at the moment (for processes that must be told their port).
