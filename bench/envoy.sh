@@ -2,9 +2,12 @@
 # Through a real Envoy, the way users run authgate: paired, alternating runs of
 #   alone      Envoy with a direct_response route (the floor),
 #   jwt_authn  Envoy's built-in jwt_authn, RS256 (its token cache is off by default),
+#   jwt_authn_cached  the same with jwt_cache_config (its token cache on),
 #   noop       Envoy + ext_authz gRPC to the no-op server (bench/src/noop.rs),
 #   authgate   Envoy + ext_authz gRPC to authgate (one token repeated: cache hit),
 #   authgate_distinct  the same with a new RS256 token on every request,
+#   module     Envoy + the authgate dynamic module (libauthgate_envoy.so, the
+#              same rs.yaml), one token repeated and distinct tokens,
 # driven by wrk over HTTP/1.1. Envoy runs with --concurrency 1 on core 0. At 64
 # connections the ext_authz server runs on core 1 (off Envoy's core, beside
 # wrk); at 1 connection on core 0 (on Envoy's core). Every answer must be a
@@ -56,17 +59,28 @@ function request()
 end
 LUA
 
-# Envoy config: FILTER is alone | jwt_authn | ext_authz (to AUTHZ_PORT).
+# Envoy config: FILTER is alone | jwt_authn | jwt_authn_cached | ext_authz
+# (to AUTHZ_PORT) | module.
 envoy_config() { # FILTER LISTEN_PORT ADMIN_PORT AUTHZ_PORT OUT
-  python3 - "$@" "$tmp/www/jwks.json" <<'PY'
+  python3 - "$@" "$tmp/www/jwks.json" "$tmp/rs.yaml" <<'PY'
 import json, sys
-flt, port, admin, authz, out, jwks = sys.argv[1:7]
+flt, port, admin, authz, out, jwks, auth_yaml = sys.argv[1:8]
 filters = []
-if flt == "jwt_authn":
+if flt in ("jwt_authn", "jwt_authn_cached"):
+    provider = {"local_jwks": {"inline_string": open(jwks).read()}, "forward": True}
+    if flt == "jwt_authn_cached":
+        provider["jwt_cache_config"] = {"jwt_cache_size": 1000}
     filters.append({"name": "envoy.filters.http.jwt_authn", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-        "providers": {"bench": {"local_jwks": {"inline_string": open(jwks).read()}, "forward": True}},
+        "providers": {"bench": provider},
         "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}]}})
+elif flt == "module":
+    filters.append({"name": "authgate", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+        "dynamic_module_config": {"name": "authgate_envoy", "do_not_close": True},
+        "filter_name": "authgate",
+        "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                          "value": json.dumps({"configPath": auth_yaml})}}})
 elif flt == "ext_authz":
     filters.append({"name": "envoy.filters.http.ext_authz", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
@@ -116,7 +130,8 @@ point() { # NAME FILTER SERVER(noop|authgate|-) SERVER_CORE CONNECTIONS TOKENS R
   fi
   eport=$(free_port); aport=$(free_port)
   envoy_config "$flt" "$eport" "$aport" "$authz_port" "$tmp/envoy-$name.json"
-  taskset -c 0 "$envoy" -c "$tmp/envoy-$name.json" --concurrency 1 --disable-hot-restart \
+  ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$(realpath "$bin")" \
+    taskset -c 0 "$envoy" -c "$tmp/envoy-$name.json" --concurrency 1 --disable-hot-restart \
     --log-level error --base-id "$eport" > "$tmp/envoy.log" 2>&1 &
   epid=$!; pids+=("$epid"); wait_port "$eport"
   # Warm-up with the repeated token (connections, the cached case's entry),
@@ -154,24 +169,32 @@ PY
 one="$tmp/one-token.txt"
 for round in $(seq "$rounds"); do
   # Alternate the order each round so drift hits every configuration alike.
-  order=(alone jwt_authn noop authgate authgate_distinct)
-  if [ $((round % 2)) = 0 ]; then order=(authgate_distinct authgate noop jwt_authn alone); fi
+  order=(alone jwt_authn jwt_authn_distinct jwt_authn_cached noop authgate authgate_distinct module module_distinct)
+  if [ $((round % 2)) = 0 ]; then
+    order=(module_distinct module authgate_distinct authgate noop jwt_authn_cached jwt_authn_distinct jwt_authn alone)
+  fi
   for cfg in "${order[@]}"; do
     case $cfg in
       alone) point alone_c64 alone - 1 64 "$one" "$round";;
       jwt_authn) point jwt_authn_rs256_c64 jwt_authn - 1 64 "$one" "$round";;
+      jwt_authn_distinct) point jwt_authn_rs256_distinct_c64 jwt_authn - 1 64 "$distinct_tokens" "$round";;
+      jwt_authn_cached) point jwt_authn_rs256_cached_c64 jwt_authn_cached - 1 64 "$one" "$round";;
       noop) point noop_off_core_c64 ext_authz noop 1 64 "$one" "$round";;
       authgate) point authgate_cached_off_core_c64 ext_authz authgate 1 64 "$one" "$round";;
       authgate_distinct) point authgate_distinct_off_core_c64 ext_authz authgate 1 64 "$distinct_tokens" "$round";;
+      module) point module_cached_c64 module - 1 64 "$one" "$round";;
+      module_distinct) point module_distinct_c64 module - 1 64 "$distinct_tokens" "$round";;
     esac
   done
   for cfg in "${order[@]}"; do
     case $cfg in
       alone) point alone_c1 alone - 0 1 "$one" "$round";;
       jwt_authn) point jwt_authn_rs256_c1 jwt_authn - 0 1 "$one" "$round";;
+      jwt_authn_cached) point jwt_authn_rs256_cached_c1 jwt_authn_cached - 0 1 "$one" "$round";;
       noop) point noop_on_core_c1 ext_authz noop 0 1 "$one" "$round";;
       authgate) point authgate_cached_on_core_c1 ext_authz authgate 0 1 "$one" "$round";;
-      authgate_distinct) :;;
+      module) point module_cached_c1 module - 0 1 "$one" "$round";;
+      *) :;;
     esac
   done
 done
@@ -198,9 +221,14 @@ print("\nratios (req/s, 64 connections, authgate off Envoy's core):")
 for a in ("authgate_cached_off_core_c64", "authgate_distinct_off_core_c64"):
     print(f"  {a:32} / jwt_authn_rs256 = {ratio(a, 'jwt_authn_rs256_c64'):.2f}   / noop = {ratio(a, 'noop_off_core_c64'):.2f}")
 print(f"  {'noop_off_core_c64':32} / jwt_authn_rs256 = {ratio('noop_off_core_c64', 'jwt_authn_rs256_c64'):.2f}")
+print("\nthe module (req/s, 64 connections):")
+print(f"  {'module_distinct_c64':32} / jwt_authn_rs256 distinct (cache off) = {ratio('module_distinct_c64', 'jwt_authn_rs256_distinct_c64'):.2f}   (target >= 1.3)")
+print(f"  {'module_cached_c64':32} / alone = {ratio('module_cached_c64', 'alone_c64'):.2f}   (target >= 0.8)")
+print(f"  {'module_cached_c64':32} / jwt_authn_rs256 cached = {ratio('module_cached_c64', 'jwt_authn_rs256_cached_c64'):.2f}   (target >= 1.0)")
+print(f"  {'module_cached_c64':32} / authgate over ext_authz = {ratio('module_cached_c64', 'authgate_cached_off_core_c64'):.2f}")
 if "alone_c1" in med:
     print("\nadded latency over Envoy alone (1 connection, ext_authz server on Envoy's core):")
-    for a in ("jwt_authn_rs256_c1", "noop_on_core_c1", "authgate_cached_on_core_c1"):
+    for a in ("jwt_authn_rs256_c1", "jwt_authn_rs256_cached_c1", "noop_on_core_c1", "authgate_cached_on_core_c1", "module_cached_c1"):
         if a in med:
             print(f"  {a:32} p50 +{med[a]['p50_us'] - med['alone_c1']['p50_us']:.0f} us   p99 +{med[a]['p99_us'] - med['alone_c1']['p99_us']:.0f} us")
 bad = sum(m["bad"] for m in med.values())

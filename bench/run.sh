@@ -29,9 +29,9 @@ if [ "${1:-}" = "--smoke" ]; then
   smoke=1
 fi
 if [ "$profile" = release ]; then
-  cargo build --release --quiet --workspace --bins
+  cargo build --release --quiet --workspace --bins --lib
 else
-  cargo build --quiet --workspace --bins
+  cargo build --quiet --workspace --bins --lib
 fi
 bin="target/$profile"
 load="$bin/authgate-bench-load"
