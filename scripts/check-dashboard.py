@@ -2,10 +2,12 @@
 """Check a Grafana dashboard against the metrics authgate really exports.
 
 Usage:
-    python3 scripts/check-dashboard.py dashboards/authgate.json METRICS_URL_OR_FILE
+    python3 scripts/check-dashboard.py dashboards/authgate.json METRICS_URL_OR_FILE...
 
 METRICS_URL_OR_FILE is an http(s) URL of a Prometheus text endpoint (for example
-http://127.0.0.1:8080/metrics), a file holding that text, or "-" for stdin.
+http://127.0.0.1:8080/metrics), a file holding that text, or "-" for stdin. With several
+(the server's /metrics and an Envoy's /stats/prometheus with the authgate module), a metric
+is exported when any of them exports it: the dashboard serves both deployments.
 
 Checks:
   * the dashboard is valid JSON with schemaVersion >= 39;
@@ -14,7 +16,7 @@ Checks:
     query variable uses it ("datasource": {"type": "prometheus", "uid": "${datasource}"});
   * panel ids are unique and every panel has a gridPos;
   * every metric named in a PromQL expression (tokens matching authgate_[a-z0-9_]+ or
-    process_[a-z0-9_]+) is a family the server exports (a "# TYPE <name>" line); histogram
+    process_[a-z0-9_]+) is a family a source exports (a "# TYPE <name>" line); histogram
     series (_bucket, _count, _sum) are matched to their histogram family;
   * no expression can turn into NaN when traffic stops: the right side of every division is
     a parenthesised filter ending in "> 0" (so 0/0 gives no sample), a number or a dashboard
@@ -222,10 +224,11 @@ def check_dashboard(dash):
 
 
 def main(argv):
-    if len(argv) != 3 or argv[1] in ("-h", "--help"):
+    if len(argv) < 3 or argv[1] in ("-h", "--help"):
         sys.stderr.write(__doc__)
         return 2
-    dash_path, metrics_source = argv[1], argv[2]
+    dash_path, sources = argv[1], argv[2:]
+    metrics_source = " and ".join(sources)
     try:
         with open(dash_path, encoding="utf-8") as f:
             dash = json.load(f)
@@ -240,15 +243,19 @@ def main(argv):
     if not used:
         problems.append("no authgate_* metric referenced by any expression")
 
-    try:
-        text = load_metrics_text(metrics_source)
-    except (OSError, urllib.error.URLError, ValueError) as e:
-        problems.append("cannot read metrics from {}: {}".format(metrics_source, e))
-        text = None
-    if text is not None:
-        families = exported_families(text)
-        if not families:
-            problems.append("{} has no '# TYPE' lines".format(metrics_source))
+    families = {}
+    for source in sources:
+        try:
+            text = load_metrics_text(source)
+        except (OSError, urllib.error.URLError, ValueError) as e:
+            problems.append("cannot read metrics from {}: {}".format(source, e))
+            continue
+        found = exported_families(text)
+        if not found:
+            problems.append("{} has no '# TYPE' lines".format(source))
+        for name, kind in found.items():
+            families.setdefault(name, kind)
+    if families:
         for name in sorted(used):
             if not is_exported(name, families):
                 places = used[name]

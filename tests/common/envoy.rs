@@ -75,6 +75,9 @@ pub struct Bootstrap {
     pub admin: u16,
     /// Extra environment for Envoy (e.g. the module search path).
     pub env: Vec<(String, String)>,
+    /// Where Envoy's standard output (the access log) goes; discarded when
+    /// `None`.
+    pub stdout: Option<PathBuf>,
 }
 
 impl Bootstrap {
@@ -122,6 +125,7 @@ impl Bootstrap {
             listen,
             admin,
             env: Vec::new(),
+            stdout: None,
         }
     }
 
@@ -153,9 +157,15 @@ impl Bootstrap {
                     "--disable-hot-restart",
                     "--log-level",
                     "warn",
+                    // Access-log lines reach `stdout` within 100 ms.
+                    "--file-flush-interval-msec",
+                    "100",
                 ])
                 .envs(self.env.iter().map(|(k, v)| (k, v)))
-                .stdout(Stdio::null())
+                .stdout(match &self.stdout {
+                    Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+                    None => Stdio::null(),
+                })
                 .stderr(Stdio::inherit())
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {}: {e}", envoy_bin.display())),

@@ -39,7 +39,11 @@ pub fn fixture(name: &str) -> String {
 pub fn repo_root() -> std::path::PathBuf {
     let mut p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     while !p.join("Cargo.lock").exists() {
-        assert!(p.pop(), "no Cargo.lock above {}", env!("CARGO_MANIFEST_DIR"));
+        assert!(
+            p.pop(),
+            "no Cargo.lock above {}",
+            env!("CARGO_MANIFEST_DIR")
+        );
     }
     p
 }

@@ -139,11 +139,11 @@ unsafe extern "C" {
         id: u32,
         out: *mut Buf,
     ) -> bool;
-    fn envoy_dynamic_module_callback_http_set_dynamic_metadata_string(
+    fn envoy_dynamic_module_callback_http_set_dynamic_metadata_string_batch(
         f: EnvoyFilter,
         namespace: Buf,
-        key: Buf,
-        value: Buf,
+        entries: *const Header,
+        entries_len: usize,
     );
     fn envoy_dynamic_module_callback_http_set_dynamic_metadata_bool(
         f: EnvoyFilter,
@@ -803,23 +803,49 @@ impl Stream for EnvoyStream {
         }
     }
 
-    fn set_metadata(&mut self, key: &str, value: &MetaValue<'_>) {
+    fn set_metadata(&mut self, fields: &[(&'static str, Option<MetaValue<'_>>)]) {
         let ns = Buf::of(METADATA_NAMESPACE);
-        let key = Buf::of(key.as_bytes());
-        // SAFETY: E2; the buffers are valid for the call; Envoy copies them.
-        unsafe {
+        // The text fields in one call (one merge into the stream's metadata
+        // instead of one per field); key-value pairs have the header layout.
+        let mut text = [Header {
+            key: Buf::EMPTY,
+            value: Buf::EMPTY,
+        }; 5];
+        let mut n = 0;
+        for (key, value) in fields {
             match value {
-                MetaValue::Text(s) => {
-                    envoy_dynamic_module_callback_http_set_dynamic_metadata_string(
-                        self.ptr,
-                        ns,
-                        key,
-                        Buf::of(s.as_bytes()),
-                    )
+                Some(MetaValue::Text(s)) if n < text.len() => {
+                    text[n] = Header {
+                        key: Buf::of(key.as_bytes()),
+                        value: Buf::of(s.as_bytes()),
+                    };
+                    n += 1;
                 }
-                MetaValue::Bool(b) => envoy_dynamic_module_callback_http_set_dynamic_metadata_bool(
-                    self.ptr, ns, key, *b,
-                ),
+                Some(MetaValue::Bool(b)) => {
+                    // SAFETY: E2; the buffers are valid for the call; Envoy
+                    // copies them.
+                    unsafe {
+                        envoy_dynamic_module_callback_http_set_dynamic_metadata_bool(
+                            self.ptr,
+                            ns,
+                            Buf::of(key.as_bytes()),
+                            *b,
+                        )
+                    }
+                }
+                _ => {}
+            }
+        }
+        if n > 0 {
+            // SAFETY: E2; `text[..n]` and the buffers it points to are valid
+            // for the call; Envoy copies them.
+            unsafe {
+                envoy_dynamic_module_callback_http_set_dynamic_metadata_string_batch(
+                    self.ptr,
+                    ns,
+                    text.as_ptr(),
+                    n,
+                )
             }
         }
     }

@@ -34,7 +34,8 @@ pub trait Stream {
     fn route(&self) -> Option<&HashMap<String, String>>;
     fn set_header(&mut self, name: &str, value: &str);
     fn remove_header(&mut self, name: &str);
-    fn set_metadata(&mut self, key: &str, value: &MetaValue<'_>);
+    /// Sets the allow's dynamic metadata (absent fields skipped).
+    fn set_metadata(&mut self, fields: &[(&'static str, Option<MetaValue<'_>>)]);
     fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &str);
 }
 
@@ -157,6 +158,8 @@ impl FilterConfig {
     ) -> (Step, Option<Waiting>) {
         let started = Instant::now();
         let req = request_of(stream);
+        #[cfg(debug_assertions)]
+        injected_panic(&req);
         let engine = self.engine.clone();
         let timeout = engine.settings.decision_timeout;
         // JWKS refetches and webhook calls spawn on, and time out with, the
@@ -227,11 +230,7 @@ impl FilterConfig {
                 for h in &a.headers_to_remove {
                     stream.remove_header(h);
                 }
-                for (key, value) in a.metadata() {
-                    if let Some(value) = value {
-                        stream.set_metadata(key, &value);
-                    }
-                }
+                stream.set_metadata(&a.metadata());
                 Step::Continue
             }
             Decision::Deny(deny) => {
@@ -255,5 +254,21 @@ impl FilterConfig {
                 Step::Replied
             }
         }
+    }
+}
+
+/// Debug builds only: a request carrying the header named by the
+/// environment variable `AUTHGATE_ENVOY_PANIC_HEADER` panics while it is
+/// decided, so that the end-to-end tests can show that a panic in the module
+/// becomes a denial and leaves Envoy serving. Release builds have no such
+/// code.
+#[cfg(debug_assertions)]
+fn injected_panic(req: &Request) {
+    static HEADER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let name = HEADER.get_or_init(|| std::env::var("AUTHGATE_ENVOY_PANIC_HEADER").ok());
+    if let Some(name) = name
+        && req.headers.get(name).is_some()
+    {
+        panic!("injected panic ({name})");
     }
 }

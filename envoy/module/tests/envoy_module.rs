@@ -62,6 +62,8 @@ struct Door {
     base: String,
     admin: u16,
     seen: Seen,
+    /// Envoy's access log (JSON lines with authgate's dynamic metadata).
+    log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -92,12 +94,15 @@ async fn pair(yaml: &str, strip: bool) -> Pair {
             b = b.without_filter(f);
         }
     }
+    let log = auth.path().join("grpc-access.log");
+    b.stdout = Some(log.clone());
     let (envoy, base, dir) = b.run().await;
     let grpc = Door {
         _envoy: envoy,
         base,
         admin: b.admin,
         seen,
+        log,
         _dir: dir,
     };
 
@@ -108,12 +113,15 @@ async fn pair(yaml: &str, strip: bool) -> Pair {
             b = b.without_filter(f);
         }
     }
+    let log = auth.path().join("module-access.log");
+    b.stdout = Some(log.clone());
     let (envoy, base, dir) = b.run().await;
     let module = Door {
         _envoy: envoy,
         base,
         admin: b.admin,
         seen,
+        log,
         _dir: dir,
     };
     Pair {
@@ -195,6 +203,47 @@ async fn send(door: &Door, c: &Case) -> Seen2 {
     }
 }
 
+/// The access-log lines of a door (both example configs log authgate's
+/// dynamic metadata: `role`, `user_id`, `mode`, `mode_id`, `elevated`), once
+/// `n` have been written, without the fields that differ per request, and
+/// without `flags`: Envoy marks ext_authz denials `UAEX`, a module's local
+/// reply has no flag (docs/envoy-module.md).
+async fn access_log(door: &Door, n: usize) -> Vec<Value> {
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&door.log).unwrap_or_default();
+        lines = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect();
+        if lines.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for l in &mut lines {
+        let o = l.as_object_mut().unwrap();
+        for k in ["time", "duration_ms", "request_id", "client", "flags"] {
+            o.remove(k);
+        }
+    }
+    lines
+}
+
+/// The dynamic metadata of every request, as the two access logs show it,
+/// is the same.
+async fn same_metadata(p: &Pair, n: usize) {
+    let grpc = access_log(&p.grpc, n).await;
+    let module = access_log(&p.module, n).await;
+    assert_eq!(grpc.len(), n, "{grpc:?}");
+    assert_eq!(grpc, module);
+    assert!(
+        grpc.iter()
+            .any(|l| l["role"] != "-" && l["mode"] != "-" && l["elevated"] != "-"),
+        "the logs show metadata: {grpc:?}"
+    );
+}
+
 /// Sends every case through both doors; returns how many were allowed.
 async fn differ(p: &Pair, cases: &[Case]) -> usize {
     let mut allowed = 0;
@@ -213,6 +262,7 @@ async fn differ(p: &Pair, cases: &[Case]) -> usize {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    same_metadata(p, cases.len()).await;
     allowed
 }
 
@@ -264,6 +314,19 @@ fn corpus_one() -> Vec<Case> {
     elevated["claims.jwt.hasura.io"]["x-hasura-auth-elevated"] = json!("user-42");
     let mut empty_org = user_claims("user-42");
     empty_org["claims.jwt.hasura.io"]["x-hasura-org-id"] = json!("");
+    // Grants as the server's ceremony issues them, with the configured key.
+    let keys =
+        authgate::elevation::GrantKeys::from_pem(Algorithm::ES256, &private_key(Algorithm::ES256))
+            .unwrap();
+    let exp = now() + 600;
+    let grant_for = |t: &str| {
+        keys.mint("user-42", t, Some(exp), Duration::from_secs(600), now())
+            .unwrap()
+            .0
+    };
+    let grant = grant_for(&good);
+    let other = token(user_claims("user-42"));
+    let grant_of_other = grant_for(&format!("{other}x"));
     vec![
         case("no credentials", "GET", "/v1/graphql"),
         case("valid token", "POST", "/v1/graphql").bearer(&good),
@@ -310,13 +373,41 @@ fn corpus_one() -> Vec<Case> {
         case("elevation route, no keys", "POST", "/v1/user/password").bearer(&good),
         case("elevation route, nhost claim", "POST", "/v1/user/password")
             .bearer(&token(elevated.clone())),
+        case("elevation route, grant", "POST", "/v1/user/password")
+            .bearer(&good)
+            .header("x-elevation-token", &grant),
+        case(
+            "elevation route, grant in a cookie",
+            "POST",
+            "/v1/user/password",
+        )
+        .bearer(&good)
+        .header("cookie", format!("x-elevation-token={grant}")),
+        case("per-route elevation, grant", "GET", "/v1/user/profile")
+            .bearer(&good)
+            .header("x-elevation-token", &grant),
+        case(
+            "elevation route, another token's grant",
+            "POST",
+            "/v1/user/password",
+        )
+        .bearer(&other)
+        .header("x-elevation-token", &grant_of_other),
         case("elevation route, forged grant", "POST", "/v1/user/password")
             .bearer(&good)
             .header("x-elevation-token", "a.b.c"),
         case("per-route elevation", "GET", "/v1/user/profile").bearer(&good),
-        case("per-route elevation, nhost claim", "GET", "/v1/user/profile")
-            .bearer(&token(elevated)),
-        case("per-route elevation, no credentials", "GET", "/v1/user/profile"),
+        case(
+            "per-route elevation, nhost claim",
+            "GET",
+            "/v1/user/profile",
+        )
+        .bearer(&token(elevated)),
+        case(
+            "per-route elevation, no credentials",
+            "GET",
+            "/v1/user/profile",
+        ),
         case("dot segments", "POST", "/v1/user/./password").bearer(&good),
         case("encoded path", "POST", "/v1/user/pass%77ord").bearer(&good),
         case("query string", "POST", "/v1/user/password?x=1").bearer(&good),
@@ -351,11 +442,15 @@ async fn module_answers_like_the_grpc_server_jwt_api_keys_elevation() {
             allowed += usize::from(grpc.status == 200);
             let (g, m) = (without_empty_values(grpc), module);
             if g != m {
-                failures.push(format!("{} (strip {strip}):\n  grpc:   {g:?}\n  module: {m:?}", c.name));
+                failures.push(format!(
+                    "{} (strip {strip}):\n  grpc:   {g:?}\n  module: {m:?}",
+                    c.name
+                ));
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
         assert!(allowed >= 8, "the corpus has allows: {allowed}");
+        same_metadata(&p, cases.len()).await;
         if !strip {
             same_counts(&p).await;
         }
@@ -388,6 +483,20 @@ async fn same_counts(p: &Pair) {
     ] {
         assert!(text.contains(family), "{family} in Envoy's stats:\n{text}");
     }
+    // The dashboard's every metric is exported by the server or the module.
+    let out = Command::new("python3")
+        .arg(repo_root().join("scripts/check-dashboard.py"))
+        .arg(repo_root().join("dashboards/authgate.json"))
+        .arg(p.server.http_url("/metrics"))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Non-zero series of `name` for `frontend`: labels (without frontend) to
@@ -422,10 +531,10 @@ fn series(text: &str, name: &str, frontend: &str) -> BTreeMap<BTreeMap<String, S
 async fn hook() -> SocketAddr {
     async fn handle(headers: HeaderMap) -> axum::response::Response {
         match headers.get("authorization").and_then(|v| v.to_str().ok()) {
-            Some("Bearer opaque-good") => axum::Json(
-                json!({"x-hasura-role": "user", "x-hasura-user-id": "hook-7"}),
-            )
-            .into_response(),
+            Some("Bearer opaque-good") => {
+                axum::Json(json!({"x-hasura-role": "user", "x-hasura-user-id": "hook-7"}))
+                    .into_response()
+            }
             Some("Bearer opaque-slow") => {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 axum::Json(json!({"x-hasura-role": "user", "x-hasura-user-id": "slow-8"}))
@@ -482,8 +591,12 @@ definition:
         case("no credentials: noAuth", "GET", "/v1/graphql"),
         case("jwks token in cookie", "GET", "/v1/graphql")
             .header("cookie", cookie(rs(user_claims("idp-1"), "k1"))),
-        case("unknown kid: refetched, still unknown", "GET", "/v1/graphql")
-            .header("cookie", cookie(rs(user_claims("idp-1"), "k9"))),
+        case(
+            "unknown kid: refetched, still unknown",
+            "GET",
+            "/v1/graphql",
+        )
+        .header("cookie", cookie(rs(user_claims("idp-1"), "k9"))),
         case("two session cookies", "GET", "/v1/graphql").header(
             "cookie",
             format!(
@@ -564,7 +677,13 @@ fn envoy_refuses(bootstrap: &Bootstrap) -> (std::process::ExitStatus, String) {
     let out = Command::new(envoy_binary())
         .arg("-c")
         .arg(&cfg)
-        .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "info"])
+        .args([
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "--log-level",
+            "info",
+        ])
         .envs(bootstrap.env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -572,7 +691,10 @@ fn envoy_refuses(bootstrap: &Bootstrap) -> (std::process::ExitStatus, String) {
         .unwrap()
         .wait_with_output()
         .unwrap();
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -589,9 +711,14 @@ async fn config_errors_refuse_the_filter_with_the_messages_of_validate() {
     assert!(!status.success(), "{log}");
     // What `authgate validate` prints for the file, line by line.
     let file = path.display().to_string();
-    let report = authgate::config::load_file(&path).unwrap_err().report(&file, false);
+    let report = authgate::config::load_file(&path)
+        .unwrap_err()
+        .report(&file, false);
     assert_eq!(report.len(), 2, "{report:?}");
-    assert!(report[0].contains("definition.modes[1].rol: unknown key `rol`"), "{report:?}");
+    assert!(
+        report[0].contains("definition.modes[1].rol: unknown key `rol`"),
+        "{report:?}"
+    );
     for line in &report {
         assert!(log.contains(line.as_str()), "{line} in Envoy's log:\n{log}");
     }
@@ -609,4 +736,41 @@ async fn config_errors_refuse_the_filter_with_the_messages_of_validate() {
         log.contains("per-route `elevation` is `yes` (expected required or optional)"),
         "{log}"
     );
+}
+
+/// A panic while deciding (injected in debug builds by a header) is a 503
+/// `internal_error` denial, and Envoy goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_module_is_a_denial_and_envoy_keeps_serving() {
+    let auth = tempfile::tempdir().unwrap();
+    let path = auth.path().join("auth.yaml");
+    std::fs::write(&path, hs256_config("")).unwrap();
+    let (up, _seen) = upstream().await;
+    let mut b = module_bootstrap(&path, up);
+    b.env
+        .push(("AUTHGATE_ENVOY_PANIC_HEADER".into(), "x-test-panic".into()));
+    let (_envoy, base, _dir) = b.run().await;
+    let client = reqwest::Client::new();
+    let good = token(user_claims("user-1"));
+    for _ in 0..3 {
+        let r = client
+            .get(format!("{base}/v1/graphql"))
+            .bearer_auth(&good)
+            .header("x-test-panic", "1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        assert_eq!(
+            r.text().await.unwrap(),
+            r#"{"error":"internal_error","message":"authorization temporarily unavailable"}"#
+        );
+        let r = client
+            .get(format!("{base}/v1/graphql"))
+            .bearer_auth(&good)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "Envoy still serves after the panic");
+    }
 }
