@@ -418,8 +418,11 @@ fn with_labels<R>(labels: &[&str], f: impl FnOnce(&[Buf]) -> R) -> R {
     }
 }
 
-impl Sink for &EnvoyStats {
-    fn add(&mut self, target: Target, labels: &[&str], n: u64) {
+/// `http_filter_config_increment_counter` and `_set_gauge`.
+type Update = unsafe extern "C" fn(EnvoyConfig, usize, *const Buf, usize, u64) -> u32;
+
+impl EnvoyStats {
+    fn update(&self, call: Update, target: Target, labels: &[&str], value: u64) {
         let id = self.id(target);
         if id == 0 {
             return;
@@ -427,35 +430,28 @@ impl Sink for &EnvoyStats {
         with_labels(labels, |l| {
             // SAFETY: E3; the label buffers are valid for the call. A
             // family without labels has an empty slice, as defined.
-            unsafe {
-                envoy_dynamic_module_callback_http_filter_config_increment_counter(
-                    self.config.0,
-                    id,
-                    l.as_ptr(),
-                    l.len(),
-                    n,
-                )
-            }
+            unsafe { call(self.config.0, id, l.as_ptr(), l.len(), value) }
         });
+    }
+}
+
+impl Sink for &EnvoyStats {
+    fn add(&mut self, target: Target, labels: &[&str], n: u64) {
+        self.update(
+            envoy_dynamic_module_callback_http_filter_config_increment_counter,
+            target,
+            labels,
+            n,
+        );
     }
 
     fn set(&mut self, target: Target, labels: &[&str], value: u64) {
-        let id = self.id(target);
-        if id == 0 {
-            return;
-        }
-        with_labels(labels, |l| {
-            // SAFETY: as in `add`.
-            unsafe {
-                envoy_dynamic_module_callback_http_filter_config_set_gauge(
-                    self.config.0,
-                    id,
-                    l.as_ptr(),
-                    l.len(),
-                    value,
-                )
-            }
-        });
+        self.update(
+            envoy_dynamic_module_callback_http_filter_config_set_gauge,
+            target,
+            labels,
+            value,
+        );
     }
 }
 

@@ -88,47 +88,36 @@ async fn pair(yaml: &str, strip: bool) -> Pair {
     server.wait_ready().await;
 
     let (up, seen) = upstream().await;
-    let mut b = Bootstrap::of("envoy.yaml", &server.running, up);
-    if !strip {
-        for f in STRIP_FILTERS {
-            b = b.without_filter(f);
-        }
-    }
-    let log = auth.path().join("grpc-access.log");
-    b.stdout = Some(log.clone());
-    let (envoy, base, dir) = b.run().await;
-    let grpc = Door {
-        _envoy: envoy,
-        base,
-        admin: b.admin,
-        seen,
-        log,
-        _dir: dir,
-    };
-
+    let b = Bootstrap::of("envoy.yaml", &server.running, up);
+    let grpc = door(b, seen, strip, auth.path().join("grpc-access.log")).await;
     let (up, seen) = upstream().await;
-    let mut b = module_bootstrap(&path, up);
-    if !strip {
-        for f in STRIP_FILTERS {
-            b = b.without_filter(f);
-        }
-    }
-    let log = auth.path().join("module-access.log");
-    b.stdout = Some(log.clone());
-    let (envoy, base, dir) = b.run().await;
-    let module = Door {
-        _envoy: envoy,
-        base,
-        admin: b.admin,
-        seen,
-        log,
-        _dir: dir,
-    };
+    let b = module_bootstrap(&path, up);
+    let module = door(b, seen, strip, auth.path().join("module-access.log")).await;
     Pair {
         grpc,
         module,
         server,
         _auth: auth,
+    }
+}
+
+/// Runs `b` (without the example's header filters unless `strip`),
+/// its access log written to `log`.
+async fn door(mut b: Bootstrap, seen: Seen, strip: bool, log: PathBuf) -> Door {
+    if !strip {
+        for f in STRIP_FILTERS {
+            b = b.without_filter(f);
+        }
+    }
+    b.stdout = Some(log.clone());
+    let (envoy, base, dir) = b.run().await;
+    Door {
+        _envoy: envoy,
+        base,
+        admin: b.admin,
+        seen,
+        log,
+        _dir: dir,
     }
 }
 
