@@ -20,6 +20,10 @@
 //!   after every use.
 //! - (E5) A scheduler may be committed from any thread and is deleted
 //!   exactly once; a commit after its filter is gone is dropped by Envoy.
+//! - (E6) `send_response` and `continue_decoding` may end the stream before
+//!   they return, and Envoy then destroys the filter (`on_http_filter_destroy`
+//!   runs inside the call): after either, the hook touches neither the
+//!   module's filter object nor `filter_envoy_ptr` again.
 //!
 //! Every hook runs its body under `catch_unwind`: a panic must not unwind
 //! into Envoy (undefined behaviour) nor abort it. A panic while deciding is
@@ -521,13 +525,17 @@ fn new_config(envoy: EnvoyConfig, name: &[u8], config: &[u8]) -> Result<ModuleCo
             String::from_utf8_lossy(name).escape_debug()
         )]);
     }
-    let (cfg, warnings) = settings::load(config).map_err(|e| e.0)?;
-    for w in warnings {
-        log(LOG_WARN, &w);
+    let loaded = settings::load(config).map_err(|e| e.0)?;
+    for w in &loaded.warnings {
+        log(LOG_WARN, w);
     }
     let stats = Arc::new(EnvoyStats::define(envoy));
-    let filter = load::build(cfg, Box::new(SharedStats(stats.clone())))
-        .map_err(|e| vec![format!("{}: error: {e}", settings::INLINE_NAME)])?;
+    let filter = load::build(
+        loaded.config,
+        Box::new(SharedStats(stats.clone())),
+        loaded.reads_source_address,
+    )
+    .map_err(|e| vec![format!("{}: error: {e}", settings::INLINE_NAME)])?;
     // The counters and gauges reach Envoy from its main thread, once a
     // second: the runtime commits the config scheduler, Envoy calls
     // `on_http_filter_config_scheduled`.
@@ -574,6 +582,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
     // SAFETY: E4: the Box this module made, destroyed once.
     let config = unsafe { Box::from_raw(config as *mut ModuleConfig) };
     let _ = catch_unwind(AssertUnwindSafe(move || {
+        // The last second's counts, before the stats go (main thread, E3).
+        let mut mirror = config.mirror.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sink: &EnvoyStats = &config.stats;
+        mirror.sync(config.filter.metrics(), &mut sink);
+        drop(mirror);
         let scheduler = config
             .sync_scheduler
             .lock()
@@ -633,7 +646,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_ne
         settings::route(config)
     });
     match made {
-        Ok(Ok(route)) => Box::into_raw(Box::new(route)) as *const std::ffi::c_void,
+        Ok(Ok(context)) => Box::into_raw(Box::new(RouteConfig {
+            magic: ROUTE_MAGIC,
+            context,
+        })) as *const std::ffi::c_void,
         Ok(Err(e)) => {
             log(LOG_ERROR, &format!("authgate: {e}"));
             std::ptr::null()
@@ -641,6 +657,18 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_ne
         Err(_) => std::ptr::null(),
     }
 }
+
+/// What the module hands Envoy as a per-route config. Envoy returns the
+/// route's most specific per-filter config for the filter's name whichever
+/// module made it: the tag tells this module's own from another's.
+#[repr(C)]
+struct RouteConfig {
+    magic: u64,
+    context: HashMap<String, String>,
+}
+
+/// "authgate" in ASCII.
+const ROUTE_MAGIC: u64 = 0x6175_7468_6761_7465;
 
 /// # Safety
 /// `config` is a pointer `per_route_config_new` returned (E4).
@@ -650,7 +678,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_de
 ) {
     if !config.is_null() {
         // SAFETY: E4: the Box this module made, destroyed once.
-        drop(unsafe { Box::from_raw(config as *mut HashMap<String, String>) });
+        drop(unsafe { Box::from_raw(config as *mut RouteConfig) });
     }
 }
 
@@ -694,6 +722,17 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(
 /// hook).
 struct EnvoyStream {
     ptr: EnvoyFilter,
+    /// Set once `send_response` ran: the stream may be gone (E6).
+    replied: bool,
+}
+
+impl EnvoyStream {
+    fn new(ptr: EnvoyFilter) -> Self {
+        EnvoyStream {
+            ptr,
+            replied: false,
+        }
+    }
 }
 
 thread_local! {
@@ -708,9 +747,11 @@ const METADATA_NAMESPACE: &[u8] = b"authgate";
 impl Stream for EnvoyStream {
     fn for_each_header(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
         HEADERS.with(|cell| {
-            let Ok(mut headers) = cell.try_borrow_mut() else {
-                return;
-            };
+            // Never re-entered; if it were, a request without headers must
+            // not be decided: the panic becomes a denial.
+            let mut headers = cell
+                .try_borrow_mut()
+                .expect("request headers are read once at a time");
             // SAFETY: E2.
             let n = unsafe {
                 envoy_dynamic_module_callback_http_get_headers_size(self.ptr, REQUEST_HEADER)
@@ -765,15 +806,24 @@ impl Stream for EnvoyStream {
     }
 
     fn route(&self) -> Option<&HashMap<String, String>> {
-        // SAFETY: E2; the pointer is one per_route_config_new returned
+        // SAFETY: E2; the pointer is one a per_route_config_new returned
         // (E4), alive while the route config is, which outlives the stream.
-        unsafe {
+        // This module's per-route configs start with the tag (`repr(C)`);
+        // another module's config under the same filter name is a mistake
+        // in Envoy's config, refused below after reading the first word.
+        let route = unsafe {
             let p = envoy_dynamic_module_callback_get_most_specific_route_config(self.ptr);
-            (p as *const HashMap<String, String>).as_ref()
-        }
+            (p as *const RouteConfig).as_ref()?
+        };
+        // Not ours: the panic becomes a denial (fail closed).
+        assert!(
+            route.magic == ROUTE_MAGIC,
+            "the route's per-filter config `authgate` was not made by this module"
+        );
+        Some(&route.context)
     }
 
-    fn set_header(&mut self, name: &str, value: &str) {
+    fn set_header(&mut self, name: &str, value: &str) -> bool {
         // Envoy removes a header set to an empty value: an empty session
         // value is sent as no header (docs/envoy-module.md#differences).
         // SAFETY: E2; the buffers are valid for the call; Envoy copies them.
@@ -783,11 +833,11 @@ impl Stream for EnvoyStream {
                 REQUEST_HEADER,
                 Buf::of(name.as_bytes()),
                 Buf::of(value.as_bytes()),
-            );
+            )
         }
     }
 
-    fn remove_header(&mut self, name: &str) {
+    fn remove_header(&mut self, name: &str) -> bool {
         // SAFETY: as in `set_header`; a null value removes every value.
         unsafe {
             envoy_dynamic_module_callback_http_set_header(
@@ -795,7 +845,7 @@ impl Stream for EnvoyStream {
                 REQUEST_HEADER,
                 Buf::of(name.as_bytes()),
                 Buf::EMPTY,
-            );
+            )
         }
     }
 
@@ -858,6 +908,10 @@ impl Stream for EnvoyStream {
                 value: Buf::of(v.as_bytes()),
             };
         }
+        if self.replied {
+            return;
+        }
+        self.replied = true;
         // SAFETY: E2; the header array and buffers are valid for the call.
         unsafe {
             envoy_dynamic_module_callback_http_send_response(
@@ -897,20 +951,26 @@ impl Drop for EnvoyResume {
     }
 }
 
-fn filter_parts<'a>(
-    filter: *const std::ffi::c_void,
-) -> Option<(&'a ModuleConfig, &'a mut ModuleFilter)> {
-    // SAFETY: E4: `filter` is what filter_new returned, used on its worker
-    // only (E2), so this is the only reference; its config outlives it.
-    unsafe {
-        let f = (filter as *mut ModuleFilter).as_mut()?;
-        let c = f.config.as_ref()?;
-        Some((c, f))
-    }
+/// The config of a stream's filter (E4: `filter` is what filter_new
+/// returned; its config outlives it).
+fn config_of<'a>(filter: *const std::ffi::c_void) -> Option<&'a ModuleConfig> {
+    // SAFETY: E4; only shared references to the config are made.
+    unsafe { (filter as *const ModuleFilter).as_ref()?.config.as_ref() }
+}
+
+/// The filter's own state, for the moment of a hook when no Envoy call that
+/// could destroy it (E6) runs.
+///
+/// # Safety
+/// `filter` is what filter_new returned and its stream has not ended; no
+/// other reference to it is live (E2: one worker, one hook at a time).
+unsafe fn state_of<'a>(filter: *const std::ffi::c_void) -> Option<&'a mut ModuleFilter> {
+    // SAFETY: as the caller guarantees.
+    unsafe { (filter as *mut ModuleFilter).as_mut() }
 }
 
 /// A denial for a request the module failed to decide (a panic, a config
-/// missing): fail closed.
+/// missing): fail closed. Nothing if a reply went out already (E6).
 fn deny_internal(stream: &mut EnvoyStream) {
     let r = DenyReason::InternalError;
     stream.send_response(
@@ -928,10 +988,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     filter: *const std::ffi::c_void,
     _end_of_stream: bool,
 ) -> u32 {
-    let mut stream = EnvoyStream {
-        ptr: filter_envoy_ptr,
-    };
-    let Some((config, state)) = filter_parts(filter) else {
+    let mut stream = EnvoyStream::new(filter_envoy_ptr);
+    let Some(config) = config_of(filter) else {
         deny_internal(&mut stream);
         return HEADERS_STOP_ITERATION;
     };
@@ -948,14 +1006,17 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         Ok((Step::Continue, _)) => HEADERS_CONTINUE,
         Ok((Step::Replied, _)) => HEADERS_STOP_ITERATION,
         Ok((Step::Wait, waiting)) => {
-            state.waiting = waiting;
-            HEADERS_STOP_ALL_AND_WATERMARK
+            // SAFETY: no reply was sent (Wait), so the stream is alive (E6).
+            match unsafe { state_of(filter) } {
+                Some(state) => {
+                    state.waiting = waiting;
+                    HEADERS_STOP_ALL_AND_WATERMARK
+                }
+                None => HEADERS_STOP_ITERATION,
+            }
         }
         Err(_) => {
             log(LOG_ERROR, "authgate: deciding a request panicked; denied");
-            let mut stream = EnvoyStream {
-                ptr: filter_envoy_ptr,
-            };
             deny_internal(&mut stream);
             HEADERS_STOP_ITERATION
         }
@@ -970,29 +1031,27 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
     filter: *const std::ffi::c_void,
     _event: u64,
 ) {
-    let mut stream = EnvoyStream {
-        ptr: filter_envoy_ptr,
-    };
-    let Some((config, state)) = filter_parts(filter) else {
+    let Some(config) = config_of(filter) else {
         return;
     };
-    let Some(waiting) = state.waiting.take() else {
+    // SAFETY: the stream is alive (Envoy calls this hook only then), and
+    // the reference ends here, before any Envoy call.
+    let Some(waiting) = (unsafe { state_of(filter) }).and_then(|s| s.waiting.take()) else {
         return;
     };
+    let mut stream = EnvoyStream::new(filter_envoy_ptr);
     let step = catch_unwind(AssertUnwindSafe(|| {
         config.filter.resumed(waiting, &mut stream)
     }));
     match step {
         Ok(Step::Continue) => {
-            // SAFETY: E2; the stream stopped in request_headers.
+            // SAFETY: E2; the stream stopped in request_headers. Last use
+            // (E6).
             unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(filter_envoy_ptr) }
         }
         Ok(Step::Replied | Step::Wait) => {}
         Err(_) => {
             log(LOG_ERROR, "authgate: resuming a request panicked; denied");
-            let mut stream = EnvoyStream {
-                ptr: filter_envoy_ptr,
-            };
             deny_internal(&mut stream);
         }
     }

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -32,8 +33,11 @@ pub trait Stream {
     fn source_ip(&self) -> Option<IpAddr>;
     /// The route's per-filter config, as `context_extensions`.
     fn route(&self) -> Option<&HashMap<String, String>>;
-    fn set_header(&mut self, name: &str, value: &str);
-    fn remove_header(&mut self, name: &str);
+    /// Sets a request header; `false` if Envoy could not (no request
+    /// headers any more).
+    fn set_header(&mut self, name: &str, value: &str) -> bool;
+    /// Removes every value of a request header; `false` as for `set_header`.
+    fn remove_header(&mut self, name: &str) -> bool;
     /// Sets the allow's dynamic metadata (absent fields skipped).
     fn set_metadata(&mut self, fields: &[(&'static str, Option<MetaValue<'_>>)]);
     fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &str);
@@ -69,6 +73,9 @@ pub struct FilterConfig {
     metrics: Arc<Metrics>,
     runtime: Handle,
     stats: Box<dyn DecisionStats>,
+    /// Whether a mode's IP rule reads the client address (Envoy's
+    /// `source.address`): only then is it looked up.
+    reads_source_address: bool,
     // The JWKS caches are owned here; the engine holds them too.
     _registry: JwksRegistry,
 }
@@ -80,12 +87,14 @@ impl FilterConfig {
         registry: JwksRegistry,
         runtime: Handle,
         stats: Box<dyn DecisionStats>,
+        reads_source_address: bool,
     ) -> Self {
         FilterConfig {
             engine: Arc::new(engine),
             metrics,
             runtime,
             stats,
+            reads_source_address,
             _registry: registry,
         }
     }
@@ -107,6 +116,34 @@ pub struct Waiting {
     started: Instant,
 }
 
+/// Decisions waiting on the module's runtime at once, in the whole process
+/// (the server bounds its decisions in flight the same way): past it a
+/// decision that would wait is answered 503 at once, so that a burst cannot
+/// open unbounded webhook calls or store queries from inside Envoy.
+pub const MAX_WAITING: usize = 4096;
+
+static WAITING: AtomicUsize = AtomicUsize::new(0);
+
+/// One slot of [`MAX_WAITING`], given back when the decision's task ends.
+struct WaitSlot;
+
+impl WaitSlot {
+    fn take() -> Option<WaitSlot> {
+        let taken = WAITING.fetch_add(1, Ordering::AcqRel);
+        if taken >= MAX_WAITING {
+            WAITING.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(WaitSlot)
+    }
+}
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        WAITING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Drop for Waiting {
     fn drop(&mut self) {
         self.task.abort();
@@ -116,7 +153,7 @@ impl Drop for Waiting {
 /// The request as the pipeline sees it, read from Envoy's header map:
 /// `:method` and `:path` as the gRPC door gets them in `attributes.request.
 /// http`, other pseudo-headers left out as it leaves them out.
-pub fn request_of(stream: &dyn Stream) -> Request {
+pub fn request_of(stream: &dyn Stream, source_address: bool) -> Request {
     let mut req = Request::default();
     let mut headers = Headers::with_capacity(16);
     stream.for_each_header(&mut |name, value| {
@@ -129,7 +166,9 @@ pub fn request_of(stream: &dyn Stream) -> Request {
         }
     });
     req.headers = headers;
-    req.source_ip = stream.source_ip();
+    if source_address {
+        req.source_ip = stream.source_ip();
+    }
     if let Some(route) = stream.route() {
         req.context = route.clone();
     }
@@ -157,7 +196,7 @@ impl FilterConfig {
         resume: impl FnOnce() -> Option<Box<dyn Resume>>,
     ) -> (Step, Option<Waiting>) {
         let started = Instant::now();
-        let req = request_of(stream);
+        let req = request_of(stream, self.reads_source_address);
         #[cfg(debug_assertions)]
         injected_panic(&req);
         let engine = self.engine.clone();
@@ -172,12 +211,22 @@ impl FilterConfig {
         {
             return (self.apply(&d, stream, started), None);
         }
+        let Some(slot) = WaitSlot::take() else {
+            tracing::warn!(
+                frontend = Frontend::EnvoyModule.as_str(),
+                limit = MAX_WAITING,
+                "too many decisions waiting; denied"
+            );
+            let d = Decision::deny(DenyReason::InternalError, None);
+            return (self.apply(&d, stream, started), None);
+        };
         let Some(resume) = resume() else {
             let d = Decision::deny(DenyReason::InternalError, None);
             return (self.apply(&d, stream, started), None);
         };
         let (tx, answer) = oneshot::channel();
         let task = self.runtime.spawn(async move {
+            let _slot = slot;
             let d = match tokio::time::timeout(timeout, deciding).await {
                 Ok(d) => d,
                 Err(_) => {
@@ -224,11 +273,22 @@ impl FilterConfig {
         self.stats.decided(d, elapsed);
         match d {
             Decision::Allow(a) => {
+                let mut applied = true;
                 for (k, v) in &a.headers {
-                    stream.set_header(k, v);
+                    applied &= stream.set_header(k, v);
                 }
                 for h in &a.headers_to_remove {
-                    stream.remove_header(h);
+                    applied &= stream.remove_header(h);
+                }
+                if !applied {
+                    // The client's headers might still be there: fail closed.
+                    let r = DenyReason::InternalError;
+                    stream.send_response(
+                        r.http_status(),
+                        &[("content-type", "application/json")],
+                        r.body(),
+                    );
+                    return Step::Replied;
                 }
                 stream.set_metadata(&a.metadata());
                 Step::Continue

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use authgate_core::config::Config;
 use authgate_core::elevation;
@@ -37,19 +38,38 @@ pub fn runtime() -> Result<&'static Runtime, String> {
         .map_err(Clone::clone)
 }
 
-/// Builds the filter config: opens the elevation store (waiting for it, on
-/// Envoy's main thread, as `authgate serve` does at start) and starts the
-/// JWKS fetches in the background.
-pub fn build(config: Config, stats: Box<dyn DecisionStats>) -> Result<FilterConfig, String> {
+/// How long a new filter config waits for the elevation store to open:
+/// past it the config is refused, rather than Envoy's main thread held.
+const STORE_OPEN_WAIT: Duration = Duration::from_secs(15);
+
+/// How long a new filter config waits for its remote key sets' first keys.
+/// The server holds readiness until they load; the module has no readiness
+/// of its own, so it waits here, on Envoy's main thread, at most this long
+/// (a JWKS fetch times out after 5 s). Requests for a key set still empty
+/// after it are answered 503 until its keys arrive.
+const FIRST_KEYS_WAIT: Duration = Duration::from_secs(6);
+
+/// Builds the filter config: opens the elevation store and waits (bounded)
+/// for the JWKS's first keys, on Envoy's main thread, as `authgate serve`
+/// does before it reports ready; then the keys refresh in the background.
+pub fn build(
+    config: Config,
+    stats: Box<dyn DecisionStats>,
+    reads_source_address: bool,
+) -> Result<FilterConfig, String> {
     let rt = runtime()?;
     let _enter = rt.enter();
     let metrics = Arc::new(Metrics::new());
     let registry = JwksRegistry::new()?;
-    let elevation = rt.block_on(elevation::open_configured(
-        config.elevation.as_ref(),
-        None,
-        &metrics,
-    ))?;
+    let opening = elevation::open_configured(config.elevation.as_ref(), None, &metrics);
+    let elevation = rt
+        .block_on(tokio::time::timeout(STORE_OPEN_WAIT, opening))
+        .map_err(|_| {
+            format!(
+                "the elevation store did not open within {} s",
+                STORE_OPEN_WAIT.as_secs()
+            )
+        })??;
     let engine = Engine::build(
         config.settings,
         config.modes,
@@ -60,12 +80,31 @@ pub fn build(config: Config, stats: Box<dyn DecisionStats>) -> Result<FilterConf
             elevation,
         },
     );
+    let loaded = rt.block_on(tokio::time::timeout(FIRST_KEYS_WAIT, async {
+        while !engine.is_ready() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }));
+    if loaded.is_err() {
+        for jwks in engine.jwks().iter().filter(|j| !j.is_ready()) {
+            tracing::warn!(
+                source = jwks.source(),
+                url = %jwks.shown_url(),
+                "no keys yet after {} s; its tokens are answered 503 until they load",
+                FIRST_KEYS_WAIT.as_secs()
+            );
+        }
+    }
     metrics.config_last_reload_successful.set(1);
+    metrics
+        .config_last_reload_success
+        .set(authgate_core::clock::unix_seconds());
     Ok(FilterConfig::new(
         engine,
         metrics,
         registry,
         rt.handle().clone(),
         stats,
+        reads_source_address,
     ))
 }

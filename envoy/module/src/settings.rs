@@ -10,10 +10,12 @@ use std::collections::HashMap;
 
 use authgate_core::config::{self, Config, ConfigErrors, Format, ProcessEnv};
 use authgate_core::elevation::CONTEXT_KEY;
+use authgate_core::rules::IpLocation;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// The filter config: exactly one of `configPath` and `config`.
+/// The filter config: exactly one of `configPath` and `config`, and
+/// `trustEnvoyRemoteAddress`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FilterConfigText<'a> {
@@ -21,6 +23,23 @@ struct FilterConfigText<'a> {
     config_path: Option<String>,
     #[serde(borrow)]
     config: Option<&'a RawValue>,
+    /// Envoy's `source.address` is the address Envoy decided the client
+    /// has: the TCP peer with `use_remote_address: true` and no trusted
+    /// hops, else an `X-Forwarded-For` entry the client may have written.
+    /// An IP rule reading `remote_addr` is refused unless the operator
+    /// says the listener is set up for the former.
+    #[serde(rename = "trustEnvoyRemoteAddress", default)]
+    trust_envoy_remote_address: bool,
+}
+
+/// A loaded filter config.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// `authgate validate`'s warning lines.
+    pub warnings: Vec<String>,
+    /// Whether a mode's IP rule reads the client address.
+    pub reads_source_address: bool,
 }
 
 /// A config that could not be loaded: the lines to log, as `authgate
@@ -33,7 +52,7 @@ pub const INLINE_NAME: &str = "filter_config";
 
 /// Reads the filter config and the `auth.yaml` it names (or holds) into a
 /// validated [`Config`], plus the warnings to log.
-pub fn load(filter_config: &[u8]) -> Result<(Config, Vec<String>), LoadError> {
+pub fn load(filter_config: &[u8]) -> Result<Loaded, LoadError> {
     let one = |m: String| LoadError(vec![format!("{INLINE_NAME}: error: {m}")]);
     let text = std::str::from_utf8(filter_config)
         .map_err(|_| one("the filter config is not UTF-8 text".to_owned()))?;
@@ -42,6 +61,7 @@ pub fn load(filter_config: &[u8]) -> Result<(Config, Vec<String>), LoadError> {
             "the filter config must be JSON {{\"configPath\": PATH}} or {{\"config\": AUTH_YAML_AS_JSON}}: {e}"
         ))
     })?;
+    let trusted = parsed.trust_envoy_remote_address;
     let (file, result) = match (parsed.config_path, parsed.config) {
         (Some(path), None) => {
             let path = std::path::PathBuf::from(path);
@@ -57,17 +77,38 @@ pub fn load(filter_config: &[u8]) -> Result<(Config, Vec<String>), LoadError> {
         }
         (None, None) => return Err(one("configPath or config is required".to_owned())),
     };
-    match result {
-        Ok(cfg) => {
-            let warnings = cfg
-                .warnings
-                .iter()
-                .map(|w| w.render(&file, false))
-                .collect();
-            Ok((cfg, warnings))
-        }
-        Err(e) => Err(report(&file, &e)),
+    let cfg = result.map_err(|e| report(&file, &e))?;
+    let reading: Vec<&str> = cfg
+        .modes
+        .iter()
+        .filter(|m| {
+            m.rules
+                .allowed_ips
+                .as_ref()
+                .is_some_and(|r| r.location == IpLocation::RemoteAddr)
+        })
+        .map(|m| &*m.id)
+        .collect();
+    if !reading.is_empty() && !trusted {
+        return Err(one(format!(
+            "mode {} reads the client address (allowedIPs location remote_addr): in Envoy that is \
+             the listener's downstream address, taken from X-Forwarded-For unless the listener sets \
+             use_remote_address: true without trusted hops; set that, then \
+             \"trustEnvoyRemoteAddress\": true in the filter config (docs/envoy-module.md)",
+            reading.join(", ")
+        )));
     }
+    let reads_source_address = !reading.is_empty();
+    let warnings = cfg
+        .warnings
+        .iter()
+        .map(|w| w.render(&file, false))
+        .collect();
+    Ok(Loaded {
+        config: cfg,
+        warnings,
+        reads_source_address,
+    })
 }
 
 fn report(file: &str, e: &ConfigErrors) -> LoadError {
@@ -80,6 +121,15 @@ pub fn route(text: &[u8]) -> Result<HashMap<String, String>, String> {
     let map: HashMap<String, String> = serde_json::from_slice(text).map_err(|e| {
         format!("the per-route config must be a JSON object of strings, e.g. {{\"elevation\": \"required\"}}: {e}")
     })?;
+    // Envoy hands the module the most specific level only (ext_authz merges
+    // context_extensions key by key): an empty route config would silently
+    // drop a virtual host's requirement.
+    if map.is_empty() {
+        return Err(
+            "the per-route config is empty; say what the route asks, e.g. {\"elevation\": \"optional\"}"
+                .to_owned(),
+        );
+    }
     for (k, v) in &map {
         if k != CONTEXT_KEY {
             return Err(format!(
@@ -106,8 +156,9 @@ mod tests {
     #[test]
     fn inline_config_loads() {
         let text = format!(r#"{{"config": {YAML_OK}}}"#);
-        let (cfg, _) = load(text.as_bytes()).unwrap();
-        assert_eq!(cfg.modes.len(), 1);
+        let loaded = load(text.as_bytes()).unwrap();
+        assert_eq!(loaded.config.modes.len(), 1);
+        assert!(!loaded.reads_source_address);
     }
 
     #[test]
@@ -164,9 +215,9 @@ mod tests {
             route(br#"{"elevation":"required"}"#).unwrap()["elevation"],
             "required"
         );
-        assert!(route(b"{}").unwrap().is_empty());
         for bad in [
-            &br#"{"elevation":"yes"}"#[..],
+            &b"{}"[..],
+            br#"{"elevation":"yes"}"#,
             br#"{"elevaton":"required"}"#,
             br#"{"elevation":true}"#,
             b"[]",
@@ -174,5 +225,19 @@ mod tests {
         ] {
             assert!(route(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn remote_addr_rules_need_the_operator_to_trust_envoy() {
+        let rules = r#"{"version":"v1","kind":"AuthConfig","definition":{"modes":[{"id":"svc","mode":"noAuth","sessionVariables":{"x-hasura-role":{"value":"anonymous"}},"securityRules":{"allowedIPs":{"location":"remote_addr","include":{"value":["10.0.0.0/8"]}}}}]}}"#;
+        let err = load(format!(r#"{{"config": {rules}}}"#).as_bytes())
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(err.contains("mode svc reads the client address"), "{err}");
+        let ok =
+            load(format!(r#"{{"config": {rules}, "trustEnvoyRemoteAddress": true}}"#).as_bytes())
+                .unwrap();
+        assert!(ok.reads_source_address);
     }
 }
