@@ -244,6 +244,18 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::build(true)
+    }
+
+    /// Without the `process_*` collector: for a host that reports on its
+    /// process itself (Envoy, for the module) and reads these metrics
+    /// through [`Metrics::for_each_series`], which leaves them out anyway;
+    /// the collector would read `/proc` at every gather for nothing.
+    pub fn without_process_metrics() -> Self {
+        Self::build(false)
+    }
+
+    fn build(process: bool) -> Self {
         let registry = Registry::new();
         let check_vec = counter_vec(
             &registry,
@@ -371,11 +383,15 @@ impl Metrics {
         // process_open_fds, ...: the standard process metrics, read from
         // /proc at scrape time (Linux only; elsewhere the family is absent).
         #[cfg(target_os = "linux")]
-        registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
-            .expect("metric registered once");
+        if process {
+            registry
+                .register(Box::new(
+                    prometheus::process_collector::ProcessCollector::for_self(),
+                ))
+                .expect("metric registered once");
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = process;
         let build_info = IntGaugeVec::new(
             Opts::new("authgate_build_info", "Build information; always 1."),
             &["version"],
@@ -616,6 +632,15 @@ impl Metrics {
 mod tests {
     use super::*;
     use crate::decision::{Decision, ModeRef};
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn process_metrics_only_when_asked() {
+        assert!(Metrics::new().render().contains("process_open_fds"));
+        let host = Metrics::without_process_metrics().render();
+        assert!(!host.contains("process_"), "{host}");
+        assert!(host.contains("authgate_check_requests_total"));
+    }
 
     #[test]
     fn families_list_what_the_registry_holds() {

@@ -38,7 +38,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use authgate_core::decision::{Decision, DenyReason, MetaValue};
+use authgate_core::decision::{DenyReason, MetaValue};
 use authgate_core::metrics::{BUILD_INFO, FAMILIES, Family, Kind};
 
 use crate::filter::{DecisionStats, FilterConfig, Resume, Step, Stream, Waiting};
@@ -460,7 +460,7 @@ impl Sink for &EnvoyStats {
 }
 
 impl DecisionStats for EnvoyStats {
-    fn decided(&self, _decision: &Decision, elapsed: Duration) {
+    fn decided(&self, elapsed: Duration) {
         if self.duration == 0 {
             return;
         }
@@ -477,15 +477,6 @@ impl DecisionStats for EnvoyStats {
                 micros,
             );
         }
-    }
-}
-
-/// Forwards the per-decision timing to the stats the config owns.
-struct SharedStats(Arc<EnvoyStats>);
-
-impl DecisionStats for SharedStats {
-    fn decided(&self, decision: &Decision, elapsed: Duration) {
-        self.0.decided(decision, elapsed);
     }
 }
 
@@ -532,7 +523,7 @@ fn new_config(envoy: EnvoyConfig, name: &[u8], config: &[u8]) -> Result<ModuleCo
     let stats = Arc::new(EnvoyStats::define(envoy));
     let filter = load::build(
         loaded.config,
-        Box::new(SharedStats(stats.clone())),
+        Box::new(stats.clone()),
         loaded.reads_source_address,
     )
     .map_err(|e| vec![format!("{}: error: {e}", settings::INLINE_NAME)])?;

@@ -49,10 +49,16 @@ pub trait Resume: Send + 'static {
     fn resume(self: Box<Self>);
 }
 
-/// Where the per-decision counters and timings go besides [`Metrics`]:
-/// Envoy's own stats.
+/// Where the per-decision timing goes besides [`Metrics`]: Envoy's own
+/// stats.
 pub trait DecisionStats: Send + Sync {
-    fn decided(&self, decision: &Decision, elapsed: Duration);
+    fn decided(&self, elapsed: Duration);
+}
+
+impl<T: DecisionStats> DecisionStats for Arc<T> {
+    fn decided(&self, elapsed: Duration) {
+        (**self).decided(elapsed);
+    }
 }
 
 /// What the filter does with the request after a hook.
@@ -101,10 +107,6 @@ impl FilterConfig {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
-    }
-
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
     }
 }
 
@@ -178,10 +180,7 @@ pub fn request_of(stream: &dyn Stream, source_address: bool) -> Request {
 /// Header bytes as text; bytes that are not UTF-8 become U+FFFD (as in the
 /// gRPC door), so such a credential cannot verify.
 fn text(v: &[u8]) -> String {
-    match std::str::from_utf8(v) {
-        Ok(s) => s.to_owned(),
-        Err(_) => String::from_utf8_lossy(v).into_owned(),
-    }
+    String::from_utf8_lossy(v).into_owned()
 }
 
 type Deciding = Pin<Box<dyn Future<Output = Decision> + Send>>;
@@ -270,7 +269,7 @@ impl FilterConfig {
         let elapsed = started.elapsed();
         self.metrics
             .record(Frontend::EnvoyModule, d.summary(), elapsed.as_secs_f64());
-        self.stats.decided(d, elapsed);
+        self.stats.decided(elapsed);
         match d {
             Decision::Allow(a) => {
                 let mut applied = true;

@@ -59,7 +59,7 @@ pub fn build(
 ) -> Result<FilterConfig, String> {
     let rt = runtime()?;
     let _enter = rt.enter();
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::without_process_metrics());
     let registry = JwksRegistry::new()?;
     let opening = elevation::open_configured(config.elevation.as_ref(), None, &metrics);
     let elevation = rt
