@@ -8,6 +8,7 @@
 #   authgate_distinct  the same with a new RS256 token on every request,
 #   module     Envoy + the authgate dynamic module (libauthgate_envoy.so, the
 #              same rs.yaml), one token repeated and distinct tokens,
+#   module_nometa  the module with "dynamicMetadata": false (one token),
 # driven by wrk over HTTP/1.1. Envoy runs with --concurrency 1 on core 0. At 64
 # connections the ext_authz server runs on core 1 (off Envoy's core, beside
 # wrk); at 1 connection on core 0 (on Envoy's core). Every answer must be a
@@ -60,7 +61,7 @@ end
 LUA
 
 # Envoy config: FILTER is alone | jwt_authn | jwt_authn_cached | ext_authz
-# (to AUTHZ_PORT) | module.
+# (to AUTHZ_PORT) | module | module_nometa (the module with "dynamicMetadata": false).
 envoy_config() { # FILTER LISTEN_PORT ADMIN_PORT AUTHZ_PORT OUT
   python3 - "$@" "$tmp/www/jwks.json" "$tmp/rs.yaml" <<'PY'
 import json, sys
@@ -74,13 +75,16 @@ if flt in ("jwt_authn", "jwt_authn_cached"):
         "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
         "providers": {"bench": provider},
         "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}]}})
-elif flt == "module":
+elif flt in ("module", "module_nometa"):
+    settings = {"configPath": auth_yaml}
+    if flt == "module_nometa":
+        settings["dynamicMetadata"] = False
     filters.append({"name": "authgate", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
         "dynamic_module_config": {"name": "authgate_envoy", "do_not_close": True},
         "filter_name": "authgate",
         "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                          "value": json.dumps({"configPath": auth_yaml})}}})
+                          "value": json.dumps(settings)}}})
 elif flt == "ext_authz":
     filters.append({"name": "envoy.filters.http.ext_authz", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
@@ -169,9 +173,9 @@ PY
 one="$tmp/one-token.txt"
 for round in $(seq "$rounds"); do
   # Alternate the order each round so drift hits every configuration alike.
-  order=(alone jwt_authn jwt_authn_distinct jwt_authn_cached noop authgate authgate_distinct module module_distinct)
+  order=(alone jwt_authn jwt_authn_distinct jwt_authn_cached noop authgate authgate_distinct module module_nometa module_distinct)
   if [ $((round % 2)) = 0 ]; then
-    order=(module_distinct module authgate_distinct authgate noop jwt_authn_cached jwt_authn_distinct jwt_authn alone)
+    order=(module_distinct module_nometa module authgate_distinct authgate noop jwt_authn_cached jwt_authn_distinct jwt_authn alone)
   fi
   for cfg in "${order[@]}"; do
     case $cfg in
@@ -183,6 +187,7 @@ for round in $(seq "$rounds"); do
       authgate) point authgate_cached_off_core_c64 ext_authz authgate 1 64 "$one" "$round";;
       authgate_distinct) point authgate_distinct_off_core_c64 ext_authz authgate 1 64 "$distinct_tokens" "$round";;
       module) point module_cached_c64 module - 1 64 "$one" "$round";;
+      module_nometa) point module_cached_nometa_c64 module_nometa - 1 64 "$one" "$round";;
       module_distinct) point module_distinct_c64 module - 1 64 "$distinct_tokens" "$round";;
     esac
   done
@@ -225,6 +230,7 @@ print("\nthe module (req/s, 64 connections):")
 print(f"  {'module_distinct_c64':32} / jwt_authn_rs256 distinct (cache off) = {ratio('module_distinct_c64', 'jwt_authn_rs256_distinct_c64'):.2f}   (target >= 1.3)")
 print(f"  {'module_cached_c64':32} / alone = {ratio('module_cached_c64', 'alone_c64'):.2f}   (target >= 0.8)")
 print(f"  {'module_cached_c64':32} / jwt_authn_rs256 cached = {ratio('module_cached_c64', 'jwt_authn_rs256_cached_c64'):.2f}   (target >= 1.0)")
+print(f"  {'module_cached_nometa_c64':32} / alone = {ratio('module_cached_nometa_c64', 'alone_c64'):.2f}   / jwt_authn_rs256 cached = {ratio('module_cached_nometa_c64', 'jwt_authn_rs256_cached_c64'):.2f}")
 print(f"  {'module_cached_c64':32} / authgate over ext_authz = {ratio('module_cached_c64', 'authgate_cached_off_core_c64'):.2f}")
 if "alone_c1" in med:
     print("\nadded latency over Envoy alone (1 connection, ext_authz server on Envoy's core):")

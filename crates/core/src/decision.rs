@@ -188,25 +188,36 @@ pub enum MetaValue<'a> {
 
 impl Allow {
     /// The dynamic metadata every Envoy front door attaches to an allow, for
-    /// access logs and rate limits (docs/reference.md): role, user id (when
-    /// the session has one), mode type and id, elevated.
-    pub fn metadata(&self) -> [(&'static str, Option<MetaValue<'_>>); 5] {
-        [
-            (
-                "role",
-                self.session
-                    .get_str(session::ROLE)
-                    .map(|r| MetaValue::Text(Cow::Borrowed(r))),
-            ),
-            ("user_id", self.session.user_id_text().map(MetaValue::Text)),
-            ("mode", Some(MetaValue::Text(Cow::Borrowed(self.mode.kind)))),
-            (
-                "mode_id",
-                Some(MetaValue::Text(Cow::Borrowed(&self.mode.id))),
-            ),
-            ("elevated", Some(MetaValue::Bool(self.elevated))),
-        ]
+    /// access logs and rate limits (docs/reference.md).
+    pub fn metadata(&self) -> Metadata<'_> {
+        metadata(
+            self.session.get_str(session::ROLE).map(Cow::Borrowed),
+            self.session.user_id_text(),
+            &self.mode,
+            self.elevated,
+        )
     }
+}
+
+/// An allow's dynamic metadata: `(field, value)`, absent values skipped.
+pub type Metadata<'a> = [(&'static str, Option<MetaValue<'a>>); 5];
+
+/// The fields of an allow's dynamic metadata, from their parts (for a
+/// front door that kept the parts rather than the [`Allow`]): role, user id
+/// (when the session has one), mode type and id, elevated.
+pub fn metadata<'a>(
+    role: Option<Cow<'a, str>>,
+    user_id: Option<Cow<'a, str>>,
+    mode: &'a ModeRef,
+    elevated: bool,
+) -> Metadata<'a> {
+    [
+        ("role", role.map(MetaValue::Text)),
+        ("user_id", user_id.map(MetaValue::Text)),
+        ("mode", Some(MetaValue::Text(Cow::Borrowed(mode.kind)))),
+        ("mode_id", Some(MetaValue::Text(Cow::Borrowed(&mode.id)))),
+        ("elevated", Some(MetaValue::Bool(elevated))),
+    ]
 }
 
 #[derive(Debug, Clone)]

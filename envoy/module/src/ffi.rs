@@ -338,25 +338,27 @@ struct EnvoyStats {
     /// By [`FAMILIES`] index: the id, or 0 when Envoy refused it.
     ids: Vec<usize>,
     build_info: usize,
-    /// `authgate_check_duration_microseconds{frontend}`.
+    /// `authgate_check_duration_microseconds`.
     duration: usize,
 }
 
 /// Stat names: the pipeline's, except the decision time, which Envoy keeps
-/// in integer histograms: microseconds instead of seconds.
+/// in integer histograms: microseconds instead of seconds. It has no
+/// `frontend` label (every sample is the module's): Envoy resolves label
+/// values on every record, which cost a few µs per request
+/// (docs/envoy-module.md#metrics).
 const DURATION_NAME: &str = "authgate_check_duration_microseconds";
-const FRONTEND_LABEL: &[u8] = b"envoy_module";
 
 impl EnvoyStats {
     /// Defines every family; only possible inside `config_new`.
     fn define(config: EnvoyConfig) -> Self {
         let define = |f: &Family| -> usize {
-            let name = if f.kind == Kind::Histogram {
-                DURATION_NAME
+            let (name, labels): (_, &[&str]) = if f.kind == Kind::Histogram {
+                (DURATION_NAME, &[])
             } else {
-                f.name
+                (f.name, f.labels)
             };
-            let labels: Vec<Buf> = f.labels.iter().map(|l| Buf::of(l.as_bytes())).collect();
+            let labels: Vec<Buf> = labels.iter().map(|l| Buf::of(l.as_bytes())).collect();
             let mut id = 0usize;
             type Define =
                 unsafe extern "C" fn(EnvoyConfig, Buf, *const Buf, usize, *mut usize) -> u32;
@@ -464,16 +466,16 @@ impl DecisionStats for EnvoyStats {
         if self.duration == 0 {
             return;
         }
-        let label = [Buf::of(FRONTEND_LABEL)];
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let no_labels: [Buf; 0] = [];
         // SAFETY: E3 (the config outlives its streams); Envoy's histograms
-        // are thread-safe; the label buffer is valid for the call.
+        // are thread-safe; no labels, as defined.
         unsafe {
             envoy_dynamic_module_callback_http_filter_config_record_histogram_value(
                 self.config.0,
                 self.duration,
-                label.as_ptr(),
-                label.len(),
+                no_labels.as_ptr(),
+                0,
                 micros,
             );
         }
@@ -521,12 +523,8 @@ fn new_config(envoy: EnvoyConfig, name: &[u8], config: &[u8]) -> Result<ModuleCo
         log(LOG_WARN, w);
     }
     let stats = Arc::new(EnvoyStats::define(envoy));
-    let filter = load::build(
-        loaded.config,
-        Box::new(stats.clone()),
-        loaded.reads_source_address,
-    )
-    .map_err(|e| vec![format!("{}: error: {e}", settings::INLINE_NAME)])?;
+    let filter = load::build(loaded.config, Box::new(stats.clone()), loaded.options)
+        .map_err(|e| vec![format!("{}: error: {e}", settings::INLINE_NAME)])?;
     // The counters and gauges reach Envoy from its main thread, once a
     // second: the runtime commits the config scheduler, Envoy calls
     // `on_http_filter_config_scheduled`.

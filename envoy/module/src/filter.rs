@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
@@ -16,13 +17,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use authgate_core::decision::{Decision, DenyReason, MetaValue};
+use authgate_core::decision::{Decision, DenyReason, MetaValue, Metadata, Summary};
 use authgate_core::jwks::JwksRegistry;
 use authgate_core::metrics::{Frontend, Metrics};
-use authgate_core::pipeline::Engine;
+use authgate_core::pipeline::{Answer, Engine};
 use authgate_core::request::{Headers, Request};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+
+use crate::rendered::{self, Rendered};
 
 /// What the filter needs of an Envoy stream.
 pub trait Stream {
@@ -72,6 +75,16 @@ pub enum Step {
     Wait,
 }
 
+/// What the filter config asks of the filter besides the `auth.yaml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Whether a mode's IP rule reads the client address (Envoy's
+    /// `source.address`): only then is it looked up.
+    pub reads_source_address: bool,
+    /// Whether an allow sets Envoy dynamic metadata.
+    pub dynamic_metadata: bool,
+}
+
 /// A filter config: the engine built from one `auth.yaml`, shared by every
 /// stream on every worker.
 pub struct FilterConfig {
@@ -79,9 +92,7 @@ pub struct FilterConfig {
     metrics: Arc<Metrics>,
     runtime: Handle,
     stats: Box<dyn DecisionStats>,
-    /// Whether a mode's IP rule reads the client address (Envoy's
-    /// `source.address`): only then is it looked up.
-    reads_source_address: bool,
+    options: Options,
     // The JWKS caches are owned here; the engine holds them too.
     _registry: JwksRegistry,
 }
@@ -93,14 +104,14 @@ impl FilterConfig {
         registry: JwksRegistry,
         runtime: Handle,
         stats: Box<dyn DecisionStats>,
-        reads_source_address: bool,
+        options: Options,
     ) -> Self {
         FilterConfig {
             engine: Arc::new(engine),
             metrics,
             runtime,
             stats,
-            reads_source_address,
+            options,
             _registry: registry,
         }
     }
@@ -113,7 +124,7 @@ impl FilterConfig {
 /// A decision still running on the module's runtime. Dropping it (the
 /// stream ended first) stops the work.
 pub struct Waiting {
-    answer: oneshot::Receiver<Decision>,
+    answer: oneshot::Receiver<Answer>,
     task: tokio::task::JoinHandle<()>,
     started: Instant,
 }
@@ -158,14 +169,11 @@ impl Drop for Waiting {
 pub fn request_of(stream: &dyn Stream, source_address: bool) -> Request {
     let mut req = Request::default();
     let mut headers = Headers::with_capacity(16);
-    stream.for_each_header(&mut |name, value| {
-        let value = text(value);
-        match name {
-            b":method" => req.method = value,
-            b":path" => req.path = value,
-            n if n.first() == Some(&b':') => {}
-            n => headers.push(&String::from_utf8_lossy(n), value),
-        }
+    stream.for_each_header(&mut |name, value| match name {
+        b":method" => req.method = text(value).into_owned(),
+        b":path" => req.path = text(value).into_owned(),
+        n if n.first() == Some(&b':') => {}
+        n => headers.push(&text(n), text(value)),
     });
     req.headers = headers;
     if source_address {
@@ -179,11 +187,16 @@ pub fn request_of(stream: &dyn Stream, source_address: bool) -> Request {
 
 /// Header bytes as text; bytes that are not UTF-8 become U+FFFD (as in the
 /// gRPC door), so such a credential cannot verify.
-fn text(v: &[u8]) -> String {
-    String::from_utf8_lossy(v).into_owned()
+fn text(v: &[u8]) -> Cow<'_, str> {
+    // Checked whole first: much faster than the lossy scan on the ASCII
+    // that headers almost always are.
+    match std::str::from_utf8(v) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(v),
+    }
 }
 
-type Deciding = Pin<Box<dyn Future<Output = Decision> + Send>>;
+type Deciding = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
 impl FilterConfig {
     /// Decides the request on `stream`. When the decision must wait,
@@ -195,7 +208,7 @@ impl FilterConfig {
         resume: impl FnOnce() -> Option<Box<dyn Resume>>,
     ) -> (Step, Option<Waiting>) {
         let started = Instant::now();
-        let req = request_of(stream, self.reads_source_address);
+        let req = request_of(stream, self.options.reads_source_address);
         #[cfg(debug_assertions)]
         injected_panic(&req);
         let engine = self.engine.clone();
@@ -203,12 +216,15 @@ impl FilterConfig {
         // JWKS refetches and webhook calls spawn on, and time out with, the
         // module's runtime, also while polled here on Envoy's worker.
         let _runtime = self.runtime.enter();
-        let mut deciding: Deciding = Box::pin(async move { engine.decide(&req).await });
-        if let Poll::Ready(d) = deciding
+        // A cached token's repeat that asks for nothing more comes back as
+        // the allow rendered for its first repeat (`rendered`).
+        let mut deciding: Deciding =
+            Box::pin(async move { engine.decide_memo(&req, rendered::encode).await });
+        if let Poll::Ready(answer) = deciding
             .as_mut()
             .poll(&mut Context::from_waker(Waker::noop()))
         {
-            return (self.apply(&d, stream, started), None);
+            return (self.answer(&answer, stream, started), None);
         }
         let Some(slot) = WaitSlot::take() else {
             tracing::warn!(
@@ -216,12 +232,10 @@ impl FilterConfig {
                 limit = MAX_WAITING,
                 "too many decisions waiting; denied"
             );
-            let d = Decision::deny(DenyReason::InternalError, None);
-            return (self.apply(&d, stream, started), None);
+            return (self.apply(&internal_error(), stream, started), None);
         };
         let Some(resume) = resume() else {
-            let d = Decision::deny(DenyReason::InternalError, None);
-            return (self.apply(&d, stream, started), None);
+            return (self.apply(&internal_error(), stream, started), None);
         };
         let (tx, answer) = oneshot::channel();
         let task = self.runtime.spawn(async move {
@@ -234,7 +248,7 @@ impl FilterConfig {
                         timeout_s = timeout.as_secs(),
                         "decision timed out"
                     );
-                    Decision::deny(DenyReason::InternalError, None)
+                    Answer::Decided(internal_error())
                 }
             };
             if tx.send(d).is_ok() {
@@ -256,42 +270,55 @@ impl FilterConfig {
     /// Applies the decision a [`Waiting`] produced (a denial if there is
     /// none: the task ended without one).
     pub fn resumed(&self, mut waiting: Waiting, stream: &mut dyn Stream) -> Step {
-        let d = waiting
-            .answer
-            .try_recv()
-            .unwrap_or_else(|_| Decision::deny(DenyReason::InternalError, None));
-        self.apply(&d, stream, waiting.started)
+        match waiting.answer.try_recv() {
+            Ok(answer) => self.answer(&answer, stream, waiting.started),
+            Err(_) => self.apply(&internal_error(), stream, waiting.started),
+        }
+    }
+
+    fn answer(&self, answer: &Answer, stream: &mut dyn Stream, started: Instant) -> Step {
+        match answer {
+            Answer::Decided(d) => self.apply(d, stream, started),
+            Answer::Memo(m) => match Rendered::read(m.bytes()) {
+                Some(r) => {
+                    self.record(answer.summary(), started);
+                    let metadata = self.options.dynamic_metadata.then(|| r.metadata(&m.mode));
+                    allow(
+                        stream,
+                        r.headers(),
+                        r.headers_to_remove(),
+                        metadata.as_ref(),
+                    )
+                }
+                // Ours, so a bug: refused, as the gRPC door refuses memo
+                // bytes it cannot read back.
+                None => self.apply(
+                    &Decision::deny(DenyReason::InternalError, Some(m.mode.clone())),
+                    stream,
+                    started,
+                ),
+            },
+        }
+    }
+
+    fn record(&self, summary: Summary, started: Instant) {
+        let elapsed = started.elapsed();
+        self.metrics
+            .record(Frontend::EnvoyModule, summary, elapsed.as_secs_f64());
+        self.stats.decided(elapsed);
     }
 
     /// Renders `d` on the stream as the gRPC door's `CheckResponse` would
     /// be applied by Envoy's ext_authz filter, and records it.
     pub fn apply(&self, d: &Decision, stream: &mut dyn Stream, started: Instant) -> Step {
-        let elapsed = started.elapsed();
-        self.metrics
-            .record(Frontend::EnvoyModule, d.summary(), elapsed.as_secs_f64());
-        self.stats.decided(elapsed);
+        self.record(d.summary(), started);
         match d {
-            Decision::Allow(a) => {
-                let mut applied = true;
-                for (k, v) in &a.headers {
-                    applied &= stream.set_header(k, v);
-                }
-                for h in &a.headers_to_remove {
-                    applied &= stream.remove_header(h);
-                }
-                if !applied {
-                    // The client's headers might still be there: fail closed.
-                    let r = DenyReason::InternalError;
-                    stream.send_response(
-                        r.http_status(),
-                        &[("content-type", "application/json")],
-                        r.body(),
-                    );
-                    return Step::Replied;
-                }
-                stream.set_metadata(&a.metadata());
-                Step::Continue
-            }
+            Decision::Allow(a) => allow(
+                stream,
+                a.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                a.headers_to_remove.iter().map(String::as_str),
+                self.options.dynamic_metadata.then(|| a.metadata()).as_ref(),
+            ),
             Decision::Deny(deny) => {
                 let r = deny.reason;
                 tracing::info!(
@@ -316,6 +343,42 @@ impl FilterConfig {
     }
 }
 
+fn internal_error() -> Decision {
+    Decision::deny(DenyReason::InternalError, None)
+}
+
+/// An allow on the stream: headers set (overwriting), client headers
+/// removed, then the metadata (unless turned off); a refused header write
+/// fails closed.
+fn allow<'a>(
+    stream: &mut dyn Stream,
+    set: impl Iterator<Item = (&'a str, &'a str)>,
+    remove: impl Iterator<Item = &'a str>,
+    metadata: Option<&Metadata<'_>>,
+) -> Step {
+    let mut applied = true;
+    for (k, v) in set {
+        applied &= stream.set_header(k, v);
+    }
+    for h in remove {
+        applied &= stream.remove_header(h);
+    }
+    if !applied {
+        // The client's headers might still be there: fail closed.
+        let r = DenyReason::InternalError;
+        stream.send_response(
+            r.http_status(),
+            &[("content-type", "application/json")],
+            r.body(),
+        );
+        return Step::Replied;
+    }
+    if let Some(m) = metadata {
+        stream.set_metadata(m);
+    }
+    Step::Continue
+}
+
 /// Debug builds only: a request carrying the header named by the
 /// environment variable `AUTHGATE_ENVOY_PANIC_HEADER` panics while it is
 /// decided, so that the end-to-end tests can show that a panic in the module
@@ -330,4 +393,208 @@ fn injected_panic(req: &Request) {
     {
         panic!("injected panic ({name})");
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SECRET: &str = "a-secret-of-at-least-thirty-two-bytes!!";
+
+    /// A stream that records what the filter did to it.
+    #[derive(Default, Debug, PartialEq)]
+    struct Recorded {
+        input: Vec<(String, String)>,
+        route: Option<HashMap<String, String>>,
+        set: Vec<(String, String)>,
+        removed: Vec<String>,
+        metadata: Vec<(&'static str, String)>,
+        response: Option<(u16, String, String)>,
+    }
+
+    impl Stream for Recorded {
+        fn for_each_header(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+            for (k, v) in &self.input {
+                f(k.as_bytes(), v.as_bytes());
+            }
+        }
+        fn source_ip(&self) -> Option<IpAddr> {
+            None
+        }
+        fn route(&self) -> Option<&HashMap<String, String>> {
+            self.route.as_ref()
+        }
+        fn set_header(&mut self, name: &str, value: &str) -> bool {
+            self.set.push((name.into(), value.into()));
+            true
+        }
+        fn remove_header(&mut self, name: &str) -> bool {
+            self.removed.push(name.into());
+            true
+        }
+        fn set_metadata(&mut self, fields: &[(&'static str, Option<MetaValue<'_>>)]) {
+            for (k, v) in fields {
+                let v = match v {
+                    Some(MetaValue::Text(s)) => s.to_string(),
+                    Some(MetaValue::Bool(b)) => b.to_string(),
+                    None => continue,
+                };
+                self.metadata.push((k, v));
+            }
+        }
+        fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &str) {
+            self.response = Some((status, format!("{headers:?}"), body.into()));
+        }
+    }
+
+    const OPTIONS: Options = Options {
+        reads_source_address: false,
+        dynamic_metadata: true,
+    };
+
+    struct NoStats;
+    impl DecisionStats for NoStats {
+        fn decided(&self, _: Duration) {}
+    }
+
+    fn config(options: Options) -> FilterConfig {
+        let yaml = format!(
+            r#"
+definition:
+  modes:
+    - mode: jwt
+      key: {{algorithm: HS256, key: {{value: "{SECRET}"}}}}
+      claimsConfig: {{namespace: {{location: '"https://hasura.io/jwt/claims"'}}}}
+"#
+        );
+        let cfg = authgate_core::config::parse(&yaml, &|_: &str| None).expect("config");
+        crate::load::build(cfg, Box::new(NoStats), options).expect("filter config")
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("token")
+    }
+
+    fn stream(headers: &[(&str, &str)], route: Option<&str>) -> Recorded {
+        let mut input = vec![
+            (":method".to_owned(), "POST".to_owned()),
+            (":path".to_owned(), "/v1/graphql".to_owned()),
+            (":authority".to_owned(), "api".to_owned()),
+        ];
+        input.extend(headers.iter().map(|(k, v)| ((*k).into(), (*v).into())));
+        Recorded {
+            input,
+            route: route.map(|e| HashMap::from([("elevation".to_owned(), e.to_owned())])),
+            ..Default::default()
+        }
+    }
+
+    fn decide(config: &FilterConfig, s: &mut Recorded) -> Step {
+        let (step, waiting) = config.on_request_headers(s, || None);
+        assert!(waiting.is_none(), "fixed keys never wait");
+        step
+    }
+
+    /// The rendered allow of a repeat does to the stream exactly what the
+    /// full decision did, for every request that may take it; requests
+    /// that ask for more are decided in full every time.
+    #[test]
+    fn a_repeat_renders_as_the_full_decision_did() {
+        let loud = config(OPTIONS);
+        let quiet = config(Options {
+            dynamic_metadata: false,
+            ..OPTIONS
+        });
+        let exp = authgate_core::clock::unix_now() + 600;
+        let claims = |user: serde_json::Value, extra: serde_json::Value| {
+            let mut c = json!({
+                "sub": "s", "exp": exp,
+                "https://hasura.io/jwt/claims": {
+                    "x-hasura-user-id": user,
+                    "x-hasura-default-role": "user",
+                    "x-hasura-allowed-roles": ["user", "editor"],
+                    "x-hasura-org": "o-1",
+                },
+            });
+            if let Some(extra) = extra.as_object() {
+                for (k, v) in extra {
+                    c["https://hasura.io/jwt/claims"][k] = v.clone();
+                }
+            }
+            c
+        };
+        let tokens = [
+            token(claims(json!("u-1"), json!({}))),
+            token(claims(json!(42), json!({"x-hasura-team-ids": "{1,2}"}))),
+            token(claims(
+                json!("u-3"),
+                json!({"x-hasura-auth-elevated": "u-3"}),
+            )),
+            token(json!({"sub": "s", "exp": exp})),
+        ];
+        for t in &tokens {
+            let bearer = format!("Bearer {t}");
+            let cases: [Case<'_>; 6] = [
+                (vec![("authorization", &bearer)], None),
+                (
+                    vec![("authorization", &bearer), ("x-hasura-role", "editor")],
+                    None,
+                ),
+                (
+                    vec![("authorization", &bearer), ("X-Hasura_Org", "spoof")],
+                    None,
+                ),
+                (
+                    vec![("authorization", &bearer), ("x-hasura-role", "admin")],
+                    None,
+                ),
+                (vec![("authorization", &bearer)], Some("required")),
+                (vec![("authorization", &bearer)], Some("optional")),
+            ];
+            for (headers, route) in cases {
+                let mut first = stream(&headers, route);
+                let step = decide(&loud, &mut first);
+                for _ in 0..3 {
+                    let mut again = stream(&headers, route);
+                    assert_eq!(decide(&loud, &mut again), step);
+                    assert_eq!(again, first, "{headers:?} {route:?}");
+                    // Without metadata: the same but for the metadata.
+                    let mut plain = stream(&headers, route);
+                    assert_eq!(decide(&quiet, &mut plain), step);
+                    assert!(plain.metadata.is_empty());
+                    plain.metadata = first.metadata.clone();
+                    assert_eq!(plain, first, "{headers:?} {route:?}");
+                }
+                assert_eq!(first.metadata.is_empty(), step != Step::Continue);
+            }
+            // The plain repeat is answered by the rendered allow.
+            let req = request_of(&stream(&[("authorization", &bearer)], None), false);
+            let answer = futures_ready(loud.engine.decide_memo(&req, rendered::encode));
+            let allowed = matches!(
+                loud.engine.decide(&req).now_or_never(),
+                Some(Decision::Allow(_))
+            );
+            assert_eq!(matches!(answer, Answer::Memo(_)), allowed, "{answer:?}");
+        }
+    }
+
+    /// Request headers and the route's elevation setting.
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Option<&'a str>);
+
+    fn futures_ready<F: Future>(f: F) -> F::Output {
+        f.now_or_never().expect("decided at once")
+    }
+
+    trait NowOrNever: Future + Sized {
+        fn now_or_never(self) -> Option<Self::Output> {
+            let mut f = std::pin::pin!(self);
+            match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                Poll::Ready(v) => Some(v),
+                Poll::Pending => None,
+            }
+        }
+    }
+    impl<F: Future> NowOrNever for F {}
 }

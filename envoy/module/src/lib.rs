@@ -8,6 +8,7 @@
 //! - [`settings`]: the filter and per-route configs;
 //! - [`load`]: config to [`filter::FilterConfig`], and the module's runtime;
 //! - [`filter`]: one request, host-neutral: request in, decision rendered;
+//! - [`rendered`]: a cached token's allow kept rendered for its repeats;
 //! - [`stats`]: the pipeline's metrics as Envoy stats.
 
 #![deny(unsafe_code)]
@@ -16,5 +17,6 @@
 mod ffi;
 pub mod filter;
 pub mod load;
+pub mod rendered;
 pub mod settings;
 pub mod stats;

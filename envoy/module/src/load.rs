@@ -14,7 +14,7 @@ use authgate_core::metrics::Metrics;
 use authgate_core::pipeline::{Engine, KeyFetch, Parts};
 use tokio::runtime::Runtime;
 
-use crate::filter::{DecisionStats, FilterConfig};
+use crate::filter::{DecisionStats, FilterConfig, Options};
 
 /// Threads of the module's runtime: JWKS refreshes, webhook calls and store
 /// queries are I/O waits, not work; Envoy's workers keep the CPU.
@@ -55,7 +55,7 @@ const FIRST_KEYS_WAIT: Duration = Duration::from_secs(6);
 pub fn build(
     config: Config,
     stats: Box<dyn DecisionStats>,
-    reads_source_address: bool,
+    options: Options,
 ) -> Result<FilterConfig, String> {
     let rt = runtime()?;
     let _enter = rt.enter();
@@ -105,6 +105,6 @@ pub fn build(
         registry,
         rt.handle().clone(),
         stats,
-        reads_source_address,
+        options,
     ))
 }

@@ -319,6 +319,10 @@ fn corpus_one() -> Vec<Case> {
     vec![
         case("no credentials", "GET", "/v1/graphql"),
         case("valid token", "POST", "/v1/graphql").bearer(&good),
+        // A cached token's repeats: the second fills the rendered allow, the
+        // third is answered from it.
+        case("valid token, again", "POST", "/v1/graphql").bearer(&good),
+        case("valid token, third time", "POST", "/v1/graphql").bearer(&good),
         case("numeric user id", "POST", "/v1/graphql").bearer(&token(numeric)),
         case("allowed role", "POST", "/v1/graphql")
             .bearer(&good)

@@ -1,0 +1,224 @@
+//! An allow as the module applies it, kept in one flat allocation with the
+//! token-cache entry (the engine's memo, docs/design.md "Verified-token
+//! cache"): a cached token's repeat sets the same headers and metadata
+//! without re-reading its session. Checked against [`FilterConfig::apply`]
+//! of the plain decision by the module's tests.
+//!
+//! [`FilterConfig::apply`]: crate::filter::FilterConfig::apply
+
+#![forbid(unsafe_code)]
+
+use std::borrow::Cow;
+
+use authgate_core::decision::{self, Allow, Metadata, ModeRef};
+
+/// Layout: a flags byte (elevated, role present, user id present), then the
+/// role and user id when present, then the headers to set and the headers
+/// to remove, each list a `u16` count of `u32`-length-prefixed strings.
+const ELEVATED: u8 = 1;
+const ROLE: u8 = 2;
+const USER_ID: u8 = 4;
+
+/// Encodes `a` ([`authgate_core::pipeline::EncodeAllow`]).
+pub fn encode(a: &Allow) -> Box<[u8]> {
+    let meta = a.metadata();
+    let text = |i: usize| match &meta[i].1 {
+        Some(decision::MetaValue::Text(s)) => Some(s.as_ref()),
+        _ => None,
+    };
+    let (role, user_id) = (text(0), text(1));
+    let mut out = Vec::with_capacity(
+        64 + a
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum::<usize>(),
+    );
+    let mut flags = 0;
+    if a.elevated {
+        flags |= ELEVATED;
+    }
+    if role.is_some() {
+        flags |= ROLE;
+    }
+    if user_id.is_some() {
+        flags |= USER_ID;
+    }
+    out.push(flags);
+    for s in [role, user_id].into_iter().flatten() {
+        put(&mut out, s);
+    }
+    put_count(&mut out, a.headers.len());
+    for (k, v) in &a.headers {
+        put(&mut out, k);
+        put(&mut out, v);
+    }
+    put_count(&mut out, a.headers_to_remove.len());
+    for h in &a.headers_to_remove {
+        put(&mut out, h);
+    }
+    out.into_boxed_slice()
+}
+
+fn put(out: &mut Vec<u8>, s: &str) {
+    // A header value is bounded far below 4 GiB by the request limits.
+    let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&s.as_bytes()[..len as usize]);
+}
+
+fn put_count(out: &mut Vec<u8>, n: usize) {
+    // Sessions have far fewer than 65536 variables (a session is bounded by
+    // the request's header limits).
+    out.extend_from_slice(&u16::try_from(n).unwrap_or(u16::MAX).to_le_bytes());
+}
+
+/// An encoded allow, read back: borrowed from the bytes, checked whole
+/// before anything is applied.
+#[derive(Debug)]
+pub struct Rendered<'a> {
+    elevated: bool,
+    role: Option<&'a str>,
+    user_id: Option<&'a str>,
+    set: List<'a>,
+    remove: List<'a>,
+}
+
+/// The bytes holding the strings of one list.
+#[derive(Debug, Clone, Copy)]
+struct List<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Rendered<'a> {
+    /// `None` if `bytes` is not what [`encode`] wrote.
+    pub fn read(bytes: &'a [u8]) -> Option<Rendered<'a>> {
+        let mut r = Reader(bytes);
+        let flags = r.byte()?;
+        if flags & !(ELEVATED | ROLE | USER_ID) != 0 {
+            return None;
+        }
+        let role = if flags & ROLE != 0 {
+            Some(r.str()?)
+        } else {
+            None
+        };
+        let user_id = if flags & USER_ID != 0 {
+            Some(r.str()?)
+        } else {
+            None
+        };
+        let set = r.list(2)?;
+        let remove = r.list(1)?;
+        if !r.0.is_empty() {
+            return None;
+        }
+        Some(Rendered {
+            elevated: flags & ELEVATED != 0,
+            role,
+            user_id,
+            set,
+            remove,
+        })
+    }
+
+    /// The headers to set, in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a str, &'a str)> + use<'a> {
+        let mut strs = self.set.strs();
+        std::iter::from_fn(move || Some((strs.next()?, strs.next()?)))
+    }
+
+    /// The client headers to remove.
+    pub fn headers_to_remove(&self) -> impl Iterator<Item = &'a str> + use<'a> {
+        self.remove.strs()
+    }
+
+    /// The allow's dynamic metadata ([`Allow::metadata`]).
+    pub fn metadata<'m>(&self, mode: &'m ModeRef) -> Metadata<'m>
+    where
+        'a: 'm,
+    {
+        decision::metadata(
+            self.role.map(Cow::Borrowed),
+            self.user_id.map(Cow::Borrowed),
+            mode,
+            self.elevated,
+        )
+    }
+}
+
+impl<'a> List<'a> {
+    fn strs(self) -> impl Iterator<Item = &'a str> {
+        let mut r = Reader(self.bytes);
+        // Checked whole by `Rendered::read`.
+        std::iter::from_fn(move || r.str())
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        let len = u32::from_le_bytes(self.take(4)?.try_into().ok()?);
+        std::str::from_utf8(self.take(usize::try_from(len).ok()?)?).ok()
+    }
+
+    /// A list of `count` items of `per` strings each; its bytes checked.
+    fn list(&mut self, per: usize) -> Option<List<'a>> {
+        let count = usize::from(u16::from_le_bytes(self.take(2)?.try_into().ok()?));
+        let start = self.0;
+        for _ in 0..count * per {
+            self.str()?;
+        }
+        let used = start.len() - self.0.len();
+        Some(List {
+            bytes: &start[..used],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncated_or_extended_bytes_are_refused() {
+        let a = Allow {
+            session: authgate_core::session::Session::default(),
+            headers: vec![("x-hasura-role".into(), "user".into())],
+            mode: ModeRef {
+                kind: "jwt",
+                id: "jwt".into(),
+            },
+            elevated: true,
+            headers_to_remove: vec!["x-hasura-org-id".into()],
+        };
+        let bytes = encode(&a);
+        let r = Rendered::read(&bytes).expect("reads back");
+        assert_eq!(r.headers().collect::<Vec<_>>(), [("x-hasura-role", "user")]);
+        assert_eq!(
+            r.headers_to_remove().collect::<Vec<_>>(),
+            ["x-hasura-org-id"]
+        );
+        for n in 0..bytes.len() {
+            assert!(Rendered::read(&bytes[..n]).is_none(), "{n} bytes");
+        }
+        let mut longer = bytes.to_vec();
+        longer.push(0);
+        assert!(Rendered::read(&longer).is_none());
+        assert!(Rendered::read(&[0x80, 0, 0, 0, 0]).is_none());
+    }
+}
