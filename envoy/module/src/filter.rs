@@ -290,8 +290,8 @@ impl FilterConfig {
                         metadata.as_ref(),
                     )
                 }
-                // Ours, so a bug: refused, as the gRPC door refuses memo
-                // bytes it cannot read back.
+                // Written by `rendered::encode`, so unreadable bytes are a
+                // bug: fail closed.
                 None => self.apply(
                     &Decision::deny(DenyReason::InternalError, Some(m.mode.clone())),
                     stream,
@@ -533,6 +533,13 @@ definition:
                 json!({"x-hasura-auth-elevated": "u-3"}),
             )),
             token(json!({"sub": "s", "exp": exp})),
+            // No user id: no `user_id` metadata.
+            token(
+                json!({"sub": "s", "exp": exp, "https://hasura.io/jwt/claims": {
+                    "x-hasura-default-role": "anonymous",
+                    "x-hasura-allowed-roles": ["anonymous"],
+                }}),
+            ),
         ];
         for t in &tokens {
             let bearer = format!("Bearer {t}");
@@ -569,14 +576,17 @@ definition:
                 }
                 assert_eq!(first.metadata.is_empty(), step != Step::Continue);
             }
-            // The plain repeat is answered by the rendered allow.
-            let req = request_of(&stream(&[("authorization", &bearer)], None), false);
-            let answer = futures_ready(loud.engine.decide_memo(&req, rendered::encode));
-            let allowed = matches!(
-                loud.engine.decide(&req).now_or_never(),
-                Some(Decision::Allow(_))
-            );
-            assert_eq!(matches!(answer, Answer::Memo(_)), allowed, "{answer:?}");
+            // The plain repeat (an optional route asks nothing more) is
+            // answered by the rendered allow.
+            for route in [None, Some("optional")] {
+                let req = request_of(&stream(&[("authorization", &bearer)], route), false);
+                let answer = futures_ready(loud.engine.decide_memo(&req, rendered::encode));
+                let allowed = matches!(
+                    loud.engine.decide(&req).now_or_never(),
+                    Some(Decision::Allow(_))
+                );
+                assert_eq!(matches!(answer, Answer::Memo(_)), allowed, "{answer:?}");
+            }
         }
     }
 

@@ -14,7 +14,9 @@ use authgate_core::decision::{self, Allow, Metadata, ModeRef};
 
 /// Layout: a flags byte (elevated, role present, user id present), then the
 /// role and user id when present, then the headers to set and the headers
-/// to remove, each list a `u16` count of `u32`-length-prefixed strings.
+/// to remove, each list a `u32` count of `u32`-length-prefixed strings.
+/// Every count and length fits: a session and its values come from one
+/// request's headers or one bounded webhook answer.
 const ELEVATED: u8 = 1;
 const ROLE: u8 = 2;
 const USER_ID: u8 = 4;
@@ -22,11 +24,13 @@ const USER_ID: u8 = 4;
 /// Encodes `a` ([`authgate_core::pipeline::EncodeAllow`]).
 pub fn encode(a: &Allow) -> Box<[u8]> {
     let meta = a.metadata();
-    let text = |i: usize| match &meta[i].1 {
-        Some(decision::MetaValue::Text(s)) => Some(s.as_ref()),
-        _ => None,
+    let text = |name: &str| {
+        meta.iter().find_map(|(k, v)| match v {
+            Some(decision::MetaValue::Text(s)) if *k == name => Some(s.as_ref()),
+            _ => None,
+        })
     };
-    let (role, user_id) = (text(0), text(1));
+    let (role, user_id) = (text("role"), text("user_id"));
     let mut out = Vec::with_capacity(
         64 + a
             .headers
@@ -61,16 +65,14 @@ pub fn encode(a: &Allow) -> Box<[u8]> {
 }
 
 fn put(out: &mut Vec<u8>, s: &str) {
-    // A header value is bounded far below 4 GiB by the request limits.
-    let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&s.as_bytes()[..len as usize]);
+    put_count(out, s.len());
+    out.extend_from_slice(s.as_bytes());
 }
 
+/// A count or length; one past `u32` (impossible, see the layout) would
+/// make the bytes unreadable, and the repeat fail closed.
 fn put_count(out: &mut Vec<u8>, n: usize) {
-    // Sessions have far fewer than 65536 variables (a session is bounded by
-    // the request's header limits).
-    out.extend_from_slice(&u16::try_from(n).unwrap_or(u16::MAX).to_le_bytes());
+    out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
 }
 
 /// An encoded allow, read back: borrowed from the bytes, checked whole
@@ -178,9 +180,9 @@ impl<'a> Reader<'a> {
 
     /// A list of `count` items of `per` strings each; its bytes checked.
     fn list(&mut self, per: usize) -> Option<List<'a>> {
-        let count = usize::from(u16::from_le_bytes(self.take(2)?.try_into().ok()?));
+        let count = usize::try_from(u32::from_le_bytes(self.take(4)?.try_into().ok()?)).ok()?;
         let start = self.0;
-        for _ in 0..count * per {
+        for _ in 0..count.checked_mul(per)? {
             self.str()?;
         }
         let used = start.len() - self.0.len();
@@ -219,6 +221,8 @@ mod tests {
         let mut longer = bytes.to_vec();
         longer.push(0);
         assert!(Rendered::read(&longer).is_none());
-        assert!(Rendered::read(&[0x80, 0, 0, 0, 0]).is_none());
+        assert!(Rendered::read(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0]).is_none());
+        // A count larger than the bytes hold.
+        assert!(Rendered::read(&[0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]).is_none());
     }
 }

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use crate::filter::Options;
 
 /// The filter config: exactly one of `configPath` and `config`, and
-/// `trustEnvoyRemoteAddress`.
+/// optionally `trustEnvoyRemoteAddress` and `dynamicMetadata`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FilterConfigText<'a> {

@@ -1,6 +1,8 @@
-//! The gRPC door's encoded-allow memo (docs/design.md, "Verified-token
+//! The encoded-allow memo of the front doors that encode allows themselves
+//! (the gRPC door, the Envoy module; docs/design.md, "Verified-token
 //! cache"): a shortcut that only [`Engine::decide_memo`](super::Engine::decide_memo)
-//! takes, checked against plain decisions by the `check_request` fuzz target.
+//! takes, checked against plain decisions by the `check_request` fuzz target
+//! and the module's tests.
 
 use std::sync::Arc;
 

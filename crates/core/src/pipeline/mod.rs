@@ -5,7 +5,7 @@
 //! - `spec`: what an engine is built from (settings, modes);
 //! - `modes`: the four authenticators and the loop over them;
 //! - `asks`: what a request asks for besides its credential;
-//! - `token_cache`: verified tokens, and `memo`: the gRPC door's encoded
+//! - `token_cache`: verified tokens, and `memo`: a front door's encoded
 //!   allows kept with them;
 //! - here: building, role resolution, elevation and the final [`Allow`].
 
@@ -169,7 +169,7 @@ impl Engine {
     }
 
     /// Decides one request for a front door that encodes allows itself
-    /// (the gRPC door): a token seen before, in a request that asks for
+    /// (the gRPC door, the Envoy module): a token seen before, in a request that asks for
     /// nothing ([`Asks::nothing`]), gets the allow `encode`d for its first
     /// such repeat back as bytes. New tokens store no encoding: a token used
     /// once costs the cache no more than its session.

@@ -29,7 +29,7 @@ pub(super) struct CachedToken {
     nbf: i64,
     /// `tokenCacheTtl` after the insert.
     fresh_until: std::time::Instant,
-    /// The gRPC front door's encoded allow for requests that ask for
+    /// The front door's encoded allow for requests that ask for
     /// nothing ([`Engine::decide_memo`](super::Engine::decide_memo)), stored on the token's first repeat.
     pub(super) memo: std::sync::OnceLock<Box<[u8]>>,
 }
