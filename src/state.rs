@@ -62,8 +62,8 @@ impl Shared {
 
     /// Swaps `engine` in; JWKS caches it no longer uses are dropped.
     pub(crate) fn install(&self, engine: Engine) {
-        let urls: Vec<&str> = engine.jwks().iter().map(|c| c.url()).collect();
-        self.registry.retain(&urls);
+        let keys: Vec<&str> = engine.jwks().iter().map(|c| c.key()).collect();
+        self.registry.retain(&keys);
         self.engine.store(Arc::new(engine));
     }
 

@@ -127,6 +127,9 @@ pub struct JwksState {
     pub body: String,
     pub cache_control: Option<String>,
     pub delay: Duration,
+    /// A header every request must carry (else 401), as key servers that
+    /// want a credential do.
+    pub required_header: Option<(String, String)>,
 }
 
 /// A real HTTP JWKS endpoint on 127.0.0.1.
@@ -144,6 +147,7 @@ impl JwksServer {
             body,
             cache_control: None,
             delay: Duration::ZERO,
+            required_header: None,
         }));
         let hits = Arc::new(AtomicUsize::new(0));
         let app = Router::new()
@@ -174,12 +178,24 @@ impl JwksServer {
 
 async fn serve_jwks(
     State((state, hits)): State<(Arc<Mutex<JwksState>>, Arc<AtomicUsize>)>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
     hits.fetch_add(1, Ordering::SeqCst);
-    let (status, body, cc, delay) = {
+    let (status, body, cc, delay, required) = {
         let s = state.lock().unwrap();
-        (s.status, s.body.clone(), s.cache_control.clone(), s.delay)
+        (
+            s.status,
+            s.body.clone(),
+            s.cache_control.clone(),
+            s.delay,
+            s.required_header.clone(),
+        )
     };
+    if let Some((name, value)) = required
+        && headers.get(&name).and_then(|v| v.to_str().ok()) != Some(value.as_str())
+    {
+        return (StatusCode::UNAUTHORIZED, "credentials required").into_response();
+    }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }

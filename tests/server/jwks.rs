@@ -446,3 +446,87 @@ async fn a_reload_naming_a_broken_jwks_leaves_a_ready_instance_ready() {
     );
     assert!(!r.degraded[0].contains("S3cret") && !r.degraded[0].contains("T0ken"));
 }
+
+/// A key server that wants a credential: without `key.httpClient.headers`
+/// its keys never load (fail closed); with them, tokens verify. Two modes
+/// fetching the same URL with different headers get caches of their own.
+/// A third reaches a host that does not resolve through `proxy` (the key
+/// server answers the proxy request's absolute URL by its path).
+#[tokio::test]
+async fn key_fetches_send_the_configured_headers() {
+    let rsa = private_key(Algorithm::RS256);
+    let jwks = JwksServer::start(jwks_of(vec![public_jwk(Algorithm::RS256, &rsa, "k1")])).await;
+    jwks.state.lock().unwrap().required_header = Some(("x-key-token".into(), "s3cret".into()));
+    let token = mint(
+        Algorithm::RS256,
+        &rsa,
+        hasura_claims("u", &["user"], "user"),
+        Some("k1"),
+    );
+    let url = jwks.url();
+    let config = format!(
+        r#"
+definition:
+  modes:
+    - id: without
+      mode: jwt
+      key: {{jwkFromUrl: {{value: "{url}"}}}}
+      claimsConfig: {{namespace: {{location: '"claims.jwt.hasura.io"'}}}}
+    - id: with
+      mode: jwt
+      key:
+        jwkFromUrl: {{value: "{url}"}}
+        httpClient: {{timeout: 2s, headers: {{X-Key-Token: {{value: s3cret}}}}}}
+      claimsConfig: {{namespace: {{location: '"claims.jwt.hasura.io"'}}}}
+    - id: proxied
+      mode: jwt
+      key:
+        jwkFromUrl: {{value: "http://keys.invalid/jwks.json"}}
+        httpClient: {{proxy: {{value: "http://{addr}"}}, headers: {{X-Key-Token: {{value: s3cret}}}}}}
+      claimsConfig: {{namespace: {{location: '"claims.jwt.hasura.io"'}}}}
+"#,
+        addr = jwks.addr
+    );
+    let server = TestServer::start(&config).await;
+    for _ in 0..100 {
+        let mut allowed = 0;
+        for id in ["with", "proxied"] {
+            let o = outcome(
+                &server
+                    .check(&[("authorization", &bearer(&token)), ("x-rely-auth-id", id)])
+                    .await,
+            );
+            allowed += usize::from(o.code == 0);
+        }
+        if allowed == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in ["with", "proxied"] {
+        let o = outcome(
+            &server
+                .check(&[("authorization", &bearer(&token)), ("x-rely-auth-id", id)])
+                .await,
+        );
+        assert_eq!(o.code, 0, "{id}: {o:?}");
+    }
+    // The mode without the header has no keys: refused, never allowed.
+    let o = outcome(
+        &server
+            .check(&[
+                ("authorization", &bearer(&token)),
+                ("x-rely-auth-id", "without"),
+            ])
+            .await,
+    );
+    assert_eq!(
+        (o.http_status, o.reason().as_str()),
+        (503, "internal_error")
+    );
+    let ready = reqwest::get(server.http_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body = ready.text().await.unwrap();
+    assert!(body.contains("401"), "{body}");
+    assert!(!body.contains("s3cret"), "{body}");
+}

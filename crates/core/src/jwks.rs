@@ -45,9 +45,35 @@ pub enum FetchError {
     Parse(String),
 }
 
+/// How a key set is fetched when its mode says more than the URL
+/// (`key.httpClient`): its own HTTP client (CA bundle, client certificate,
+/// timeouts, proxy) and headers sent with every fetch. Built at config load,
+/// so TLS problems are config errors.
+#[derive(Clone)]
+pub struct FetchOptions {
+    pub client: reqwest::Client,
+    pub headers: reqwest::header::HeaderMap,
+    /// SHA-256 (base64url) of what built the options: modes share a cache only
+    /// when they fetch the same URL the same way.
+    pub fingerprint: String,
+}
+
+impl std::fmt::Debug for FetchOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Header values may be credentials.
+        f.debug_struct("FetchOptions")
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Keys fetched from one JWKS URL.
 pub struct JwksCache {
     url: String,
+    /// The registry's key: the URL, and the fetch options' fingerprint.
+    key: String,
+    /// Sent with every fetch (`key.httpClient.headers`).
+    headers: reqwest::header::HeaderMap,
     /// The URL as logs and `/readyz` show it: no credentials, query or
     /// fragment (they may carry secrets).
     shown_url: String,
@@ -97,17 +123,19 @@ enum Fetched {
 }
 
 impl JwksCache {
-    pub fn new(
+    fn new(
         url: String,
-        client: reqwest::Client,
+        fetch: FetchOptions,
         cooldown: Duration,
         reload_interval: Option<Duration>,
         metrics: SourceMetrics,
     ) -> Self {
         JwksCache {
             shown_url: crate::redact::url(&url),
+            key: cache_key(&url, &fetch.fingerprint),
             url,
-            client,
+            client: fetch.client,
+            headers: fetch.headers,
             keys: ArcSwapOption::empty(),
             etag: Mutex::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
@@ -135,6 +163,11 @@ impl JwksCache {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// What [`JwksRegistry::retain`] is given to keep this cache.
+    pub fn key(&self) -> &str {
+        &self.key
     }
 
     /// The URL without credentials, query or fragment, for logs and probes.
@@ -204,10 +237,14 @@ impl JwksCache {
     }
 
     async fn fetch_inner(&self) -> Result<Fetched, FetchError> {
-        let mut req = self.client.get(&self.url).header(
-            reqwest::header::ACCEPT,
-            "application/json, application/jwk-set+json",
-        );
+        let mut req = self
+            .client
+            .get(&self.url)
+            .headers(self.headers.clone())
+            .header(
+                reqwest::header::ACCEPT,
+                "application/json, application/jwk-set+json",
+            );
         let etag = self.etag.lock().ok().and_then(|e| e.clone());
         if let (Some(tag), true) = (&etag, self.is_ready()) {
             req = req.header(reqwest::header::IF_NONE_MATCH, tag.as_str());
@@ -366,8 +403,17 @@ fn without_url(e: &reqwest::Error) -> String {
     kind.to_owned()
 }
 
-/// All JWKS caches of the process, by URL. Reloads reuse a cache whose URL
-/// is unchanged, so keys and schedules survive.
+fn cache_key(url: &str, fingerprint: &str) -> String {
+    if fingerprint.is_empty() {
+        url.to_owned()
+    } else {
+        format!("{url} {fingerprint}")
+    }
+}
+
+/// All JWKS caches of the process, by URL and fetch options. Reloads reuse
+/// a cache whose URL and options are unchanged, so keys and schedules
+/// survive.
 pub struct JwksRegistry {
     client: reqwest::Client,
     caches: Mutex<HashMap<String, Arc<JwksCache>>>,
@@ -388,10 +434,13 @@ impl JwksRegistry {
         })
     }
 
-    /// The cache for `url`, created (and started, if `start`) when new.
+    /// The cache for `url` fetched with `fetch` (the registry's plain client
+    /// when `None`), created (and started, if `start`) when new.
+    #[allow(clippy::too_many_arguments)]
     pub fn get_or_create(
         &self,
         url: &str,
+        fetch: Option<&FetchOptions>,
         source: &str,
         cooldown: Duration,
         reload_interval: Option<Duration>,
@@ -402,7 +451,13 @@ impl JwksRegistry {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(c) = caches.get(url)
+        let fetch = fetch.cloned().unwrap_or_else(|| FetchOptions {
+            client: self.client.clone(),
+            headers: reqwest::header::HeaderMap::new(),
+            fingerprint: String::new(),
+        });
+        let key = cache_key(url, &fetch.fingerprint);
+        if let Some(c) = caches.get(&key)
             && c.cooldown == cooldown
             && c.reload_interval == reload_interval
         {
@@ -410,33 +465,34 @@ impl JwksRegistry {
         }
         let cache = Arc::new(JwksCache::new(
             url.to_owned(),
-            self.client.clone(),
+            fetch,
             cooldown,
             reload_interval,
             metrics.source(source),
         ));
         // Carry keys over when only the schedule changed.
-        let replaced = caches.get(url).cloned();
+        let replaced = caches.get(&key).cloned();
         if let Some(old) = &replaced {
             cache.keys.store(old.current());
         }
         if start {
             cache.start();
         }
-        caches.insert(url.to_owned(), cache.clone());
+        caches.insert(key, cache.clone());
         if let Some(old) = replaced {
             forget_if_unused(&caches, &old);
         }
         cache
     }
 
-    /// Drops caches no longer used by the active config, and the metric
-    /// series of sources no remaining cache reports under.
-    pub fn retain(&self, urls: &[&str]) {
+    /// Drops caches no longer used by the active config ([`JwksCache::key`]s
+    /// to keep), and the metric series of sources no remaining cache
+    /// reports under.
+    pub fn retain(&self, keys: &[&str]) {
         if let Ok(mut caches) = self.caches.lock() {
             let mut dropped = Vec::new();
-            caches.retain(|u, cache| {
-                let keep = urls.contains(&u.as_str());
+            caches.retain(|k, cache| {
+                let keep = keys.contains(&k.as_str());
                 if !keep {
                     dropped.push(cache.clone());
                 }

@@ -9,8 +9,10 @@ use super::duration::duration;
 use super::env::{Env, env_any, env_string};
 use super::reader::{Diagnostics, Obj, YamlPath, as_str, as_str_list, type_name};
 use super::token_location;
+use crate::jwks::FetchOptions;
 use crate::request::{Place, TokenLocation};
-use crate::webhook::{HookAuth, HttpClientOptions};
+use crate::webhook::{HookAuth, HttpClientOptions, build_client};
+use sha2::{Digest, Sha256};
 
 fn env_bool(d: &mut Diagnostics, env: &dyn Env, path: &YamlPath, v: &Value) -> Option<bool> {
     match v {
@@ -70,15 +72,37 @@ fn pem_sources(
     ok
 }
 
+/// Reads an `httpClient` block. `headers` is where a key fetch's extra
+/// headers go (`key.httpClient.headers`); a webhook has no such key.
 pub(super) fn http_client(
     d: &mut Diagnostics,
     env: &dyn Env,
     path: YamlPath,
     v: &Value,
+    headers: Option<&mut Vec<(String, String)>>,
 ) -> Option<HttpClientOptions> {
     let mut opts = HttpClientOptions::default();
     let mut o = Obj::open(d, path.clone(), v)?;
     let mut ok = true;
+    if let Some(out) = headers
+        && let Some((p, v)) = o.get("headers")
+    {
+        ok &= extra_headers(d, env, p, v, out);
+    }
+    if let Some((p, v)) = o.get("proxy") {
+        match env_string(d, env, &p, v) {
+            Some(url) => match reqwest::Url::parse(&url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {
+                    opts.proxy = Some(url);
+                }
+                _ => {
+                    d.error(&p, "the proxy must be an http or https URL");
+                    ok = false;
+                }
+            },
+            None => ok = false,
+        }
+    }
     if let Some((p, v)) = o.get("timeout") {
         match duration(d, &p, v) {
             Some(t) if !t.is_zero() => opts.timeout = t,
@@ -172,7 +196,7 @@ pub(super) fn http_client(
         if let Some((bp, bv)) = t.get("insecureSkipVerify") {
             match env_bool(d, env, &bp, bv) {
                 Some(true) => {
-                    d.warn(&bp, "TLS certificates of the webhook are not verified");
+                    d.warn(&bp, "TLS certificates of the server are not verified");
                     opts.tls.insecure_skip_verify = true;
                 }
                 Some(false) => {}
@@ -269,6 +293,106 @@ pub(super) fn http_client(
     }
     o.finish(d);
     ok.then_some(opts)
+}
+
+/// A key fetch's `httpClient`: the webhook's schema plus `headers`.
+/// `retry` has no effect (a failed fetch is retried with the key cache's own
+/// backoff); `authentication` is refused, since credentials for a key
+/// server go in `headers`.
+pub(super) fn key_fetch(
+    d: &mut Diagnostics,
+    env: &dyn Env,
+    path: YamlPath,
+    v: &Value,
+) -> Option<FetchOptions> {
+    let mut headers = Vec::new();
+    let opts = http_client(d, env, path.clone(), v, Some(&mut headers))?;
+    if opts.auth.is_some() {
+        d.error(
+            &path.key("authentication"),
+            "not used for key fetches: send a key server's credentials with `headers`",
+        );
+        return None;
+    }
+    if v.get("retry").is_some() {
+        d.warn(
+            &path.key("retry"),
+            "has no effect on key fetches: a failed fetch is retried with backoff (1 s doubling to 10 s)",
+        );
+    }
+    let client = match build_client(&opts) {
+        Ok(c) => c,
+        Err(e) => {
+            d.error(&path, e);
+            return None;
+        }
+    };
+    let mut map = reqwest::header::HeaderMap::new();
+    let mut hash = Sha256::new();
+    hash.update(format!("{opts:?}"));
+    for (name, value) in &headers {
+        let (Ok(n), Ok(mut v)) = (
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+            reqwest::header::HeaderValue::from_str(value),
+        ) else {
+            // Both checked while reading.
+            return None;
+        };
+        v.set_sensitive(true);
+        map.append(n, v);
+        hash.update([0]);
+        hash.update(name);
+        hash.update([0]);
+        hash.update(value);
+    }
+    Some(FetchOptions {
+        client,
+        headers: map,
+        fingerprint: {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hash.finalize())
+        },
+    })
+}
+
+/// `headers: {NAME: {value|env}}`: names and values checked as HTTP's.
+fn extra_headers(
+    d: &mut Diagnostics,
+    env: &dyn Env,
+    path: YamlPath,
+    v: &Value,
+    out: &mut Vec<(String, String)>,
+) -> bool {
+    let Some(map) = v.as_object() else {
+        d.error(
+            &path,
+            format!(
+                "expected a map of header names to {{value|env}}, found {}",
+                type_name(v)
+            ),
+        );
+        return false;
+    };
+    let mut ok = true;
+    for (name, value) in map {
+        let p = path.key(name);
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            d.error(&p, "not a valid HTTP header name");
+            ok = false;
+            continue;
+        }
+        match env_string(d, env, &p, value) {
+            Some(text) if reqwest::header::HeaderValue::from_str(&text).is_ok() => {
+                out.push((name.to_ascii_lowercase(), text));
+            }
+            Some(_) => {
+                d.error(&p, "not a valid HTTP header value");
+                ok = false;
+            }
+            None => ok = false,
+        }
+    }
+    ok
 }
 
 fn hook_auth(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> Option<HookAuth> {

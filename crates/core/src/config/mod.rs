@@ -769,8 +769,20 @@ fn key_source(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> 
     };
     let fixed = o.get("key");
     let remote = o.get("jwkFromUrl");
+    let client = o.get("httpClient");
     o.finish(d);
     let algorithm = algorithm?;
+    let fetch = match client {
+        Some((cp, _)) if remote.is_none() => {
+            d.error(
+                &cp,
+                "`httpClient` is for fetching keys: it needs `jwkFromUrl`",
+            );
+            return None;
+        }
+        Some((cp, cv)) => Some(Box::new(http_client::key_fetch(d, env, cp, cv)?)),
+        None => None,
+    };
     match (fixed, remote) {
         (Some(_), Some(_)) => {
             d.error(&path, "set either `key` or `jwkFromUrl`, not both");
@@ -826,7 +838,11 @@ fn key_source(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> 
                             "JWKS fetched over plain http can be tampered with; use https",
                         );
                     }
-                    Some(KeySource::Remote { url, algorithm })
+                    Some(KeySource::Remote {
+                        url,
+                        algorithm,
+                        fetch,
+                    })
                 }
                 Ok(_) => {
                     d.error(&up, "the JWKS URL must be http or https");

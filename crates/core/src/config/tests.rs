@@ -186,6 +186,77 @@ definition:
 }
 
 #[test]
+fn key_fetch_client_rules() {
+    let errs = errors(
+        r#"
+definition:
+  modes:
+    - mode: jwt
+      id: a
+      key: {algorithm: RS256, key: {value: "x"}, httpClient: {timeout: 2s}}
+      claimsConfig: {namespace: {location: x}}
+    - mode: jwt
+      id: b
+      key:
+        jwkFromUrl: {value: "https://x/jwks"}
+        httpClient: {authentication: {type: basic, username: {value: u}, password: {value: p}}}
+      claimsConfig: {namespace: {location: x}}
+    - mode: jwt
+      id: c
+      key:
+        jwkFromUrl: {value: "https://x/jwks"}
+        httpClient: {headers: {"bad name": {value: v}, x-ok: {value: "a\nb"}, x-env: {env: UNSET_VAR}}, proxy: {value: "ftp://p"}, tls: {rootCAFile: /nonexistent.pem}}
+      claimsConfig: {namespace: {location: x}}
+"#,
+    );
+    for want in [
+        "modes[a].key.httpClient: `httpClient` is for fetching keys: it needs `jwkFromUrl`",
+        "modes[b].key.httpClient.authentication: not used for key fetches",
+        r#"modes[c].key.httpClient.headers["bad name"]: not a valid HTTP header name"#,
+        "modes[c].key.httpClient.headers.x-ok: not a valid HTTP header value",
+        "modes[c].key.httpClient.headers.x-env: ",
+        "modes[c].key.httpClient.proxy: the proxy must be an http or https URL",
+        "modes[c].key.httpClient.tls.rootCAFile: cannot read /nonexistent.pem",
+    ] {
+        assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
+    }
+    // Accepted: headers (values from the environment too), timeouts, a
+    // proxy; `retry` is a warning (the key cache retries by itself).
+    let c = parse(
+        r#"
+definition:
+  modes:
+    - mode: jwt
+      key:
+        jwkFromUrl: {value: "https://x/jwks"}
+        httpClient:
+          timeout: 3s
+          proxy: {value: "http://proxy:3128"}
+          retry: {maxAttempts: 3}
+          headers: {Authorization: {env: SERVICE_KEY}}
+      claimsConfig: {namespace: {location: x}}
+"#,
+        &env,
+    )
+    .expect("loads");
+    let warnings: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("httpClient.retry: has no effect on key fetches")),
+        "{warnings:?}"
+    );
+    let ModeKind::Jwt(j) = &c.modes[0].kind else {
+        panic!("jwt mode")
+    };
+    let KeySource::Remote { fetch: Some(f), .. } = &j.keys else {
+        panic!("remote keys with fetch options")
+    };
+    assert_eq!(f.headers.get("authorization").unwrap(), "svc");
+    assert!(!format!("{f:?}").contains("svc"), "{f:?}");
+}
+
+#[test]
 fn structural_rules() {
     let errs = errors(
         r#"

@@ -106,7 +106,7 @@ pub(super) fn webhook(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Opt
     }
     let client_path = o.path.key("httpClient");
     let client = match o.get("httpClient") {
-        Some((p, v)) => http_client(d, env, p, v),
+        Some((p, v)) => http_client(d, env, p, v, None),
         None => Some(HttpClientOptions::default()),
     };
     let http = match &client {

@@ -103,9 +103,10 @@ impl Engine {
                     let pinned = j.keys.pinned();
                     let keys = match j.keys {
                         KeySource::Fixed(set) => Keys::Fixed(set),
-                        KeySource::Remote { url, .. } => {
+                        KeySource::Remote { url, fetch, .. } => {
                             let cache = registry.get_or_create(
                                 &url,
+                                fetch.as_deref(),
                                 &m.id,
                                 settings.unknown_kid_cooldown,
                                 settings.reload_interval,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 
 use crate::claims::ClaimsConfig;
+use crate::jwks::FetchOptions;
 use crate::keys::KeySet;
 use crate::redact::Secret;
 use crate::request::TokenLocation;
@@ -108,6 +109,8 @@ pub enum KeySource {
     Remote {
         url: String,
         algorithm: Option<Algorithm>,
+        /// `key.httpClient`, when given.
+        fetch: Option<Box<FetchOptions>>,
     },
 }
 

@@ -107,6 +107,11 @@ pub fn build_client(o: &HttpClientOptions) -> Result<reqwest::Client, String> {
     if o.tls.insecure_skip_verify {
         b = b.tls_danger_accept_invalid_certs(true);
     }
+    if let Some(p) = &o.proxy {
+        let proxy = reqwest::Proxy::all(p.as_str())
+            .map_err(|_| "the proxy is not a valid URL".to_string())?;
+        b = b.proxy(proxy);
+    }
     let version = |v: &str| match v {
         "1.0" => reqwest::tls::Version::TLS_1_0,
         "1.1" => reqwest::tls::Version::TLS_1_1,

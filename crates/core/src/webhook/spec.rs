@@ -126,6 +126,9 @@ pub struct HttpClientOptions {
     pub tls: TlsOptions,
     pub retry: RetryPolicy,
     pub auth: Option<HookAuth>,
+    /// Every request through this proxy (`http://` or `https://`);
+    /// without it, the `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` environment.
+    pub proxy: Option<String>,
 }
 
 impl Default for HttpClientOptions {
@@ -138,6 +141,7 @@ impl Default for HttpClientOptions {
             tls: TlsOptions::default(),
             retry: RetryPolicy::default(),
             auth: None,
+            proxy: None,
         }
     }
 }
