@@ -530,3 +530,158 @@ definition:
     assert!(body.contains("401"), "{body}");
     assert!(!body.contains("s3cret"), "{body}");
 }
+
+/// A key server on TLS with a private CA, which wants a client certificate
+/// from the same CA (as internal key servers behind mTLS do).
+struct TlsKeyServer {
+    addr: std::net::SocketAddr,
+    ca_pem: String,
+    client_cert_pem: String,
+    client_key_pem: String,
+}
+
+impl TlsKeyServer {
+    async fn start(body: String) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_rustls::rustls;
+
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        let server_cert = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&server_key, &ca)
+            .unwrap();
+        let client_key = KeyPair::generate().unwrap();
+        let client_cert = CertificateParams::new(vec!["authgate".to_owned()])
+            .unwrap()
+            .signed_by(&client_key, &ca)
+            .unwrap();
+
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![server_cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, body) = (acceptor.clone(), body.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut head = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(answer.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        TlsKeyServer {
+            addr,
+            ca_pem: ca.pem(),
+            client_cert_pem: client_cert.pem(),
+            client_key_pem: client_key.serialize_pem(),
+        }
+    }
+}
+
+/// `key.httpClient.tls`: keys load from a server of a private CA that wants
+/// a client certificate only with both configured; without the CA bundle or
+/// without the certificate the fetch fails and the mode refuses (503).
+#[tokio::test]
+async fn key_fetches_trust_a_private_ca_and_present_a_client_certificate() {
+    let rsa = private_key(Algorithm::RS256);
+    let keys = TlsKeyServer::start(jwks_of(vec![public_jwk(Algorithm::RS256, &rsa, "k1")])).await;
+    let token = mint(
+        Algorithm::RS256,
+        &rsa,
+        hasura_claims("u", &["user"], "user"),
+        Some("k1"),
+    );
+    let url = format!("https://localhost:{}/jwks.json", keys.addr.port());
+    let yaml_text = |s: &str| serde_json::to_string(s).unwrap();
+    let (ca, cert, key) = (
+        yaml_text(&keys.ca_pem),
+        yaml_text(&keys.client_cert_pem),
+        yaml_text(&keys.client_key_pem),
+    );
+    let mode = |id: &str, tls: String| {
+        format!(
+            r#"
+    - id: {id}
+      mode: jwt
+      key:
+        jwkFromUrl: {{value: "{url}"}}
+        httpClient: {{tls: {tls}}}
+      claimsConfig: {{namespace: {{location: '"claims.jwt.hasura.io"'}}}}"#
+        )
+    };
+    let config = format!(
+        "definition:\n  modes:{}{}{}\n",
+        mode(
+            "mtls",
+            format!("{{rootCAPem: {ca}, certificates: [{{certPem: {cert}, keyPem: {key}}}]}}")
+        ),
+        mode(
+            "no_ca",
+            format!("{{certificates: [{{certPem: {cert}, keyPem: {key}}}]}}")
+        ),
+        mode("no_cert", format!("{{rootCAPem: {ca}}}")),
+    );
+    let server = TestServer::start(&config).await;
+    let decide = |id: &'static str| {
+        let server = &server;
+        let token = &token;
+        async move {
+            outcome(
+                &server
+                    .check(&[("authorization", &bearer(token)), ("x-rely-auth-id", id)])
+                    .await,
+            )
+        }
+    };
+    for _ in 0..100 {
+        if decide("mtls").await.code == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let o = decide("mtls").await;
+    assert_eq!(o.code, 0, "{o:?}");
+    for id in ["no_ca", "no_cert"] {
+        let o = decide(id).await;
+        assert_eq!(
+            (o.http_status, o.reason().as_str()),
+            (503, "internal_error"),
+            "{id}"
+        );
+    }
+}
