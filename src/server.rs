@@ -52,7 +52,7 @@ impl Shared {
     }
 
     /// Re-reads the config file; on success swaps the engine in, keeping
-    /// JWKS caches whose URL is unchanged. On error the old config serves.
+    /// JWKS caches whose URL and `key.httpClient` are unchanged. On error the old config serves.
     /// A content loaded or tried already is not tried again, nor counted
     /// (SIGHUP and the file watcher both see an edit), unless it failed for
     /// a reason outside the file (the elevation store could not be opened):

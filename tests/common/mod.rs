@@ -130,6 +130,9 @@ pub struct JwksState {
     /// A header every request must carry (else 401), as key servers that
     /// want a credential do.
     pub required_header: Option<(String, String)>,
+    /// The `issuer` its OpenID discovery document names (default: the
+    /// server's own base URL).
+    pub discovery_issuer: Option<String>,
 }
 
 /// A real HTTP JWKS endpoint on 127.0.0.1.
@@ -148,13 +151,35 @@ impl JwksServer {
             cache_control: None,
             delay: Duration::ZERO,
             required_header: None,
+            discovery_issuer: None,
         }));
         let hits = Arc::new(AtomicUsize::new(0));
-        let app = Router::new()
-            .route("/jwks.json", get(serve_jwks))
-            .with_state((state.clone(), hits.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let discovery = {
+            let state = state.clone();
+            move || {
+                let base = format!("http://{addr}");
+                let issuer = state
+                    .lock()
+                    .unwrap()
+                    .discovery_issuer
+                    .clone()
+                    .unwrap_or_else(|| base.clone());
+                axum::Json(json!({
+                    "issuer": issuer,
+                    "jwks_uri": format!("{base}/jwks.json"),
+                    "id_token_signing_alg_values_supported": ["RS256"],
+                }))
+            }
+        };
+        let app = Router::new()
+            .route("/jwks.json", get(serve_jwks))
+            .route(
+                "/.well-known/openid-configuration",
+                get(move || std::future::ready(discovery())),
+            )
+            .with_state((state.clone(), hits.clone()));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -163,6 +188,11 @@ impl JwksServer {
 
     pub fn url(&self) -> String {
         format!("http://{}/jwks.json", self.addr)
+    }
+
+    /// Its base URL, the issuer its discovery document names by default.
+    pub fn issuer(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     pub fn hits(&self) -> usize {

@@ -450,8 +450,9 @@ async fn a_reload_naming_a_broken_jwks_leaves_a_ready_instance_ready() {
 /// A key server that wants a credential: without `key.httpClient.headers`
 /// its keys never load (fail closed); with them, tokens verify. Two modes
 /// fetching the same URL with different headers get caches of their own.
-/// A third reaches a host that does not resolve through `proxy` (the key
-/// server answers the proxy request's absolute URL by its path).
+/// A third reaches a host that does not resolve through `proxy` (a key
+/// server answers the proxy request's absolute URL by its path); headers
+/// are refused over http to such a host, so it sends none.
 #[tokio::test]
 async fn key_fetches_send_the_configured_headers() {
     let rsa = private_key(Algorithm::RS256);
@@ -463,6 +464,8 @@ async fn key_fetches_send_the_configured_headers() {
         hasura_claims("u", &["user"], "user"),
         Some("k1"),
     );
+    // A key server that wants nothing, reached only through `proxy`.
+    let open = JwksServer::start(jwks_of(vec![public_jwk(Algorithm::RS256, &rsa, "k1")])).await;
     let url = jwks.url();
     let config = format!(
         r#"
@@ -482,10 +485,10 @@ definition:
       mode: jwt
       key:
         jwkFromUrl: {{value: "http://keys.invalid/jwks.json"}}
-        httpClient: {{proxy: {{value: "http://{addr}"}}, headers: {{X-Key-Token: {{value: s3cret}}}}}}
+        httpClient: {{proxy: {{value: "http://{addr}"}}}}
       claimsConfig: {{namespace: {{location: '"claims.jwt.hasura.io"'}}}}
 "#,
-        addr = jwks.addr
+        addr = open.addr
     );
     let server = TestServer::start(&config).await;
     for _ in 0..100 {
@@ -684,4 +687,90 @@ async fn key_fetches_trust_a_private_ca_and_present_a_client_certificate() {
             "{id}"
         );
     }
+}
+
+/// `oidcIssuer`: keys come from the discovery document's `jwks_uri`, the
+/// issuer defaults to the configured one (a token from another issuer is
+/// refused), and a rotated key is found through the discovered key set.
+/// A document naming another issuer leaves the mode without keys: not
+/// ready, and its tokens answered 503, with the reason in `/readyz`.
+#[tokio::test]
+async fn oidc_issuer_discovers_the_key_set() {
+    let rsa = private_key(Algorithm::RS256);
+    let idp = JwksServer::start(jwks_of(vec![public_jwk(Algorithm::RS256, &rsa, "k1")])).await;
+    let issuer = idp.issuer();
+    let config = format!(
+        r#"
+definition:
+  modes:
+    - id: idp
+      mode: jwt
+      key: {{oidcIssuer: {{value: "{issuer}/"}}}}
+      claimsConfig: {{namespace: {{location: '"claims.jwt.hasura.io"'}}}}
+"#
+    );
+    // The configured issuer keeps its trailing slash: the document must
+    // name exactly that.
+    idp.state.lock().unwrap().discovery_issuer = Some(format!("{issuer}/"));
+    let server = TestServer::start(&config).await;
+    server.wait_ready().await;
+    let with_iss = |kid: &str, key: &str, iss: &str| {
+        let mut claims = hasura_claims("u", &["user"], "user");
+        claims["iss"] = serde_json::json!(iss);
+        mint(Algorithm::RS256, key, claims, Some(kid))
+    };
+    let good = with_iss("k1", &rsa, &format!("{issuer}/"));
+    let o = outcome(&server.check(&[("authorization", &bearer(&good))]).await);
+    assert_eq!(o.code, 0, "{o:?}");
+    let other = with_iss("k1", &rsa, "https://elsewhere.example/");
+    let o = outcome(&server.check(&[("authorization", &bearer(&other))]).await);
+    assert_eq!(o.reason().as_str(), "invalid_token");
+    // Rotation through the provider: a new kid is refetched from jwks_uri.
+    let rsa2 = fixture("rsa2.key");
+    idp.set(
+        200,
+        jwks_of(vec![
+            public_jwk(Algorithm::RS256, &rsa, "k1"),
+            public_jwk(Algorithm::RS256, &rsa2, "k2"),
+        ]),
+    );
+    let rotated = with_iss("k2", &rsa2, &format!("{issuer}/"));
+    let o = outcome(&server.check(&[("authorization", &bearer(&rotated))]).await);
+    assert_eq!(o.code, 0, "{o:?}");
+
+    // Another server whose document names another issuer.
+    let liar = JwksServer::start(jwks_of(vec![public_jwk(Algorithm::RS256, &rsa, "k1")])).await;
+    liar.state.lock().unwrap().discovery_issuer = Some("https://evil.example".into());
+    let config = format!(
+        r#"
+definition:
+  modes:
+    - id: idp
+      mode: jwt
+      key: {{oidcIssuer: {{value: "{}"}}}}
+      claimsConfig: {{namespace: {{location: '"claims.jwt.hasura.io"'}}}}
+"#,
+        liar.issuer()
+    );
+    let server = TestServer::start(&config).await;
+    let token = with_iss("k1", &rsa, &liar.issuer());
+    let mut body = String::new();
+    for _ in 0..100 {
+        let ready = reqwest::get(server.http_url("/readyz")).await.unwrap();
+        assert_eq!(ready.status(), 503);
+        body = ready.text().await.unwrap();
+        if body.contains("evil.example") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        body.contains("discovery") && body.contains("not the configured"),
+        "{body}"
+    );
+    let o = outcome(&server.check(&[("authorization", &bearer(&token))]).await);
+    assert_eq!(
+        (o.http_status, o.reason().as_str()),
+        (503, "internal_error")
+    );
 }

@@ -29,6 +29,10 @@ pub const REFRESH_FLOOR: Duration = Duration::from_secs(60);
 pub const REFRESH_CEILING: Duration = Duration::from_secs(3600);
 /// Refresh period when the server sends no caching headers.
 pub const REFRESH_DEFAULT: Duration = Duration::from_secs(300);
+/// How long a discovered `jwks_uri` is used before the discovery document
+/// is read again (OpenID Connect Discovery 1.0 gives no caching rule; an
+/// issuer moves its key set rarely).
+pub const DISCOVERY_REFRESH: Duration = Duration::from_secs(24 * 3600);
 /// Retry backoff after a failed fetch: starts at 1 s, doubles, capped at 10 s.
 pub const BACKOFF_START: Duration = Duration::from_secs(1);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(10);
@@ -43,6 +47,17 @@ pub enum FetchError {
     TooLarge,
     #[error("{0}")]
     Parse(String),
+    #[error("discovery: {0}")]
+    Discovery(String),
+}
+
+/// An `oidcIssuer` key source: the cache's URL is the issuer's discovery
+/// document (OpenID Connect Discovery 1.0, section 4), whose `jwks_uri`
+/// names the key set.
+struct Discovery {
+    issuer: String,
+    /// The `jwks_uri` last read, and when.
+    found: Mutex<Option<(String, Instant)>>,
 }
 
 /// How a key set is fetched when its mode says more than the URL
@@ -74,6 +89,7 @@ pub struct JwksCache {
     key: String,
     /// Sent with every fetch (`key.httpClient.headers`).
     headers: reqwest::header::HeaderMap,
+    discovery: Option<Discovery>,
     /// The URL as logs and `/readyz` show it: no credentials, query or
     /// fragment (they may carry secrets).
     shown_url: String,
@@ -125,6 +141,7 @@ enum Fetched {
 impl JwksCache {
     fn new(
         url: String,
+        issuer: Option<&str>,
         fetch: FetchOptions,
         cooldown: Duration,
         reload_interval: Option<Duration>,
@@ -132,10 +149,14 @@ impl JwksCache {
     ) -> Self {
         JwksCache {
             shown_url: crate::redact::url(&url),
-            key: cache_key(&url, &fetch.fingerprint),
+            key: cache_key(&url, &fetch.fingerprint, issuer),
             url,
             client: fetch.client,
             headers: fetch.headers,
+            discovery: issuer.map(|issuer| Discovery {
+                issuer: issuer.to_owned(),
+                found: Mutex::new(None),
+            }),
             keys: ArcSwapOption::empty(),
             etag: Mutex::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
@@ -236,15 +257,98 @@ impl JwksCache {
         result
     }
 
-    async fn fetch_inner(&self) -> Result<Fetched, FetchError> {
-        let mut req = self
+    /// The key set's URL: the configured one, or the issuer's `jwks_uri`
+    /// (read again after [`DISCOVERY_REFRESH`]; the last one found is kept
+    /// while discovery fails).
+    async fn key_set_url(&self) -> Result<String, FetchError> {
+        let Some(disc) = &self.discovery else {
+            return Ok(self.url.clone());
+        };
+        let last = disc.found.lock().ok().and_then(|f| f.clone());
+        if let Some((url, at)) = &last
+            && at.elapsed() < DISCOVERY_REFRESH
+        {
+            return Ok(url.clone());
+        }
+        match self.discover(&disc.issuer).await {
+            Ok(url) => {
+                if last.as_ref().is_some_and(|(old, _)| *old != url) {
+                    // Another key set: its ETag means nothing here.
+                    if let Ok(mut e) = self.etag.lock() {
+                        *e = None;
+                    }
+                }
+                if let Ok(mut f) = disc.found.lock() {
+                    *f = Some((url.clone(), Instant::now()));
+                }
+                Ok(url)
+            }
+            Err(e) => match last {
+                Some((url, _)) => {
+                    tracing::warn!(url = %self.shown_url, error = %e, "OpenID discovery failed; keeping the last jwks_uri");
+                    Ok(url)
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    /// Reads the discovery document: its `issuer` must be the configured
+    /// one exactly (OpenID Connect Discovery 1.0, section 4.3), and its
+    /// `jwks_uri` an https URL (http only for an http issuer).
+    async fn discover(&self, issuer: &str) -> Result<String, FetchError> {
+        let mut resp = self
             .client
             .get(&self.url)
             .headers(self.headers.clone())
-            .header(
-                reqwest::header::ACCEPT,
-                "application/json, application/jwk-set+json",
-            );
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| FetchError::Http(without_url(&e)))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return Err(FetchError::Discovery(format!(
+                "unexpected HTTP status {status}"
+            )));
+        }
+        let body = read_capped(&mut resp).await?;
+        #[derive(serde::Deserialize)]
+        struct Document {
+            issuer: Option<String>,
+            jwks_uri: Option<String>,
+        }
+        let doc: Document = serde_json::from_slice(&body)
+            .map_err(|_| FetchError::Discovery("the document is not a JSON object".into()))?;
+        match doc.issuer.as_deref() {
+            Some(found) if found == issuer => {}
+            Some(found) => {
+                return Err(FetchError::Discovery(format!(
+                    "the document names the issuer {found:?}, not the configured {issuer:?}"
+                )));
+            }
+            None => return Err(FetchError::Discovery("the document has no issuer".into())),
+        }
+        let uri = doc
+            .jwks_uri
+            .ok_or_else(|| FetchError::Discovery("the document has no jwks_uri".into()))?;
+        let scheme_ok = match reqwest::Url::parse(&uri) {
+            Ok(u) => {
+                u.scheme() == "https" || (u.scheme() == "http" && issuer.starts_with("http://"))
+            }
+            Err(_) => false,
+        };
+        if !scheme_ok {
+            return Err(FetchError::Discovery("jwks_uri is not an https URL".into()));
+        }
+        Ok(uri)
+    }
+
+    async fn fetch_inner(&self) -> Result<Fetched, FetchError> {
+        let url = self.key_set_url().await?;
+        let mut req = self.client.get(&url).headers(self.headers.clone()).header(
+            reqwest::header::ACCEPT,
+            "application/json, application/jwk-set+json",
+        );
         let etag = self.etag.lock().ok().and_then(|e| e.clone());
         if let (Some(tag), true) = (&etag, self.is_ready()) {
             req = req.header(reqwest::header::IF_NONE_MATCH, tag.as_str());
@@ -272,17 +376,7 @@ impl JwksCache {
             .get(reqwest::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| FetchError::Http(without_url(&e)))?
-        {
-            if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err(FetchError::TooLarge);
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_capped(&mut resp).await?;
         let set = keys::parse_jwks(&body).map_err(FetchError::Parse)?;
         self.metrics.keys.set(set.len() as i64);
         self.keys.store(Some(Arc::new(set)));
@@ -403,11 +497,27 @@ fn without_url(e: &reqwest::Error) -> String {
     kind.to_owned()
 }
 
-fn cache_key(url: &str, fingerprint: &str) -> String {
-    if fingerprint.is_empty() {
-        url.to_owned()
-    } else {
-        format!("{url} {fingerprint}")
+/// A response body of at most [`MAX_JWKS_BYTES`].
+async fn read_capped(resp: &mut reqwest::Response) -> Result<Vec<u8>, FetchError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| FetchError::Http(without_url(&e)))?
+    {
+        if body.len() + chunk.len() > MAX_JWKS_BYTES {
+            return Err(FetchError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn cache_key(url: &str, fingerprint: &str, issuer: Option<&str>) -> String {
+    match (fingerprint, issuer) {
+        ("", None) => url.to_owned(),
+        (f, None) => format!("{url} {f}"),
+        (f, Some(i)) => format!("{url} {f} issuer={i}"),
     }
 }
 
@@ -440,6 +550,7 @@ impl JwksRegistry {
     pub fn get_or_create(
         &self,
         url: &str,
+        issuer: Option<&str>,
         fetch: Option<&FetchOptions>,
         source: &str,
         cooldown: Duration,
@@ -456,7 +567,7 @@ impl JwksRegistry {
             headers: reqwest::header::HeaderMap::new(),
             fingerprint: String::new(),
         });
-        let key = cache_key(url, &fetch.fingerprint);
+        let key = cache_key(url, &fetch.fingerprint, issuer);
         if let Some(c) = caches.get(&key)
             && c.cooldown == cooldown
             && c.reload_interval == reload_interval
@@ -465,6 +576,7 @@ impl JwksRegistry {
         }
         let cache = Arc::new(JwksCache::new(
             url.to_owned(),
+            issuer,
             fetch,
             cooldown,
             reload_interval,

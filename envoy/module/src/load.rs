@@ -45,7 +45,8 @@ const STORE_OPEN_WAIT: Duration = Duration::from_secs(15);
 /// How long a new filter config waits for its remote key sets' first keys.
 /// The server holds readiness until they load; the module has no readiness
 /// of its own, so it waits here, on Envoy's main thread, at most this long
-/// (a JWKS fetch times out after 5 s). Requests for a key set still empty
+/// (a JWKS fetch times out after 5 s unless `key.httpClient` says
+/// otherwise). Requests for a key set still empty
 /// after it are answered 503 until its keys arrive.
 const FIRST_KEYS_WAIT: Duration = Duration::from_secs(6);
 

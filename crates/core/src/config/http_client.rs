@@ -59,6 +59,14 @@ fn pem_sources(
             if is_file {
                 match std::fs::read_to_string(&text) {
                     Ok(pem) => out.push(pem),
+                    // PEM text where a path belongs may be a private key.
+                    Err(_) if text.contains('\n') || text.contains("-----BEGIN") => {
+                        d.error(
+                            &ip,
+                            "cannot read the file: the value looks like PEM text, not a path (not shown)",
+                        );
+                        ok = false;
+                    }
                     Err(e) => {
                         d.error(&ip, format!("cannot read {text}: {e}"));
                         ok = false;
@@ -327,9 +335,15 @@ pub(super) fn key_fetch(
             return None;
         }
     };
+    if opts.tls.insecure_skip_verify {
+        d.warn(
+            &path.key("tls").key("insecureSkipVerify"),
+            "keys fetched without certificate verification can be replaced by anyone on the network path",
+        );
+    }
     let mut map = reqwest::header::HeaderMap::new();
     let mut hash = Sha256::new();
-    hash.update(format!("{opts:?}"));
+    fingerprint(&opts, &mut hash);
     for (name, value) in &headers {
         let (Ok(n), Ok(mut v)) = (
             reqwest::header::HeaderName::from_bytes(name.as_bytes()),
@@ -355,6 +369,41 @@ pub(super) fn key_fetch(
     })
 }
 
+/// What makes two key fetches differ, in a fixed encoding (never a `Debug`
+/// rendering, which may change or be redacted): `retry` and
+/// `authentication` have no part in a key fetch.
+fn fingerprint(o: &HttpClientOptions, h: &mut Sha256) {
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    for d in [o.timeout, o.connect_timeout] {
+        field(&d.as_nanos().to_le_bytes());
+    }
+    field(
+        &o.pool_idle_timeout
+            .map_or(u128::MAX, |d| d.as_nanos())
+            .to_le_bytes(),
+    );
+    field(
+        &o.pool_max_idle_per_host
+            .map_or(u64::MAX, |n| n as u64)
+            .to_le_bytes(),
+    );
+    field(&(o.tls.root_certs.len() as u64).to_le_bytes());
+    for pem in &o.tls.root_certs {
+        field(pem.as_bytes());
+    }
+    field(o.tls.identity.as_deref().unwrap_or("").as_bytes());
+    field(&[
+        u8::from(o.tls.insecure_skip_verify),
+        u8::from(o.tls.include_system_roots),
+    ]);
+    for v in [&o.tls.min_version, &o.tls.max_version, &o.proxy] {
+        field(v.as_deref().unwrap_or("").as_bytes());
+    }
+}
+
 /// `headers: {NAME: {value|env}}`: names and values checked as HTTP's.
 fn extra_headers(
     d: &mut Diagnostics,
@@ -374,10 +423,25 @@ fn extra_headers(
         return false;
     };
     let mut ok = true;
+    let mut invalid = 0;
     for (name, value) in map {
-        let p = path.key(name);
         if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            d.error(&p, "not a valid HTTP header name");
+            // Not echoed: `{X-Key:secret}` (no space) reads as one name.
+            invalid += 1;
+            continue;
+        }
+        let p = path.key(name);
+        let lower = name.to_ascii_lowercase();
+        if FETCH_MANAGED_HEADERS.contains(&lower.as_str()) {
+            d.error(
+                &p,
+                "set by authgate itself for every fetch; it cannot be configured",
+            );
+            ok = false;
+            continue;
+        }
+        if out.iter().any(|(n, _)| *n == lower) {
+            d.error(&p, "the same header twice (header names ignore case)");
             ok = false;
             continue;
         }
@@ -392,8 +456,29 @@ fn extra_headers(
             None => ok = false,
         }
     }
+    if invalid > 0 {
+        d.error(
+            &path,
+            format!(
+                "{invalid} name{} not a valid HTTP header name (not shown: it may hold a secret; write `NAME: {{value: ...}}` with a space after each colon)",
+                if invalid == 1 { " is" } else { "s are" }
+            ),
+        );
+        ok = false;
+    }
     ok
 }
+
+/// Headers a key fetch writes itself (content negotiation, conditional
+/// requests) or HTTP owns: a configured one would break the fetch.
+const FETCH_MANAGED_HEADERS: &[&str] = &[
+    "accept",
+    "if-none-match",
+    "host",
+    "connection",
+    "content-length",
+    "transfer-encoding",
+];
 
 fn hook_auth(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> Option<HookAuth> {
     let mut o = Obj::open(d, path.clone(), v)?;

@@ -408,7 +408,7 @@ fn mode(
     };
     let kind = match name {
         "apiKey" => api_key(d, env, o).map(ModeKind::ApiKey),
-        "jwt" => jwt(d, env, o).map(ModeKind::Jwt),
+        "jwt" => jwt(d, env, o).map(|j| ModeKind::Jwt(Box::new(j))),
         "noAuth" => no_auth(d, env, o).map(ModeKind::NoAuth),
         "webhook" => webhook::webhook(d, env, o).map(|w| ModeKind::Webhook(Box::new(w))),
         other => {
@@ -736,7 +736,17 @@ fn jwt(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Option<JwtMode> {
         Some((p, v)) => as_str_list(d, &p, v).unwrap_or_default(),
         None => Vec::new(),
     };
-    let issuer = o.str(d, "issuer").map(str::to_owned);
+    // With `oidcIssuer`, tokens must come from that issuer unless `issuer`
+    // says otherwise (discovery checks that the document names it).
+    let issuer = o
+        .str(d, "issuer")
+        .map(str::to_owned)
+        .or_else(|| match &keys {
+            Some(KeySource::Remote {
+                issuer: Some(i), ..
+            }) => Some(i.clone()),
+            _ => None,
+        });
     let allowed_skew = o.u64(d, "allowedSkew").unwrap_or(60);
     let require_exp = o.bool(d, "requireExp").unwrap_or(true);
     let claims = o
@@ -769,33 +779,30 @@ fn key_source(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> 
     };
     let fixed = o.get("key");
     let remote = o.get("jwkFromUrl");
+    let oidc = o.get("oidcIssuer");
     let client = o.get("httpClient");
     o.finish(d);
     let algorithm = algorithm?;
     let fetch = match client {
-        Some((cp, _)) if remote.is_none() => {
+        Some((cp, _)) if remote.is_none() && oidc.is_none() => {
             d.error(
                 &cp,
-                "`httpClient` is for fetching keys: it needs `jwkFromUrl`",
+                "`httpClient` is for fetching keys: it needs `jwkFromUrl` or `oidcIssuer`",
             );
             return None;
         }
         Some((cp, cv)) => Some(Box::new(http_client::key_fetch(d, env, cp, cv)?)),
         None => None,
     };
-    match (fixed, remote) {
-        (Some(_), Some(_)) => {
-            d.error(&path, "set either `key` or `jwkFromUrl`, not both");
-            None
-        }
-        (None, None) => {
+    match (fixed, remote, oidc) {
+        (None, None, None) => {
             d.error(
                 &path,
-                "missing `key` (a fixed key) or `jwkFromUrl` (a JWKS URL)",
+                "missing `key` (a fixed key), `jwkFromUrl` (a JWKS URL) or `oidcIssuer` (an OpenID issuer)",
             );
             None
         }
-        (Some((kp, kv)), None) => {
+        (Some((kp, kv)), None, None) => {
             let Some(alg) = algorithm else {
                 d.error(
                     &path,
@@ -817,44 +824,103 @@ fn key_source(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> 
                 }
             }
         }
-        (None, Some((up, uv))) => {
-            if let Some(a) = algorithm
-                && a.family() == jsonwebtoken::AlgorithmFamily::Hmac
-            {
-                d.error(
-                        &path.key("algorithm"),
-                        "HMAC algorithms cannot be used with a remote JWKS (anyone could read the secret)",
-                    );
+        (None, Some((up, uv)), None) => {
+            let url = env_string(d, env, &up, uv)?;
+            let (url, _) = remote_url(d, &path, &up, url, algorithm, fetch.as_deref(), "JWKS")?;
+            Some(KeySource::Remote {
+                url,
+                algorithm,
+                fetch,
+                issuer: None,
+            })
+        }
+        (None, None, Some((ip, iv))) => {
+            let issuer = env_string(d, env, &ip, iv)?;
+            // OpenID Connect Discovery 1.0, section 4: the document is at
+            // the issuer plus `/.well-known/openid-configuration`; an issuer
+            // has no query or fragment.
+            let doc = format!(
+                "{}/.well-known/openid-configuration",
+                issuer.trim_end_matches('/')
+            );
+            let (url, parsed) = remote_url(
+                d,
+                &path,
+                &ip,
+                doc,
+                algorithm,
+                fetch.as_deref(),
+                "discovery document",
+            )?;
+            if parsed.query().is_some() || parsed.fragment().is_some() {
+                d.error(&ip, "an OpenID issuer has no query or fragment");
                 return None;
             }
-            let url = env_string(d, env, &up, uv)?;
-            match reqwest::Url::parse(&url) {
-                Ok(u) if u.scheme() == "https" || u.scheme() == "http" => {
-                    if u.scheme() == "http"
-                        && !matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"))
-                    {
-                        d.warn(
-                            &up,
-                            "JWKS fetched over plain http can be tampered with; use https",
-                        );
-                    }
-                    Some(KeySource::Remote {
-                        url,
-                        algorithm,
-                        fetch,
-                    })
-                }
-                Ok(_) => {
-                    d.error(&up, "the JWKS URL must be http or https");
-                    None
-                }
-                Err(e) => {
-                    d.error(&up, format!("not a valid URL: {e}"));
-                    None
-                }
-            }
+            Some(KeySource::Remote {
+                url,
+                algorithm,
+                fetch,
+                issuer: Some(issuer),
+            })
+        }
+        _ => {
+            d.error(
+                &path,
+                "set one of `key`, `jwkFromUrl` and `oidcIssuer`, not several",
+            );
+            None
         }
     }
+}
+
+/// Checks a URL keys are fetched from (a JWKS, or an issuer's discovery
+/// document): http or https, no HMAC algorithm, a warning for plain http
+/// off the loopback, and no `key.httpClient.headers` there.
+fn remote_url(
+    d: &mut Diagnostics,
+    path: &YamlPath,
+    at: &YamlPath,
+    url: String,
+    algorithm: Option<jsonwebtoken::Algorithm>,
+    fetch: Option<&crate::jwks::FetchOptions>,
+    what: &str,
+) -> Option<(String, reqwest::Url)> {
+    if let Some(a) = algorithm
+        && a.family() == jsonwebtoken::AlgorithmFamily::Hmac
+    {
+        d.error(
+            &path.key("algorithm"),
+            "HMAC algorithms cannot be used with a remote JWKS (anyone could read the secret)",
+        );
+        return None;
+    }
+    let parsed = match reqwest::Url::parse(&url) {
+        Ok(u) if u.scheme() == "https" || u.scheme() == "http" => u,
+        Ok(_) => {
+            d.error(at, format!("the {what} URL must be http or https"));
+            return None;
+        }
+        Err(e) => {
+            d.error(at, format!("not a valid URL: {e}"));
+            return None;
+        }
+    };
+    if parsed.scheme() == "http"
+        && !matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"))
+    {
+        if fetch.is_some_and(|f| !f.headers.is_empty()) {
+            d.error(
+                at,
+                "key.httpClient.headers would cross the network in clear text over http; use https",
+            );
+            return None;
+        }
+        d.warn(
+            at,
+            format!("{what} fetched over plain http can be tampered with; use https"),
+        );
+    }
+    Some((url, parsed))
 }
 
 fn compile_jmespath(

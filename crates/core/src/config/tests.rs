@@ -205,21 +205,37 @@ definition:
       id: c
       key:
         jwkFromUrl: {value: "https://x/jwks"}
-        httpClient: {headers: {"bad name": {value: v}, x-ok: {value: "a\nb"}, x-env: {env: UNSET_VAR}}, proxy: {value: "ftp://p"}, tls: {rootCAFile: /nonexistent.pem}}
+        httpClient: {headers: {"X-Key:s3cret": {value: v}, x-ok: {value: "a\nb"}, x-env: {env: UNSET_VAR}, Accept: {value: x}, X-Dup: {value: a}, x-dup: {value: b}}, proxy: {value: "ftp://p"}, tls: {rootCAFile: /nonexistent.pem, certificates: [{certFile: "-----BEGIN CERTIFICATE-----\nMIIB", keyPem: k}]}}
+      claimsConfig: {namespace: {location: x}}
+    - mode: jwt
+      id: d
+      key:
+        jwkFromUrl: {value: "http://keys.example/jwks"}
+        httpClient: {headers: {Authorization: {value: "Bearer x"}}}
       claimsConfig: {namespace: {location: x}}
 "#,
     );
     for want in [
         "modes[a].key.httpClient: `httpClient` is for fetching keys: it needs `jwkFromUrl`",
         "modes[b].key.httpClient.authentication: not used for key fetches",
-        r#"modes[c].key.httpClient.headers["bad name"]: not a valid HTTP header name"#,
+        "modes[c].key.httpClient.headers: 1 name is not a valid HTTP header name (not shown",
         "modes[c].key.httpClient.headers.x-ok: not a valid HTTP header value",
         "modes[c].key.httpClient.headers.x-env: ",
         "modes[c].key.httpClient.proxy: the proxy must be an http or https URL",
         "modes[c].key.httpClient.tls.rootCAFile: cannot read /nonexistent.pem",
+        "modes[c].key.httpClient.headers.Accept: set by authgate itself",
+        "the same header twice",
+        "certificates[0].certFile: cannot read the file: the value looks like PEM text",
+        "modes[d].key.jwkFromUrl: key.httpClient.headers would cross the network in clear text",
     ] {
         assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
     }
+    assert!(
+        !errs
+            .iter()
+            .any(|e| e.contains("s3cret") || e.contains("MIIB")),
+        "{errs:?}"
+    );
     // Accepted: headers (values from the environment too), timeouts, a
     // proxy; `retry` is a warning (the key cache retries by itself).
     let c = parse(

@@ -103,9 +103,12 @@ impl Engine {
                     let pinned = j.keys.pinned();
                     let keys = match j.keys {
                         KeySource::Fixed(set) => Keys::Fixed(set),
-                        KeySource::Remote { url, fetch, .. } => {
+                        KeySource::Remote {
+                            url, fetch, issuer, ..
+                        } => {
                             let cache = registry.get_or_create(
                                 &url,
+                                issuer.as_deref(),
                                 fetch.as_deref(),
                                 &m.id,
                                 settings.unknown_kid_cooldown,

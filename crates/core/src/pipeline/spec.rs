@@ -59,7 +59,7 @@ pub struct Mode {
 #[derive(Debug)]
 pub enum ModeKind {
     ApiKey(ApiKeyMode),
-    Jwt(JwtMode),
+    Jwt(Box<JwtMode>),
     Webhook(Box<WebhookMode>),
     NoAuth(NoAuthMode),
 }
@@ -111,6 +111,8 @@ pub enum KeySource {
         algorithm: Option<Algorithm>,
         /// `key.httpClient`, when given.
         fetch: Option<Box<FetchOptions>>,
+        /// `key.oidcIssuer`: then `url` is its discovery document.
+        issuer: Option<String>,
     },
 }
 

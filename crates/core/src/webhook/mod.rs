@@ -125,7 +125,7 @@ pub fn build_client(o: &HttpClientOptions) -> Result<reqwest::Client, String> {
         b = b.tls_version_max(version(v));
     }
     b.build()
-        .map_err(|e| format!("cannot build the webhook HTTP client: {e}"))
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
 impl WebhookAuth {

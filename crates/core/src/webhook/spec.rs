@@ -51,7 +51,7 @@ pub enum Transform {
     },
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct TlsOptions {
     /// Extra trusted roots, PEM.
     pub root_certs: Vec<String>,
@@ -61,6 +61,20 @@ pub struct TlsOptions {
     pub include_system_roots: bool,
     pub min_version: Option<String>,
     pub max_version: Option<String>,
+}
+
+impl std::fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The identity holds a private key.
+        f.debug_struct("TlsOptions")
+            .field("root_certs", &self.root_certs.len())
+            .field("identity", &self.identity.as_ref().map(|_| "(set)"))
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .field("include_system_roots", &self.include_system_roots)
+            .field("min_version", &self.min_version)
+            .field("max_version", &self.max_version)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -117,7 +131,7 @@ impl fmt::Debug for HookAuth {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpClientOptions {
     pub timeout: Duration,
     pub connect_timeout: Duration,
@@ -129,6 +143,23 @@ pub struct HttpClientOptions {
     /// Every request through this proxy (`http://` or `https://`);
     /// without it, the `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` environment.
     pub proxy: Option<String>,
+}
+
+impl std::fmt::Debug for HttpClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The proxy URL may carry a user and password; `auth` holds
+        // credentials (its own `Debug` decides what shows).
+        f.debug_struct("HttpClientOptions")
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("pool_idle_timeout", &self.pool_idle_timeout)
+            .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
+            .field("tls", &self.tls)
+            .field("retry", &self.retry)
+            .field("auth", &self.auth)
+            .field("proxy", &self.proxy.as_deref().map(crate::redact::url))
+            .finish()
+    }
 }
 
 impl Default for HttpClientOptions {
