@@ -133,6 +133,8 @@ pub struct JwksState {
     /// The `issuer` its OpenID discovery document names (default: the
     /// server's own base URL).
     pub discovery_issuer: Option<String>,
+    /// The path the keys are served at (`jwks_uri`); other key paths 404.
+    pub jwks_path: String,
 }
 
 /// A real HTTP JWKS endpoint on 127.0.0.1.
@@ -152,6 +154,7 @@ impl JwksServer {
             delay: Duration::ZERO,
             required_header: None,
             discovery_issuer: None,
+            jwks_path: "/jwks.json".into(),
         }));
         let hits = Arc::new(AtomicUsize::new(0));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -160,21 +163,18 @@ impl JwksServer {
             let state = state.clone();
             move || {
                 let base = format!("http://{addr}");
-                let issuer = state
-                    .lock()
-                    .unwrap()
-                    .discovery_issuer
-                    .clone()
-                    .unwrap_or_else(|| base.clone());
+                let s = state.lock().unwrap();
+                let issuer = s.discovery_issuer.clone().unwrap_or_else(|| base.clone());
                 axum::Json(json!({
                     "issuer": issuer,
-                    "jwks_uri": format!("{base}/jwks.json"),
+                    "jwks_uri": format!("{base}{}", s.jwks_path),
                     "id_token_signing_alg_values_supported": ["RS256"],
                 }))
             }
         };
         let app = Router::new()
             .route("/jwks.json", get(serve_jwks))
+            .route("/keys/set.json", get(serve_jwks))
             .route(
                 "/.well-known/openid-configuration",
                 get(move || std::future::ready(discovery())),
@@ -208,11 +208,15 @@ impl JwksServer {
 
 async fn serve_jwks(
     State((state, hits)): State<(Arc<Mutex<JwksState>>, Arc<AtomicUsize>)>,
+    uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
 ) -> Response {
     hits.fetch_add(1, Ordering::SeqCst);
     let (status, body, cc, delay, required) = {
         let s = state.lock().unwrap();
+        if uri.path() != s.jwks_path {
+            return (StatusCode::NOT_FOUND, "no key set here").into_response();
+        }
         (
             s.status,
             s.body.clone(),

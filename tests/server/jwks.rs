@@ -710,8 +710,12 @@ definition:
 "#
     );
     // The configured issuer keeps its trailing slash: the document must
-    // name exactly that.
-    idp.state.lock().unwrap().discovery_issuer = Some(format!("{issuer}/"));
+    // name exactly that. The keys are where `jwks_uri` says, nowhere else.
+    {
+        let mut s = idp.state.lock().unwrap();
+        s.discovery_issuer = Some(format!("{issuer}/"));
+        s.jwks_path = "/keys/set.json".into();
+    }
     let server = TestServer::start(&config).await;
     server.wait_ready().await;
     let with_iss = |kid: &str, key: &str, iss: &str| {
@@ -773,4 +777,22 @@ definition:
         (o.http_status, o.reason().as_str()),
         (503, "internal_error")
     );
+
+    // Exactly: a document naming the issuer with a trailing `/` does not
+    // match an issuer configured without one.
+    liar.state.lock().unwrap().discovery_issuer = Some(format!("{}/", liar.issuer()));
+    let server = TestServer::start(&config).await;
+    for _ in 0..100 {
+        body = reqwest::get(server.http_url("/readyz"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if body.contains("not the configured") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(body.contains("not the configured"), "{body}");
 }

@@ -56,8 +56,9 @@ pub enum FetchError {
 /// names the key set.
 struct Discovery {
     issuer: String,
-    /// The `jwks_uri` last read, and when.
-    found: Mutex<Option<(String, Instant)>>,
+    /// The `jwks_uri` last read, and when; `None` as the time makes the
+    /// next fetch read the document again (the key set failed).
+    found: Mutex<Option<(String, Option<Instant>)>>,
 }
 
 /// How a key set is fetched when its mode says more than the URL
@@ -247,6 +248,14 @@ impl JwksCache {
             Err(e) => {
                 self.metrics.fetch_error.inc();
                 self.set_last_error(Some(e.to_string()));
+                // A key set that fails may have moved: the next fetch reads
+                // the discovery document again (its URL is kept meanwhile).
+                if let Some(disc) = &self.discovery
+                    && let Ok(mut f) = disc.found.lock()
+                    && let Some((_, at)) = f.as_mut()
+                {
+                    *at = None;
+                }
                 if self.is_ready() {
                     tracing::warn!(url = %self.shown_url, error = %e, "JWKS fetch failed; keeping the last good keys");
                 } else {
@@ -265,12 +274,15 @@ impl JwksCache {
             return Ok(self.url.clone());
         };
         let last = disc.found.lock().ok().and_then(|f| f.clone());
-        if let Some((url, at)) = &last
+        if let Some((url, Some(at))) = &last
             && at.elapsed() < DISCOVERY_REFRESH
         {
             return Ok(url.clone());
         }
-        match self.discover(&disc.issuer).await {
+        match self.discover(&disc.issuer).await.map_err(|e| match e {
+            FetchError::Discovery(_) => e,
+            other => FetchError::Discovery(other.to_string()),
+        }) {
             Ok(url) => {
                 if last.as_ref().is_some_and(|(old, _)| *old != url) {
                     // Another key set: its ETag means nothing here.
@@ -279,7 +291,7 @@ impl JwksCache {
                     }
                 }
                 if let Ok(mut f) = disc.found.lock() {
-                    *f = Some((url.clone(), Instant::now()));
+                    *f = Some((url.clone(), Some(Instant::now())));
                 }
                 Ok(url)
             }
@@ -295,7 +307,9 @@ impl JwksCache {
 
     /// Reads the discovery document: its `issuer` must be the configured
     /// one exactly (OpenID Connect Discovery 1.0, section 4.3), and its
-    /// `jwks_uri` an https URL (http only for an http issuer).
+    /// `jwks_uri` on the document's own origin, or any https URL when no
+    /// `key.httpClient.headers` are configured (they go only to the origin
+    /// the operator named).
     async fn discover(&self, issuer: &str) -> Result<String, FetchError> {
         let mut resp = self
             .client
@@ -317,13 +331,22 @@ impl JwksCache {
             issuer: Option<String>,
             jwks_uri: Option<String>,
         }
-        let doc: Document = serde_json::from_slice(&body)
-            .map_err(|_| FetchError::Discovery("the document is not a JSON object".into()))?;
+        let doc: Document = serde_json::from_slice(&body).map_err(|e| {
+            FetchError::Discovery(match e.classify() {
+                serde_json::error::Category::Data => {
+                    "`issuer` or `jwks_uri` in the document is not a string".into()
+                }
+                _ => "the document is not a JSON object".into(),
+            })
+        })?;
         match doc.issuer.as_deref() {
             Some(found) if found == issuer => {}
             Some(found) => {
+                // The document's value, shortened: it is shown in /readyz
+                // and logged on every retry.
+                let shown: String = found.chars().take(200).collect();
                 return Err(FetchError::Discovery(format!(
-                    "the document names the issuer {found:?}, not the configured {issuer:?}"
+                    "the document names the issuer {shown:?}, not the configured {issuer:?}"
                 )));
             }
             None => return Err(FetchError::Discovery("the document has no issuer".into())),
@@ -331,14 +354,20 @@ impl JwksCache {
         let uri = doc
             .jwks_uri
             .ok_or_else(|| FetchError::Discovery("the document has no jwks_uri".into()))?;
-        let scheme_ok = match reqwest::Url::parse(&uri) {
-            Ok(u) => {
-                u.scheme() == "https" || (u.scheme() == "http" && issuer.starts_with("http://"))
-            }
-            Err(_) => false,
+        let (Ok(keys), Ok(doc_url)) = (reqwest::Url::parse(&uri), reqwest::Url::parse(&self.url))
+        else {
+            return Err(FetchError::Discovery("jwks_uri is not a URL".into()));
         };
-        if !scheme_ok {
-            return Err(FetchError::Discovery("jwks_uri is not an https URL".into()));
+        let same_origin = keys.origin() == doc_url.origin();
+        if !same_origin && !self.headers.is_empty() {
+            return Err(FetchError::Discovery(
+                "jwks_uri is on another origin than the issuer; key.httpClient.headers go only to the issuer's".into(),
+            ));
+        }
+        if keys.scheme() != "https" && !(keys.scheme() == "http" && same_origin) {
+            return Err(FetchError::Discovery(
+                "jwks_uri must be https (or http on an http issuer's own origin)".into(),
+            ));
         }
         Ok(uri)
     }

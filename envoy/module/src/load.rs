@@ -45,10 +45,11 @@ const STORE_OPEN_WAIT: Duration = Duration::from_secs(15);
 /// How long a new filter config waits for its remote key sets' first keys.
 /// The server holds readiness until they load; the module has no readiness
 /// of its own, so it waits here, on Envoy's main thread, at most this long
-/// (a JWKS fetch times out after 5 s unless `key.httpClient` says
-/// otherwise). Requests for a key set still empty
-/// after it are answered 503 until its keys arrive.
-const FIRST_KEYS_WAIT: Duration = Duration::from_secs(6);
+/// (a fetch times out after 5 s unless `key.httpClient` says otherwise; an
+/// `oidcIssuer` takes two: its discovery document, then its keys).
+/// Requests for a key set still empty after it are answered 503 until its
+/// keys arrive.
+const FIRST_KEYS_WAIT: Duration = Duration::from_secs(11);
 
 /// Builds the filter config: opens the elevation store and waits (bounded)
 /// for the JWKS's first keys, on Envoy's main thread, as `authgate serve`

@@ -850,10 +850,14 @@ fn key_source(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> 
                 doc,
                 algorithm,
                 fetch.as_deref(),
-                "discovery document",
+                "OpenID issuer",
             )?;
             if parsed.query().is_some() || parsed.fragment().is_some() {
                 d.error(&ip, "an OpenID issuer has no query or fragment");
+                return None;
+            }
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                d.error(&ip, "an OpenID issuer has no user or password (not shown)");
                 return None;
             }
             Some(KeySource::Remote {
@@ -890,7 +894,7 @@ fn remote_url(
     {
         d.error(
             &path.key("algorithm"),
-            "HMAC algorithms cannot be used with a remote JWKS (anyone could read the secret)",
+            "HMAC algorithms cannot be used with a remote JWKS or an OpenID issuer (anyone could read the secret)",
         );
         return None;
     }
@@ -915,10 +919,12 @@ fn remote_url(
             );
             return None;
         }
-        d.warn(
-            at,
-            format!("{what} fetched over plain http can be tampered with; use https"),
-        );
+        let warning = if what == "JWKS" {
+            "JWKS fetched over plain http can be tampered with; use https"
+        } else {
+            "an http issuer's discovery document and keys can be tampered with; use https"
+        };
+        d.warn(at, warning);
     }
     Some((url, parsed))
 }

@@ -273,6 +273,73 @@ definition:
 }
 
 #[test]
+fn oidc_issuer_rules() {
+    let errs = errors(
+        r#"
+definition:
+  modes:
+    - mode: jwt
+      id: a
+      key: {oidcIssuer: {value: "https://idp.example/?tenant=1"}}
+      claimsConfig: {namespace: {location: x}}
+    - mode: jwt
+      id: b
+      key: {oidcIssuer: {value: "https://u:pw@idp.example"}}
+      claimsConfig: {namespace: {location: x}}
+    - mode: jwt
+      id: c
+      key: {oidcIssuer: {value: "https://idp.example"}, jwkFromUrl: {value: "https://idp.example/jwks"}}
+      claimsConfig: {namespace: {location: x}}
+    - mode: jwt
+      id: d
+      key: {algorithm: HS256, oidcIssuer: {value: "https://idp.example"}}
+      claimsConfig: {namespace: {location: x}}
+    - mode: jwt
+      id: e
+      key: {oidcIssuer: {value: "ftp://idp.example"}}
+      claimsConfig: {namespace: {location: x}}
+"#,
+    );
+    for want in [
+        "modes[a].key.oidcIssuer: an OpenID issuer has no query or fragment",
+        "modes[b].key.oidcIssuer: an OpenID issuer has no user or password (not shown)",
+        "modes[c].key: set one of `key`, `jwkFromUrl` and `oidcIssuer`",
+        "modes[d].key.algorithm: HMAC algorithms cannot",
+        "modes[e].key.oidcIssuer: the OpenID issuer URL must be http or https",
+    ] {
+        assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
+    }
+    assert!(!errs.iter().any(|e| e.contains("pw")), "{errs:?}");
+    let c = parse(
+        r#"
+definition:
+  modes:
+    - mode: jwt
+      key: {oidcIssuer: {value: "https://idp.example/realms/a/"}}
+      claimsConfig: {namespace: {location: x}}
+    - mode: jwt
+      key: {oidcIssuer: {value: "https://idp.example"}}
+      issuer: https://other.example
+      claimsConfig: {namespace: {location: x}}
+"#,
+        &env,
+    )
+    .expect("loads");
+    let jwt = |i: usize| match &c.modes[i].kind {
+        ModeKind::Jwt(j) => j,
+        _ => panic!("jwt mode"),
+    };
+    // The issuer defaults to `oidcIssuer`, exactly as written.
+    assert_eq!(
+        jwt(0).issuer.as_deref(),
+        Some("https://idp.example/realms/a/")
+    );
+    assert!(matches!(&jwt(0).keys, KeySource::Remote { url, .. }
+        if url == "https://idp.example/realms/a/.well-known/openid-configuration"));
+    assert_eq!(jwt(1).issuer.as_deref(), Some("https://other.example"));
+}
+
+#[test]
 fn structural_rules() {
     let errs = errors(
         r#"
