@@ -1295,7 +1295,7 @@ async fn concurrency_limit_bounds_the_pipeline_per_front_door() {
     assert_eq!(authgate::limits::MAX_CONCURRENT_REQUESTS, 1024);
     let (addr, hook) = start_hook().await;
     let cfg = format!(
-        "definition:\n  settings: {{decisionTimeout: 4}}\n  modes:\n    - mode: apiKey\n      tokenLocation: {{in: header, name: X-Key}}\n      value: {{value: k}}\n      sessionVariables: {{x-hasura-role: {{value: service}}}}\n    - mode: webhook\n      url: {{value: \"http://{addr}/hang\"}}\n      method: GET\n      httpClient: {{timeout: 60s}}\n"
+        "definition:\n  settings: {{decisionTimeout: 8}}\n  modes:\n    - mode: apiKey\n      tokenLocation: {{in: header, name: X-Key}}\n      value: {{value: k}}\n      sessionVariables: {{x-hasura-role: {{value: service}}}}\n    - mode: webhook\n      url: {{value: \"http://{addr}/hang\"}}\n      method: GET\n      httpClient: {{timeout: 60s}}\n"
     );
     let server = TestServer::start(&cfg).await;
     let mut channels = Vec::new();
@@ -1321,7 +1321,7 @@ async fn concurrency_limit_bounds_the_pipeline_per_front_door() {
             (r.map(|r| outcome(&r.into_inner()).code), started.elapsed())
         }));
     }
-    eventually(10, "the hook sees 1024 calls", || async {
+    eventually(14, "the hook sees 1024 calls", || async {
         hook.active.load(Ordering::SeqCst) >= 1024
     })
     .await;
@@ -1338,18 +1338,19 @@ async fn concurrency_limit_bounds_the_pipeline_per_front_door() {
     assert_eq!(status_of(server.http_url("/readyz")).await, 200);
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     // A gRPC check that needs no hook still queues for a slot, and gets one
-    // only when the first hung decisions time out (4 s after they began).
+    // only when the first hung decisions time out (8 s after they began: long
+    // enough for 1024 hook calls to be open at once on a loaded CI machine).
     let o = grpc(&server, &[("x-key", "k")], "/").await;
     assert_eq!(o.code, 0, "{o:?}");
     assert!(
-        started.elapsed() > Duration::from_millis(3900),
+        started.elapsed() > Duration::from_millis(7900),
         "{:?}",
         started.elapsed()
     );
     for c in calls {
-        let (code, at) = within(15, "a saturated Check", c).await.unwrap();
+        let (code, at) = within(20, "a saturated Check", c).await.unwrap();
         assert_eq!(code.unwrap(), 14, "internal_error, never a gRPC error");
-        assert!(at < Duration::from_secs(8), "{at:?}");
+        assert!(at < Duration::from_secs(12), "{at:?}");
     }
     within(10, "shutdown", server.running.shutdown()).await;
     assert_no_panics();
