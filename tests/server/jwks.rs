@@ -5,6 +5,7 @@ use crate::common;
 
 use std::time::Duration;
 
+use crate::private_ca::PrivateCa;
 use common::*;
 use jsonwebtoken::Algorithm;
 
@@ -545,28 +546,17 @@ struct TlsKeyServer {
 
 impl TlsKeyServer {
     async fn start(body: String) -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
         use std::sync::Arc;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         use tokio_rustls::rustls;
 
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let server_key = KeyPair::generate().unwrap();
-        let server_cert = CertificateParams::new(vec!["localhost".to_owned()])
-            .unwrap()
-            .signed_by(&server_key, &ca)
-            .unwrap();
-        let client_key = KeyPair::generate().unwrap();
-        let client_cert = CertificateParams::new(vec!["authgate".to_owned()])
-            .unwrap()
-            .signed_by(&client_key, &ca)
-            .unwrap();
+        let ca = PrivateCa::new();
+        let (server_cert, server_key) = ca.sign("localhost");
+        let (client_cert, client_key) = ca.sign("authgate");
 
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.der().clone()).unwrap();
+        roots.add(ca.der()).unwrap();
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             Arc::new(roots),
             provider.clone(),

@@ -94,6 +94,33 @@ async fn hook_handler(
                 json!({"X-Hasura-Role": "user", "X-Hasura-User-Id": user, "x-hasura-tags": ["a", "b"]}),
             )
         }
+        "/cached" => {
+            let user = get("x-user").unwrap_or_default();
+            let cache_control = match user.as_str() {
+                "" => return StatusCode::FORBIDDEN.into_response(),
+                "boom" => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                // A refusal that says it may be cached: it never is.
+                "deny" => {
+                    return (
+                        StatusCode::UNAUTHORIZED,
+                        [("cache-control", "max-age=60")],
+                        "",
+                    )
+                        .into_response();
+                }
+                "nostore" => "no-store",
+                "short" => "max-age=1",
+                _ => "private, max-age=60",
+            };
+            (
+                [
+                    ("content-type", "application/json"),
+                    ("cache-control", cache_control),
+                ],
+                json!({"x-hasura-role": "user", "x-hasura-user-id": user}).to_string(),
+            )
+                .into_response()
+        }
         "/nested" => json_response(json!({"data": {"role": "editor", "id": 7}})),
         "/error" => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
         "/badjson" => ([("content-type", "application/json")], "{not json").into_response(),
@@ -491,4 +518,68 @@ definition:
     ] {
         assert!(errs.contains(expected), "missing {expected:?} in:\n{errs}");
     }
+}
+
+/// `cache`: an answer is reused for the same hook request while its
+/// `Cache-Control` says; refusals, errors and `no-store` answers never are,
+/// within `maxEntries`.
+#[tokio::test]
+async fn answers_are_cached_as_their_cache_headers_say() {
+    let (addr, hook) = start_hook().await;
+    let config = |cache: &str| {
+        format!(
+            "{}\"}}\n      method: GET\n      customRequest: {{headers: {{forward: [x-user]}}}}\n      {cache}\n",
+            one_hook(addr, "/cached")
+        )
+    };
+    let server = TestServer::start(&config("cache: {enabled: true, maxEntries: 100}")).await;
+    let decide = |user: &'static str| {
+        let server = &server;
+        async move { outcome(&server.check(&[("x-user", user)]).await) }
+    };
+    for _ in 0..3 {
+        let o = decide("alice").await;
+        assert_eq!(o.code, 0, "{o:?}");
+        assert_eq!(o.headers["x-hasura-user-id"], "alice");
+    }
+    assert_eq!(hook.count(), 1, "one hook call, then the cache");
+    let o = decide("bob").await;
+    assert_eq!(
+        o.headers["x-hasura-user-id"], "bob",
+        "another request, another entry"
+    );
+    assert_eq!(hook.count(), 2);
+    assert_eq!(decide("alice").await.headers["x-hasura-user-id"], "alice");
+    assert_eq!(hook.count(), 2);
+
+    for (user, reason) in [
+        ("deny", "webhook_denied"),
+        ("boom", "internal_error"),
+        ("nostore", ""),
+    ] {
+        let before = hook.count();
+        for _ in 0..2 {
+            assert_eq!(decide(user).await.reason(), reason, "{user}");
+        }
+        assert_eq!(hook.count(), before + 2, "{user} is never cached");
+    }
+
+    let before = hook.count();
+    assert_eq!(decide("short").await.code, 0);
+    assert_eq!(decide("short").await.code, 0);
+    assert_eq!(hook.count(), before + 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(decide("short").await.code, 0);
+    assert_eq!(hook.count(), before + 2, "max-age=1 has lapsed");
+
+    // Off by default.
+    let uncached = TestServer::start(&config("")).await;
+    let before = hook.count();
+    for _ in 0..2 {
+        assert_eq!(
+            outcome(&uncached.check(&[("x-user", "alice")]).await).code,
+            0
+        );
+    }
+    assert_eq!(hook.count(), before + 2);
 }

@@ -17,6 +17,7 @@ use arc_swap::ArcSwapOption;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
+use crate::discovery;
 use crate::keys::{self, KeySet};
 use crate::metrics::{Metrics, SourceMetrics};
 
@@ -305,71 +306,19 @@ impl JwksCache {
         }
     }
 
-    /// Reads the discovery document: its `issuer` must be the configured
-    /// one exactly (OpenID Connect Discovery 1.0, section 4.3), and its
-    /// `jwks_uri` on the document's own origin, or any https URL when no
-    /// `key.httpClient.headers` are configured (they go only to the origin
-    /// the operator named).
+    /// The issuer's `jwks_uri`, from its discovery document
+    /// ([`discovery::endpoint`] says where it may point).
     async fn discover(&self, issuer: &str) -> Result<String, FetchError> {
-        let mut resp = self
-            .client
-            .get(&self.url)
-            .headers(self.headers.clone())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
+        let doc = discovery::read(&self.client, &self.headers, &self.url, issuer)
             .await
-            .map_err(|e| FetchError::Http(without_url(&e)))?;
-        let status = resp.status().as_u16();
-        if status != 200 {
-            return Err(FetchError::Discovery(format!(
-                "unexpected HTTP status {status}"
-            )));
-        }
-        let body = read_capped(&mut resp).await?;
-        #[derive(serde::Deserialize)]
-        struct Document {
-            issuer: Option<String>,
-            jwks_uri: Option<String>,
-        }
-        let doc: Document = serde_json::from_slice(&body).map_err(|e| {
-            FetchError::Discovery(match e.classify() {
-                serde_json::error::Category::Data => {
-                    "`issuer` or `jwks_uri` in the document is not a string".into()
-                }
-                _ => "the document is not a JSON object".into(),
-            })
-        })?;
-        match doc.issuer.as_deref() {
-            Some(found) if found == issuer => {}
-            Some(found) => {
-                // The document's value, shortened: it is shown in /readyz
-                // and logged on every retry.
-                let shown: String = found.chars().take(200).collect();
-                return Err(FetchError::Discovery(format!(
-                    "the document names the issuer {shown:?}, not the configured {issuer:?}"
-                )));
-            }
-            None => return Err(FetchError::Discovery("the document has no issuer".into())),
-        }
-        let uri = doc
-            .jwks_uri
-            .ok_or_else(|| FetchError::Discovery("the document has no jwks_uri".into()))?;
-        let (Ok(keys), Ok(doc_url)) = (reqwest::Url::parse(&uri), reqwest::Url::parse(&self.url))
-        else {
-            return Err(FetchError::Discovery("jwks_uri is not a URL".into()));
-        };
-        let same_origin = keys.origin() == doc_url.origin();
-        if !same_origin && !self.headers.is_empty() {
-            return Err(FetchError::Discovery(
-                "jwks_uri is on another origin than the issuer; key.httpClient.headers go only to the issuer's".into(),
-            ));
-        }
-        if keys.scheme() != "https" && !(keys.scheme() == "http" && same_origin) {
-            return Err(FetchError::Discovery(
-                "jwks_uri must be https (or http on an http issuer's own origin)".into(),
-            ));
-        }
-        Ok(uri)
+            .map_err(|e| FetchError::Discovery(e.0))?;
+        discovery::endpoint(
+            &self.url,
+            doc.jwks_uri,
+            "jwks_uri",
+            !self.headers.is_empty(),
+        )
+        .map_err(|e| FetchError::Discovery(e.0))
     }
 
     async fn fetch_inner(&self) -> Result<Fetched, FetchError> {

@@ -21,6 +21,7 @@
 //! | [`rules`] | security rules: allowed IPs and header patterns |
 //! | [`route`] | method and canonical path matching (elevation routes) |
 //! | [`webhook`] | the webhook mode's client, transforms and Go templates |
+//! | [`introspection`] | the introspection mode: opaque tokens checked at the issuer (RFC 7662) |
 //! | [`elevation`] | elevated access: which requests need it, grants, and the WebAuthn ceremonies |
 //! | [`store`] | the security-key store trait, SQLite and PostgreSQL |
 //! | [`identity`] | who a request proved to be, for authgate's own endpoints |
@@ -36,9 +37,11 @@ pub mod claims;
 pub mod clock;
 pub mod config;
 pub mod decision;
+mod discovery;
 pub mod elevation;
 pub mod forward_auth;
 pub mod identity;
+pub mod introspection;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;

@@ -43,7 +43,14 @@ impl Frontend {
 }
 
 /// Mode label values, `none` when no mode was involved.
-pub const MODE_LABELS: [&str; 5] = ["apiKey", "jwt", "webhook", "noAuth", "none"];
+pub const MODE_LABELS: [&str; 6] = [
+    "apiKey",
+    "jwt",
+    "introspection",
+    "webhook",
+    "noAuth",
+    "none",
+];
 
 fn mode_index(label: &str) -> usize {
     MODE_LABELS

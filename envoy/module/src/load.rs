@@ -96,6 +96,14 @@ pub fn build(
                 FIRST_KEYS_WAIT.as_secs()
             );
         }
+        for (mode, i) in engine.introspectors().filter(|(_, i)| !i.is_ready()) {
+            tracing::warn!(
+                mode,
+                url = %i.shown_endpoint(),
+                "no introspection endpoint discovered after {} s; its tokens are answered 503 until discovery succeeds",
+                FIRST_KEYS_WAIT.as_secs()
+            );
+        }
     }
     metrics.config_last_reload_successful.set(1);
     metrics

@@ -303,29 +303,54 @@ pub(super) fn http_client(
     ok.then_some(opts)
 }
 
-/// A key fetch's `httpClient`: the webhook's schema plus `headers`.
-/// `retry` has no effect (a failed fetch is retried with the key cache's own
-/// backoff); `authentication` is refused, since credentials for a key
-/// server go in `headers`.
+/// What an `httpClient` with `headers` is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum FetchPurpose {
+    /// `key.httpClient`: JWKS and discovery documents.
+    Keys,
+    /// `introspection.httpClient`: discovery and introspection calls.
+    Introspection,
+}
+
+/// A key fetch's or an introspection mode's `httpClient`: the webhook's
+/// schema plus `headers`. `retry` has no effect (a failed key fetch is
+/// retried with the key cache's own backoff; a failed introspection is a
+/// 503); `authentication` is refused: a key server's credentials go in
+/// `headers`, an introspection client's in `clientId`/`clientSecret`.
 pub(super) fn key_fetch(
     d: &mut Diagnostics,
     env: &dyn Env,
     path: YamlPath,
     v: &Value,
+    purpose: FetchPurpose,
 ) -> Option<FetchOptions> {
     let mut headers = Vec::new();
     let opts = http_client(d, env, path.clone(), v, Some(&mut headers))?;
     if opts.auth.is_some() {
         d.error(
             &path.key("authentication"),
-            "not used for key fetches: send a key server's credentials with `headers`",
+            match purpose {
+                FetchPurpose::Keys => {
+                    "not used for key fetches: send a key server's credentials with `headers`"
+                }
+                FetchPurpose::Introspection => {
+                    "not used for introspection: the client authenticates with `clientId`, `clientSecret` and `authMethod`"
+                }
+            },
         );
         return None;
     }
     if v.get("retry").is_some() {
         d.warn(
             &path.key("retry"),
-            "has no effect on key fetches: a failed fetch is retried with backoff (1 s doubling to 10 s)",
+            match purpose {
+                FetchPurpose::Keys => {
+                    "has no effect on key fetches: a failed fetch is retried with backoff (1 s doubling to 10 s)"
+                }
+                FetchPurpose::Introspection => {
+                    "has no effect on introspection: a failed call is answered 503 (internal_error) at once"
+                }
+            },
         );
     }
     let client = match build_client(&opts) {
@@ -338,7 +363,14 @@ pub(super) fn key_fetch(
     if opts.tls.insecure_skip_verify {
         d.warn(
             &path.key("tls").key("insecureSkipVerify"),
-            "keys fetched without certificate verification can be replaced by anyone on the network path",
+            match purpose {
+                FetchPurpose::Keys => {
+                    "keys fetched without certificate verification can be replaced by anyone on the network path"
+                }
+                FetchPurpose::Introspection => {
+                    "without certificate verification anyone on the network path can answer that any token is active"
+                }
+            },
         );
     }
     let mut map = reqwest::header::HeaderMap::new();

@@ -10,6 +10,7 @@ mod duration;
 pub mod elevation;
 pub mod env;
 mod http_client;
+pub mod introspection;
 pub mod reader;
 pub mod webhook;
 
@@ -40,7 +41,7 @@ use crate::session::{self, Session, check_variable_name, is_header_name_byte};
 #[derive(Debug)]
 pub struct Config {
     pub settings: Settings,
-    /// Modes in RelyAuth's fixed order: apiKey, jwt, webhook, noAuth.
+    /// Modes in evaluation order: apiKey, jwt, introspection, webhook, noAuth.
     pub modes: Vec<Mode>,
     /// `definition.elevation`, when present.
     pub elevation: Option<crate::elevation::ElevationConfig>,
@@ -411,10 +412,13 @@ fn mode(
         "jwt" => jwt(d, env, o).map(|j| ModeKind::Jwt(Box::new(j))),
         "noAuth" => no_auth(d, env, o).map(ModeKind::NoAuth),
         "webhook" => webhook::webhook(d, env, o).map(|w| ModeKind::Webhook(Box::new(w))),
+        "introspection" => {
+            introspection::introspection(d, env, o).map(|i| ModeKind::Introspection(Box::new(i)))
+        }
         other => {
             d.error(
                 &mode_path,
-                format!("unknown mode `{other}`; expected one of apiKey, jwt, webhook, noAuth"),
+                format!("unknown mode `{other}`; expected one of apiKey, jwt, introspection, webhook, noAuth"),
             );
             o.read_all();
             None
@@ -791,7 +795,13 @@ fn key_source(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> 
             );
             return None;
         }
-        Some((cp, cv)) => Some(Box::new(http_client::key_fetch(d, env, cp, cv)?)),
+        Some((cp, cv)) => Some(Box::new(http_client::key_fetch(
+            d,
+            env,
+            cp,
+            cv,
+            http_client::FetchPurpose::Keys,
+        )?)),
         None => None,
     };
     match (fixed, remote, oidc) {
@@ -839,10 +849,7 @@ fn key_source(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> 
             // OpenID Connect Discovery 1.0, section 4: the document is at
             // the issuer plus `/.well-known/openid-configuration`; an issuer
             // has no query or fragment.
-            let doc = format!(
-                "{}/.well-known/openid-configuration",
-                issuer.trim_end_matches('/')
-            );
+            let doc = oidc_document(&issuer);
             let (url, parsed) = remote_url(
                 d,
                 &path,
@@ -877,6 +884,36 @@ fn key_source(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> 
     }
 }
 
+/// `url` parsed, when it is http or https.
+fn web_url(d: &mut Diagnostics, at: &YamlPath, url: &str, what: &str) -> Option<reqwest::Url> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.scheme() == "https" || u.scheme() == "http" => Some(u),
+        Ok(_) => {
+            d.error(at, format!("the {what} URL must be http or https"));
+            None
+        }
+        Err(e) => {
+            d.error(at, format!("not a valid URL: {e}"));
+            None
+        }
+    }
+}
+
+/// Plain http to a host other than the loopback: what crosses it can be
+/// read and changed on the way.
+fn clear_text_off_loopback(url: &reqwest::Url) -> bool {
+    url.scheme() == "http" && !matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"))
+}
+
+/// An issuer's discovery document (OpenID Connect Discovery 1.0, section
+/// 4): the issuer plus `/.well-known/openid-configuration`.
+fn oidc_document(issuer: &str) -> String {
+    format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    )
+}
+
 /// Checks a URL keys are fetched from (a JWKS, or an issuer's discovery
 /// document): http or https, no HMAC algorithm, a warning for plain http
 /// off the loopback, and no `key.httpClient.headers` there.
@@ -898,20 +935,8 @@ fn remote_url(
         );
         return None;
     }
-    let parsed = match reqwest::Url::parse(&url) {
-        Ok(u) if u.scheme() == "https" || u.scheme() == "http" => u,
-        Ok(_) => {
-            d.error(at, format!("the {what} URL must be http or https"));
-            return None;
-        }
-        Err(e) => {
-            d.error(at, format!("not a valid URL: {e}"));
-            return None;
-        }
-    };
-    if parsed.scheme() == "http"
-        && !matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"))
-    {
+    let parsed = web_url(d, at, &url, what)?;
+    if clear_text_off_loopback(&parsed) {
         if fetch.is_some_and(|f| !f.headers.is_empty()) {
             d.error(
                 at,

@@ -551,3 +551,205 @@ fn numeric_mode_ids_are_quoted_and_deep_values_keep_later_positions() {
         ]
     );
 }
+
+/// `mode: introspection`: one endpoint source, a client that can
+/// authenticate, and no way to send secrets in clear text by accident.
+#[test]
+fn introspection_rules() {
+    let mode = |id: &str, block: &str| {
+        format!(
+            "
+    - mode: introspection
+      id: {id}
+      introspection: {block}
+      claimsConfig: {{namespace: {{location: x}}}}"
+        )
+    };
+    let yaml = format!(
+        "definition:\n  modes:{}\n",
+        [
+            mode("a", "{clientId: {value: c}, clientSecret: {value: s}}"),
+            mode(
+                "b",
+                r#"{endpoint: {value: "https://idp.example/i"}, oidcIssuer: {value: "https://idp.example"}, clientId: {value: c}, clientSecret: {value: s}}"#
+            ),
+            mode(
+                "c",
+                r#"{endpoint: {value: "https://idp.example/i"}, clientId: {value: c}, clientSecret: {value: s}, authMethod: private_key_jwt}"#
+            ),
+            mode(
+                "d",
+                r#"{endpoint: {value: "https://idp.example/i"}, clientId: {value: c}}"#
+            ),
+            mode(
+                "e",
+                r#"{endpoint: {value: "https://idp.example/i"}, clientSecret: {value: s}}"#
+            ),
+            mode(
+                "f",
+                r#"{endpoint: {value: "https://u:pw@idp.example/i"}, clientId: {value: c}, clientSecret: {value: s}}"#
+            ),
+            mode(
+                "g",
+                r#"{endpoint: {value: "http://idp.example/i"}, clientId: {value: c}, clientSecret: {value: s}, httpClient: {headers: {x-key: {value: k}}}}"#
+            ),
+            mode(
+                "h",
+                r#"{endpoint: {value: "https://idp.example/i"}, clientId: {value: c}, clientSecret: {value: s}, httpClient: {authentication: {type: basic, username: {value: u}, password: {value: p}}}}"#
+            ),
+            mode(
+                "i",
+                r#"{endpoint: {value: "https://idp.example/i"}, clientId: {value: c}, clientSecret: {value: s}, cacheTTL: 5}"#
+            ),
+            mode(
+                "j",
+                r#"{oidcIssuer: {value: "https://idp.example/?t=1"}, clientId: {value: c}, clientSecret: {value: s}}"#
+            ),
+            mode(
+                "k",
+                r#"{endpoint: {value: "https://idp.example/i"}, clientId: {value: c}, clientSecret: {value: ""}}"#
+            ),
+        ]
+        .concat()
+    );
+    let errs = errors(&yaml);
+    for want in [
+        "modes[a].introspection: missing `endpoint` (the introspection URL) or `oidcIssuer`",
+        "modes[b].introspection: set one of `endpoint` and `oidcIssuer`, not both",
+        "modes[c].introspection.authMethod: expected client_secret_basic, client_secret_post or bearer",
+        "modes[d].introspection: missing required key `clientSecret`",
+        "modes[e].introspection: missing required key `clientId` (required with authMethod client_secret_basic)",
+        "modes[f].introspection.endpoint: the introspection endpoint URL has no user or password (not shown)",
+        "modes[g].introspection.endpoint: introspection.httpClient.headers would cross the network in clear text",
+        "modes[h].introspection.httpClient.authentication: not used for introspection",
+        "modes[i].introspection.cacheTTL: unknown key `cacheTTL` (did you mean `cacheTtl`?)",
+        "modes[j].introspection.oidcIssuer: an OpenID issuer has no query or fragment",
+        "modes[k].introspection.clientSecret: must not be empty",
+    ] {
+        assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
+    }
+    assert!(!errs.iter().any(|e| e.contains("pw")), "{errs:?}");
+
+    let c = parse(
+        r#"
+definition:
+  modes:
+    - mode: webhook
+      url: {value: "https://hook.example"}
+      method: GET
+    - mode: introspection
+      introspection:
+        endpoint: {value: "http://idp.example/introspect"}
+        clientId: {value: c}
+        clientSecret: {value: s}
+        authMethod: bearer
+      claimsConfig: {namespace: {location: x}}
+    - mode: introspection
+      id: discovered
+      introspection:
+        oidcIssuer: {value: "https://idp.example/realms/a"}
+        clientId: {value: c}
+        clientSecret: {value: s}
+        authMethod: client_secret_post
+        cacheTtl: 0
+      claimsConfig: {namespace: {location: x}}
+"#,
+        &env,
+    )
+    .expect("loads");
+    // Bearer tokens after jwt, before webhook: the default ids follow.
+    assert_eq!(c.modes[0].kind.name(), "introspection");
+    assert_eq!(&*c.modes[0].id, "0");
+    assert_eq!(c.modes[2].kind.name(), "webhook");
+    let warnings: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    for want in [
+        "modes[1].introspection.endpoint: over plain http the client secret and every token cross the network in clear text",
+        "modes[1].introspection.clientId: not sent with authMethod bearer",
+    ] {
+        assert!(
+            warnings.iter().any(|w| w.contains(want)),
+            "{want}: {warnings:?}"
+        );
+    }
+    let ModeKind::Introspection(plain) = &c.modes[0].kind else {
+        panic!("introspection mode");
+    };
+    assert!(matches!(
+        plain.client,
+        crate::introspection::ClientAuth::Bearer(_)
+    ));
+    assert_eq!(plain.cache_ttl, Duration::from_secs(60));
+    let ModeKind::Introspection(discovered) = &c.modes[1].kind else {
+        panic!("introspection mode");
+    };
+    assert!(matches!(
+        &discovered.endpoint,
+        crate::introspection::Endpoint::Discovered { document, issuer }
+            if document == "https://idp.example/realms/a/.well-known/openid-configuration"
+                && issuer == "https://idp.example/realms/a"
+    ));
+    assert!(matches!(
+        discovered.client,
+        crate::introspection::ClientAuth::Post { .. }
+    ));
+    assert!(discovered.cache_ttl.is_zero());
+    assert!(
+        !format!("{discovered:?}").contains("s\""),
+        "secrets are redacted"
+    );
+}
+
+/// A webhook's `cache`: off unless enabled, bounded, and strict.
+#[test]
+fn webhook_cache_rules() {
+    let hook = |id: &str, cache: &str| {
+        format!(
+            r#"
+    - mode: webhook
+      id: {id}
+      url: {{value: "https://hook.example"}}
+      method: GET
+      {cache}"#
+        )
+    };
+    let errs = errors(&format!(
+        "definition:\n  modes:{}\n",
+        [
+            hook("a", "cache: {enabled: true, maxEntries: 0}"),
+            hook("b", "cache: {enabled: true, maxEntries: 1000001}"),
+            hook("c", "cache: {enable: true}"),
+            hook("d", "cache: {enabled: yes please}"),
+        ]
+        .concat()
+    ));
+    for want in [
+        "modes[a].cache.maxEntries: must be 1 to 1000000",
+        "modes[b].cache.maxEntries: must be 1 to 1000000",
+        "modes[c].cache.enable: unknown key `enable` (did you mean `enabled`?)",
+        "modes[d].cache.enabled",
+    ] {
+        assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
+    }
+    let c = parse(
+        &format!(
+            "definition:\n  modes:{}\n",
+            [
+                hook("on", "cache: {enabled: true}"),
+                hook("sized", "cache: {enabled: true, maxEntries: 5}"),
+                hook("off", "cache: {enabled: false, maxEntries: 5}"),
+                hook("default", ""),
+            ]
+            .concat()
+        ),
+        &env,
+    )
+    .expect("loads");
+    let cache = |i: usize| match &c.modes[i].kind {
+        ModeKind::Webhook(w) => w.cache,
+        _ => panic!("webhook mode"),
+    };
+    assert_eq!(
+        [cache(0), cache(1), cache(2), cache(3)],
+        [Some(10_000), Some(5), None, None]
+    );
+}

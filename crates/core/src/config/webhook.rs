@@ -119,6 +119,14 @@ pub(super) fn webhook(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Opt
         },
         None => None,
     };
+    let cache = match o.get("cache") {
+        Some((p, v)) => {
+            let c = cache(d, p, v);
+            ok &= c.is_some();
+            c.flatten()
+        }
+        None => None,
+    };
     o.finish(d);
     if !ok {
         return None;
@@ -132,7 +140,36 @@ pub(super) fn webhook(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Opt
         body,
         response,
         client: client?,
+        cache,
     })
+}
+
+/// Most answers a webhook mode may cache.
+const MAX_CACHE_ENTRIES: u64 = 1_000_000;
+/// `cache.maxEntries` when not set.
+const DEFAULT_CACHE_ENTRIES: u64 = 10_000;
+
+/// `cache: {enabled, maxEntries}`: `Some(None)` when off.
+fn cache(d: &mut Diagnostics, path: YamlPath, v: &Value) -> Option<Option<u64>> {
+    let mut o = Obj::open(d, path.clone(), v)?;
+    let enabled = o.bool(d, "enabled");
+    let max = o.u64(d, "maxEntries");
+    o.finish(d);
+    match max {
+        Some(n) if n == 0 || n > MAX_CACHE_ENTRIES => {
+            d.error(
+                &path.key("maxEntries"),
+                format!("must be 1 to {MAX_CACHE_ENTRIES}"),
+            );
+            return None;
+        }
+        _ => {}
+    }
+    Some(
+        enabled
+            .unwrap_or(false)
+            .then(|| max.unwrap_or(DEFAULT_CACHE_ENTRIES)),
+    )
 }
 
 fn additional_header(

@@ -31,6 +31,7 @@ use token_cache::TokenCache;
 
 use crate::decision::{Allow, Decision, DenyReason, ModeRef};
 use crate::elevation::{Elevation, GrantError};
+use crate::introspection::Introspector;
 use crate::jwks::{JwksCache, JwksRegistry};
 use crate::metrics::Metrics;
 use crate::request::Request;
@@ -46,6 +47,8 @@ pub const ID_HEADER: &str = "x-rely-auth-id";
 pub struct Engine {
     modes: Vec<Authenticator>,
     jwks: Vec<Arc<JwksCache>>,
+    /// Introspection modes (readiness: a discovered endpoint).
+    introspectors: Vec<Arc<Introspector>>,
     token_cache: Option<TokenCache>,
     metrics: Arc<Metrics>,
     elevation: Option<Arc<Elevation>>,
@@ -84,6 +87,7 @@ impl Engine {
         } = parts;
         let start = fetch == KeyFetch::Background;
         let mut jwks: Vec<Arc<JwksCache>> = Vec::new();
+        let mut introspectors = Vec::new();
         let specs = modes;
         let mut modes = Vec::with_capacity(specs.len());
         for m in specs {
@@ -99,6 +103,14 @@ impl Engine {
                 },
                 ModeKind::NoAuth(n) => AuthKind::NoAuth { session: n.session },
                 ModeKind::Webhook(w) => AuthKind::Webhook(Box::new(WebhookAuth::new(*w))),
+                ModeKind::Introspection(i) => {
+                    let introspector = Arc::new(Introspector::new(*i));
+                    if start {
+                        introspector.start();
+                    }
+                    introspectors.push(introspector.clone());
+                    AuthKind::Introspection(introspector)
+                }
                 ModeKind::Jwt(j) => {
                     let pinned = j.keys.pinned();
                     let keys = match j.keys {
@@ -145,6 +157,7 @@ impl Engine {
         Engine {
             modes,
             jwks,
+            introspectors,
             token_cache,
             metrics,
             elevation,
@@ -152,9 +165,18 @@ impl Engine {
         }
     }
 
-    /// Ready when every JWKS has keys.
+    /// Ready when every JWKS has keys and every discovered introspection
+    /// endpoint is known.
     pub fn is_ready(&self) -> bool {
-        self.jwks.iter().all(|c| c.is_ready())
+        self.jwks.iter().all(|c| c.is_ready()) && self.introspectors.iter().all(|i| i.is_ready())
+    }
+
+    /// The introspection modes, by mode id.
+    pub fn introspectors(&self) -> impl Iterator<Item = (&str, &Arc<Introspector>)> {
+        self.modes.iter().filter_map(|m| match &m.kind {
+            AuthKind::Introspection(i) => Some((&*m.mode.id, i)),
+            _ => None,
+        })
     }
 
     pub fn jwks(&self) -> &[Arc<JwksCache>] {

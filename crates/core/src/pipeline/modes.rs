@@ -1,5 +1,5 @@
-//! The four ways a mode authenticates (apiKey, jwt, webhook, noAuth) and the
-//! loop that tries them in RelyAuth's order.
+//! The ways a mode authenticates (apiKey, jwt, introspection, webhook,
+//! noAuth) and the loop that tries them in order.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use super::token_cache::{CachedToken, TokenCache};
 use super::{AccessToken, Engine, HASURA_MODE_HEADER, ID_HEADER, MODE_HEADER};
 use crate::claims::{self, ClaimsConfig};
 use crate::decision::{Deny, DenyReason, ModeRef};
+use crate::introspection::{self, Introspector};
 use crate::jwks::JwksCache;
 use crate::jwt::{self, ClaimRules, JwtError};
 use crate::keys::KeySet;
@@ -36,6 +37,7 @@ pub(super) enum AuthKind {
         session: Session,
     },
     Jwt(Box<JwtAuth>),
+    Introspection(Arc<Introspector>),
     Webhook(Box<WebhookAuth>),
     NoAuth {
         session: Session,
@@ -189,6 +191,20 @@ impl Engine {
                     Err(reason) => Outcome::Invalid(reason),
                 }
             }
+            AuthKind::Introspection(i) => match req.credential(&i.cfg.location) {
+                Credential::Absent => Outcome::Absent,
+                Credential::Ambiguous => Outcome::Invalid(DenyReason::InvalidToken),
+                Credential::Present(_) if blocked() => Outcome::Invalid(DenyReason::BlockedByRule),
+                Credential::Present(token) => {
+                    match self.introspect::<M>(index, i, token, now, asks).await {
+                        Ok(found) => Outcome::Found(found),
+                        Err(reason) => {
+                            tracing::debug!(mode = %auth.mode.id, reason = reason.as_str(), "token refused");
+                            Outcome::Invalid(reason)
+                        }
+                    }
+                }
+            },
             AuthKind::Jwt(j) => match req.credential(&j.location) {
                 Credential::Absent => Outcome::Absent,
                 Credential::Ambiguous => Outcome::Invalid(DenyReason::InvalidToken),
@@ -224,28 +240,10 @@ impl Engine {
             .token_cache
             .as_ref()
             .map(|_| TokenCache::key(index, &token));
-        if let (Some(cache), Some(key)) = (&self.token_cache, &cache_key) {
-            if let Some(hit) = cache.get(key) {
-                self.metrics.token_cache_hit.inc();
-                hit.check_time(now, &rules)?;
-                if asks.nothing(self)
-                    && let Some(memo) = M::hit(&hit)
-                {
-                    return Ok(Found::Memo(memo));
-                }
-                // The encoding is ours; failing to read it back is a bug, and
-                // the token is simply verified again.
-                if let Some(session) = Session::from_compact(&hit.session) {
-                    let exp = (hit.exp != i64::MAX).then_some(hit.exp);
-                    return Ok(Found::Verified(Verified {
-                        session,
-                        token: Some(AccessToken { raw: token, exp }),
-                        entry: Some(hit),
-                    }));
-                }
-            }
-            self.metrics.token_cache_miss.inc();
-        }
+        let token = match self.cached::<M>(cache_key.as_ref(), token, &rules, now, asks)? {
+            Cached::Hit(found) => return Ok(found),
+            Cached::Miss(token) => token,
+        };
         let parsed = jwt::parse(&token)?;
         let verified = match &j.keys {
             Keys::Fixed(set) => verify_with(set, j.pinned, &parsed),
@@ -274,7 +272,95 @@ impl Engine {
         let session = claims::extract_owned(&j.claims, Value::Object(claims))
             .map_err(|_| JwtError::Claims)?;
         if let (Some(cache), Some(key)) = (&self.token_cache, cache_key) {
-            cache.insert(key, &session, exp, nbf, now);
+            cache.insert(key, &session, exp, nbf, now, cache.ttl());
+        }
+        Ok(Found::Verified(Verified {
+            session,
+            token: Some(AccessToken { raw: token, exp }),
+            entry: None,
+        }))
+    }
+
+    /// The token's cached verification, when the cache holds a fresh one;
+    /// otherwise the token back. Time validity is checked on every hit.
+    fn cached<'r, M: Memo>(
+        &self,
+        key: Option<&[u8; 32]>,
+        token: Cow<'r, str>,
+        rules: &ClaimRules<'_>,
+        now: i64,
+        asks: &Asks<'r>,
+    ) -> Result<Cached<'r, M>, JwtError> {
+        let (Some(cache), Some(key)) = (&self.token_cache, key) else {
+            return Ok(Cached::Miss(token));
+        };
+        if let Some(hit) = cache.get(key) {
+            self.metrics.token_cache_hit.inc();
+            hit.check_time(now, rules)?;
+            if asks.nothing(self)
+                && let Some(memo) = M::hit(&hit)
+            {
+                return Ok(Cached::Hit(Found::Memo(memo)));
+            }
+            // The encoding is ours; failing to read it back is a bug, and
+            // the token is simply verified again.
+            if let Some(session) = Session::from_compact(&hit.session) {
+                let exp = (hit.exp != i64::MAX).then_some(hit.exp);
+                return Ok(Cached::Hit(Found::Verified(Verified {
+                    session,
+                    token: Some(AccessToken { raw: token, exp }),
+                    entry: Some(hit),
+                })));
+            }
+        }
+        self.metrics.token_cache_miss.inc();
+        Ok(Cached::Miss(token))
+    }
+
+    /// An opaque token, asked about at the introspection endpoint unless a
+    /// fresh active answer is cached ([`crate::introspection`]).
+    async fn introspect<'r, M: Memo>(
+        &self,
+        index: usize,
+        i: &Introspector,
+        token: Cow<'r, str>,
+        now: i64,
+        asks: &Asks<'r>,
+    ) -> Result<Found<'r, M>, DenyReason> {
+        let cfg = &i.cfg;
+        // RFC 7662 makes `exp` optional: the endpoint said the token is
+        // active, and its `exp`, when given, is still enforced.
+        let rules = ClaimRules {
+            audience: &cfg.audience,
+            issuer: cfg.issuer.as_deref(),
+            skew: cfg.allowed_skew,
+            require_exp: false,
+        };
+        let cache_key = match (&self.token_cache, cfg.cache_ttl.is_zero()) {
+            (Some(_), false) => Some(TokenCache::key(index, &token)),
+            _ => None,
+        };
+        let invalid = |_| DenyReason::InvalidToken;
+        let token = match self
+            .cached::<M>(cache_key.as_ref(), token, &rules, now, asks)
+            .map_err(invalid)?
+        {
+            Cached::Hit(found) => return Ok(found),
+            Cached::Miss(token) => token,
+        };
+        let claims = i.introspect(&token).await.map_err(|f| match f {
+            introspection::Failure::Inactive => DenyReason::InvalidToken,
+            introspection::Failure::Unavailable(why) => {
+                tracing::warn!(endpoint = %i.shown_endpoint(), problem = %why, "introspection unavailable");
+                DenyReason::InternalError
+            }
+        })?;
+        let exp = jwt::check_claims(&claims, &rules, now).map_err(invalid)?;
+        let nbf = claims.get("nbf").and_then(Value::as_i64);
+        let session = claims::extract_owned(&cfg.claims, Value::Object(claims))
+            .map_err(|_| DenyReason::InvalidToken)?;
+        if let (Some(cache), Some(key)) = (&self.token_cache, cache_key) {
+            cache.insert(key, &session, exp, nbf, now, cfg.cache_ttl);
         }
         Ok(Found::Verified(Verified {
             session,
@@ -284,10 +370,16 @@ impl Engine {
     }
 }
 
+/// A token-cache lookup: a verified session, or the token to verify.
+enum Cached<'r, M: Memo> {
+    Hit(Found<'r, M>),
+    Miss(Cow<'r, str>),
+}
+
 /// What a broken session from this mode is reported as.
 pub(super) fn invalid_reason(auth: &Authenticator) -> DenyReason {
     match auth.kind {
-        AuthKind::Jwt(_) => DenyReason::InvalidToken,
+        AuthKind::Jwt(_) | AuthKind::Introspection(_) => DenyReason::InvalidToken,
         _ => DenyReason::InternalError,
     }
 }

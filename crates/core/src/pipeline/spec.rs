@@ -8,6 +8,7 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 
 use crate::claims::ClaimsConfig;
+use crate::introspection::IntrospectionMode;
 use crate::jwks::FetchOptions;
 use crate::keys::KeySet;
 use crate::redact::Secret;
@@ -60,6 +61,7 @@ pub struct Mode {
 pub enum ModeKind {
     ApiKey(ApiKeyMode),
     Jwt(Box<JwtMode>),
+    Introspection(Box<IntrospectionMode>),
     Webhook(Box<WebhookMode>),
     NoAuth(NoAuthMode),
 }
@@ -70,14 +72,16 @@ impl ModeKind {
         match self {
             ModeKind::ApiKey(_) => "apiKey",
             ModeKind::Jwt(_) => "jwt",
+            ModeKind::Introspection(_) => "introspection",
             ModeKind::Webhook(_) => "webhook",
             ModeKind::NoAuth(_) => "noAuth",
         }
     }
 }
 
-/// RelyAuth's fixed evaluation order.
-pub const MODE_ORDER: [&str; 4] = ["apiKey", "jwt", "webhook", "noAuth"];
+/// RelyAuth's fixed evaluation order; `introspection`, authgate's own,
+/// goes with the other bearer tokens, after `jwt`.
+pub const MODE_ORDER: [&str; 5] = ["apiKey", "jwt", "introspection", "webhook", "noAuth"];
 
 #[derive(Debug)]
 pub struct ApiKeyMode {

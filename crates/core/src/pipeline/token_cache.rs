@@ -27,7 +27,7 @@ pub(super) struct CachedToken {
     /// `Option`s: 16 bytes less an entry, and the checks stay the same).
     pub(super) exp: i64,
     nbf: i64,
-    /// `tokenCacheTtl` after the insert.
+    /// The mode's cache TTL after the insert.
     fresh_until: std::time::Instant,
     /// The front door's encoded allow for requests that ask for
     /// nothing ([`Engine::decide_memo`](super::Engine::decide_memo)), stored on the token's first repeat.
@@ -74,6 +74,14 @@ impl TokenCache {
         }
     }
 
+    /// `tokenCacheTtl`: how long a verified JWT is kept.
+    pub(super) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Keeps `session` for at most `ttl` (a mode's own limit: `tokenCacheTtl`
+    /// for JWTs, `cacheTtl` for introspection answers); expiry past `exp`
+    /// is refused by [`CachedToken::check_time`] on every hit.
     pub(super) fn insert(
         &self,
         key: [u8; 32],
@@ -81,12 +89,14 @@ impl TokenCache {
         exp: Option<i64>,
         nbf: Option<i64>,
         now: i64,
+        ttl: Duration,
     ) {
         let until_exp = match exp {
             Some(exp) => Duration::from_secs(u64::try_from(exp.saturating_sub(now)).unwrap_or(0)),
-            None => self.ttl,
+            None => ttl,
         };
-        if self.ttl.min(until_exp).is_zero() {
+        let ttl = ttl.min(until_exp);
+        if ttl.is_zero() {
             return;
         }
         self.cache.insert(
@@ -95,7 +105,7 @@ impl TokenCache {
                 session: session.to_compact(),
                 exp: exp.unwrap_or(i64::MAX),
                 nbf: nbf.unwrap_or(i64::MIN),
-                fresh_until: std::time::Instant::now() + self.ttl,
+                fresh_until: std::time::Instant::now() + ttl,
                 memo: std::sync::OnceLock::new(),
             }),
         );

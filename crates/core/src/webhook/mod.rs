@@ -3,8 +3,15 @@
 //!
 //! The hook's 401/403 (any 4xx) is a refusal (`webhook_denied`); a 5xx, a
 //! timeout, an unreachable hook or an unreadable answer is `internal_error`.
+//!
+//! With `cache`, a session the hook answered is reused for the same hook
+//! request as long as its `Cache-Control: max-age` or `Expires` says (as
+//! Hasura does with its auth hook); refusals and failures never are.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
 
 use jmespath::Rcvar;
 use serde_json::{Map, Value, json};
@@ -26,6 +33,9 @@ use crate::session::{Session, check_variable_name};
 
 /// Largest hook answer read.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// Longest a hook answer is reused, whatever its headers say.
+pub const MAX_CACHE_TTL: Duration = Duration::from_secs(3600);
 
 /// Headers never forwarded with `forward: "*"` (RelyAuth's list, plus
 /// hop-by-hop headers that must not cross a proxy).
@@ -55,7 +65,11 @@ const EXCLUDED: [&str; 20] = [
 pub struct WebhookAuth {
     cfg: WebhookMode,
     oauth: Mutex<Option<(String, Instant)>>,
+    cache: Option<AnswerCache>,
 }
+
+/// Sessions by SHA-256 of the hook request, with when they lapse.
+type AnswerCache = quick_cache::sync::Cache<[u8; 32], Arc<(Session, Instant)>>;
 
 #[derive(Debug)]
 pub enum Failure {
@@ -130,9 +144,13 @@ pub fn build_client(o: &HttpClientOptions) -> Result<reqwest::Client, String> {
 
 impl WebhookAuth {
     pub fn new(cfg: WebhookMode) -> Self {
+        let cache = cfg
+            .cache
+            .map(|n| quick_cache::sync::Cache::new(usize::try_from(n).unwrap_or(usize::MAX)));
         WebhookAuth {
             cfg,
             oauth: Mutex::new(None),
+            cache,
         }
     }
 
@@ -197,10 +215,6 @@ impl WebhookAuth {
             }
             None => {}
         }
-        if let Some(auth) = &self.cfg.client.auth {
-            let (name, value) = self.auth_header(auth).await?;
-            set(&mut out, &name, value);
-        }
         let body = match self.cfg.method {
             HookMethod::Get => None,
             HookMethod::Post => Some(match &self.cfg.body {
@@ -215,6 +229,21 @@ impl WebhookAuth {
                 Some(t) => render_transform(t, &doc)?,
             }),
         };
+        // The key is what the hook is sent on the caller's behalf; authgate's
+        // own credential for the hook (added next) is no part of it.
+        let key = self.cache.as_ref().map(|_| cache_key(&out, body.as_ref()));
+        if let (Some(cache), Some(key)) = (&self.cache, &key)
+            && let Some(hit) = cache.get(key)
+        {
+            if Instant::now() < hit.1 {
+                return Ok(hit.0.clone());
+            }
+            cache.remove(key);
+        }
+        if let Some(auth) = &self.cfg.client.auth {
+            let (name, value) = self.auth_header(auth).await?;
+            set(&mut out, &name, value);
+        }
         let (status, resp_headers, bytes) = self.send(&out, body).await?;
         match status {
             200..=299 => {}
@@ -247,6 +276,11 @@ impl WebhookAuth {
                 ));
             }
             session.insert(k, v);
+        }
+        if let (Some(cache), Some(key)) = (&self.cache, key)
+            && let Some(ttl) = answer_ttl(&resp_headers, SystemTime::now())
+        {
+            cache.insert(key, Arc::new((session.clone(), Instant::now() + ttl)));
         }
         Ok(session)
     }
@@ -422,6 +456,54 @@ async fn read_capped(
     Ok(bytes)
 }
 
+/// SHA-256 of a hook request: its headers (in order: forwarded, then
+/// additional, as sent) and its body with its content type.
+fn cache_key(headers: &[(String, String)], body: Option<&(Vec<u8>, String)>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    for (k, v) in headers {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    if let Some((b, ct)) = body {
+        field(b"");
+        field(ct.as_bytes());
+        field(b);
+    }
+    h.finalize().into()
+}
+
+/// How long a hook answer may be reused, from its headers as Hasura reads
+/// them: `Cache-Control: max-age` first, else `Expires`; never with
+/// `no-store` or `no-cache`, at most [`MAX_CACHE_TTL`]; `None`: not at all.
+pub fn answer_ttl(headers: &Map<String, Value>, now: SystemTime) -> Option<Duration> {
+    let header = |name: &str| headers.get(name).and_then(Value::as_str);
+    let mut max_age = None;
+    if let Some(cc) = header("cache-control") {
+        for d in cc.split(',').map(str::trim) {
+            let (k, v) = d.split_once('=').unwrap_or((d, ""));
+            let k = k.trim();
+            if k.eq_ignore_ascii_case("no-store") || k.eq_ignore_ascii_case("no-cache") {
+                return None;
+            }
+            if k.eq_ignore_ascii_case("max-age") {
+                max_age = v.trim().trim_matches('"').parse::<u64>().ok();
+            }
+        }
+    }
+    let ttl = match max_age {
+        Some(s) => Duration::from_secs(s),
+        None => {
+            let at = httpdate::parse_http_date(header("expires")?).ok()?;
+            at.duration_since(now).ok()?
+        }
+    };
+    (!ttl.is_zero()).then(|| ttl.min(MAX_CACHE_TTL))
+}
+
 fn capitalize(s: &str) -> String {
     let mut c = s.chars();
     match c.next() {
@@ -489,6 +571,42 @@ pub fn render_transform(t: &Transform, doc: &Value) -> Result<(Vec<u8>, String),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answer_ttl_reads_cache_headers_as_hasura() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ttl = |pairs: &[(&str, &str)]| {
+            let m: Map<String, Value> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+                .collect();
+            answer_ttl(&m, now).map(|d| d.as_secs())
+        };
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(120));
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(120));
+        assert_eq!(ttl(&[("cache-control", "max-age=30")]), Some(30));
+        assert_eq!(
+            ttl(&[("cache-control", "public, Max-Age=\"45\"")]),
+            Some(45)
+        );
+        assert_eq!(ttl(&[("cache-control", "max-age=999999")]), Some(3600));
+        assert_eq!(
+            ttl(&[("cache-control", "max-age=30"), ("expires", &later)]),
+            Some(30)
+        );
+        assert_eq!(ttl(&[("expires", &later)]), Some(120));
+        for none in [
+            vec![],
+            vec![("cache-control", "max-age=0")],
+            vec![("cache-control", "no-store, max-age=60")],
+            vec![("cache-control", "max-age=60, no-cache")],
+            vec![("cache-control", "max-age=soon")],
+            vec![("expires", earlier.as_str())],
+            vec![("expires", "0")],
+        ] {
+            assert_eq!(ttl(&none), None, "{none:?}");
+        }
+    }
 
     /// Fuzzing (`fuzz/`, target `gotmpl`) found that gtmpl panics while
     /// rendering a `printf` width over 65535; the format may come from the

@@ -188,4 +188,6 @@ pub struct WebhookMode {
     pub body: Option<Transform>,
     pub response: Option<Transform>,
     pub client: HttpClientOptions,
+    /// `cache`: how many hook answers may be kept; `None` when off.
+    pub cache: Option<u64>,
 }
