@@ -110,6 +110,14 @@ async fn hook_handler(
                 }
                 "nostore" => "no-store",
                 "short" => "max-age=1",
+                // Hasura's form: the directive is a key of the answer.
+                "body" => {
+                    return json_response(json!({
+                        "x-hasura-role": "user",
+                        "x-hasura-user-id": "body",
+                        "Cache-Control": "max-age=60",
+                    }));
+                }
                 _ => "private, max-age=60",
             };
             (
@@ -563,6 +571,21 @@ async fn answers_are_cached_as_their_cache_headers_say() {
         }
         assert_eq!(hook.count(), before + 2, "{user} is never cached");
     }
+
+    let before = hook.count();
+    for _ in 0..2 {
+        let o = decide("body").await;
+        assert_eq!(o.code, 0, "{o:?}");
+        assert!(
+            !o.headers.contains_key("cache-control"),
+            "a directive, not a session variable: {o:?}"
+        );
+    }
+    assert_eq!(
+        hook.count(),
+        before + 1,
+        "Cache-Control in the answer, as Hasura"
+    );
 
     let before = hook.count();
     assert_eq!(decide("short").await.code, 0);

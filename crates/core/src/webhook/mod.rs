@@ -5,8 +5,9 @@
 //! timeout, an unreachable hook or an unreadable answer is `internal_error`.
 //!
 //! With `cache`, a session the hook answered is reused for the same hook
-//! request as long as its `Cache-Control: max-age` or `Expires` says (as
-//! Hasura does with its auth hook); refusals and failures never are.
+//! request as long as its `Cache-Control: max-age` or `Expires` says: keys
+//! of the answer's JSON object, where Hasura's auth hook puts them, else
+//! the answer's HTTP headers. Refusals and failures are never reused.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -269,7 +270,16 @@ impl WebhookAuth {
             ));
         };
         let mut session = Session::new();
+        // With a cache, `Cache-Control` and `Expires` keys of the answer are
+        // cache directives (where Hasura reads them), not session variables.
+        let mut directives = Map::new();
         for (k, v) in map {
+            if self.cache.is_some()
+                && (k.eq_ignore_ascii_case("cache-control") || k.eq_ignore_ascii_case("expires"))
+            {
+                directives.insert(k.to_ascii_lowercase(), v);
+                continue;
+            }
             if check_variable_name(&k).is_err() {
                 return Err(Failure::Unavailable(
                     "the hook's answer names an invalid session variable",
@@ -277,9 +287,13 @@ impl WebhookAuth {
             }
             session.insert(k, v);
         }
-        if let (Some(cache), Some(key)) = (&self.cache, key)
-            && let Some(ttl) = answer_ttl(&resp_headers, SystemTime::now())
-        {
+        let now = SystemTime::now();
+        let ttl = if directives.is_empty() {
+            answer_ttl(&resp_headers, now)
+        } else {
+            answer_ttl(&directives, now)
+        };
+        if let (Some(cache), Some(key), Some(ttl)) = (&self.cache, key, ttl) {
             cache.insert(key, Arc::new((session.clone(), Instant::now() + ttl)));
         }
         Ok(session)
