@@ -23,6 +23,11 @@ use crate::request::TokenLocation;
 /// Largest introspection answer read.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
+/// Most calls one mode has in flight at the endpoint; more wait for a
+/// slot (within `decisionTimeout`), so a flood of tokens cannot turn
+/// authgate into a flood against the issuer.
+pub const MAX_CONCURRENT_CALLS: usize = 64;
+
 /// One `mode: introspection`, as read from the config.
 #[derive(Debug)]
 pub struct IntrospectionMode {
@@ -67,7 +72,8 @@ pub enum ClientAuth {
 /// Why an introspection gave no session.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Failure {
-    /// `active: false`, or a claim check failed: `invalid_token`.
+    /// `active: false`, a token that is no bearer access token, or a claim
+    /// check failed: `invalid_token`.
     Inactive,
     /// The endpoint could not answer: `internal_error`.
     Unavailable(String),
@@ -76,8 +82,12 @@ pub enum Failure {
 /// A mode's endpoint and its discovery state.
 pub struct Introspector {
     pub cfg: IntrospectionMode,
-    /// The discovered endpoint and when it was read.
-    found: Mutex<Option<(String, Instant)>>,
+    /// The discovered endpoint.
+    found: Mutex<Option<String>>,
+    /// The background discovery task, stopped with the mode.
+    refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Calls to the endpoint in flight, bounded.
+    calls: tokio::sync::Semaphore,
     /// Single flight for discovery, holding the time of the last failure
     /// (a failing issuer is asked at most once a second).
     discovering: tokio::sync::Mutex<Option<Instant>>,
@@ -91,6 +101,16 @@ impl std::fmt::Debug for Introspector {
         f.debug_struct("Introspector")
             .field("endpoint", &self.shown_endpoint())
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Introspector {
+    fn drop(&mut self) {
+        if let Ok(mut h) = self.refresher.lock()
+            && let Some(h) = h.take()
+        {
+            h.abort();
+        }
     }
 }
 
@@ -117,6 +137,8 @@ impl Introspector {
         Introspector {
             cfg,
             found: Mutex::new(None),
+            refresher: Mutex::new(None),
+            calls: tokio::sync::Semaphore::new(MAX_CONCURRENT_CALLS),
             discovering: tokio::sync::Mutex::new(None),
             last_error: Mutex::new(None),
             auth_header,
@@ -127,7 +149,7 @@ impl Introspector {
     pub fn is_ready(&self) -> bool {
         match self.cfg.endpoint {
             Endpoint::Fixed(_) => true,
-            Endpoint::Discovered { .. } => self.found.lock().is_ok_and(|f| f.is_some()),
+            Endpoint::Discovered { .. } => self.found().is_some(),
         }
     }
 
@@ -145,66 +167,73 @@ impl Introspector {
     }
 
     /// Keeps the discovered endpoint fresh while the mode exists: read at
-    /// once, again after [`DISCOVERY_REFRESH`], retried with backoff.
+    /// once, again after [`DISCOVERY_REFRESH`], retried with backoff while
+    /// it fails (requests meanwhile use the last endpoint found).
     pub fn start(self: &std::sync::Arc<Self>) {
-        if !matches!(self.cfg.endpoint, Endpoint::Discovered { .. }) {
+        let Endpoint::Discovered { document, issuer } = &self.cfg.endpoint else {
             return;
-        }
+        };
+        let (document, issuer) = (document.clone(), issuer.clone());
         let weak = std::sync::Arc::downgrade(self);
-        tokio::spawn(async move {
+        let handle = tokio::spawn(async move {
             let mut backoff = BACKOFF_START;
             loop {
                 let Some(this) = weak.upgrade() else { return };
-                let wait = match this.endpoint().await {
-                    Ok(_) => {
-                        backoff = BACKOFF_START;
-                        DISCOVERY_REFRESH
-                    }
-                    Err(_) => {
-                        let w = backoff;
-                        backoff = (backoff * 2).min(BACKOFF_CAP);
-                        w
-                    }
+                let ok = {
+                    let _single = this.discovering.lock().await;
+                    this.discover(&document, &issuer).await.is_ok()
                 };
                 drop(this);
+                let wait = if ok {
+                    backoff = BACKOFF_START;
+                    DISCOVERY_REFRESH
+                } else {
+                    let w = backoff;
+                    backoff = (backoff * 2).min(BACKOFF_CAP);
+                    w
+                };
                 tokio::time::sleep(wait).await;
             }
         });
+        if let Ok(mut slot) = self.refresher.lock() {
+            *slot = Some(handle);
+        }
     }
 
-    /// The endpoint to POST to: the configured one, or the discovered one
-    /// (read again after [`DISCOVERY_REFRESH`]; the last one found is kept
-    /// while discovery fails).
+    fn found(&self) -> Option<String> {
+        self.found.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// The endpoint to POST to: the configured one, or the last one
+    /// discovered. Requests never wait for a refresh (the background task
+    /// does it); only until the first discovery succeeds do they discover
+    /// themselves, one at a time and at most once a second.
     async fn endpoint(&self) -> Result<String, Failure> {
         let (document, issuer) = match &self.cfg.endpoint {
             Endpoint::Fixed(url) => return Ok(url.clone()),
             Endpoint::Discovered { document, issuer } => (document, issuer),
         };
-        let fresh = |found: &Mutex<Option<(String, Instant)>>| {
-            found
-                .lock()
-                .ok()
-                .and_then(|f| f.clone())
-                .filter(|(_, at)| at.elapsed() < DISCOVERY_REFRESH)
-                .map(|(url, _)| url)
-        };
-        if let Some(url) = fresh(&self.found) {
+        if let Some(url) = self.found() {
             return Ok(url);
         }
         let mut last_failure = self.discovering.lock().await;
-        if let Some(url) = fresh(&self.found) {
+        if let Some(url) = self.found() {
             return Ok(url);
         }
-        let stale = self.found.lock().ok().and_then(|f| f.clone());
         if last_failure.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-            return match stale {
-                Some((url, _)) => Ok(url),
-                None => Err(Failure::Unavailable(
-                    self.last_error()
-                        .unwrap_or_else(|| "discovery failed".into()),
-                )),
-            };
+            return Err(Failure::Unavailable(
+                self.last_error()
+                    .unwrap_or_else(|| "discovery failed".into()),
+            ));
         }
+        let result = self.discover(document, issuer).await;
+        *last_failure = result.is_err().then(Instant::now);
+        result
+    }
+
+    /// Reads the discovery document once; a success replaces the endpoint,
+    /// a failure keeps the last one.
+    async fn discover(&self, document: &str, issuer: &str) -> Result<String, Failure> {
         let found = async {
             let doc = discovery::read(
                 &self.cfg.fetch.client,
@@ -223,9 +252,8 @@ impl Introspector {
         .await;
         match found {
             Ok(url) => {
-                *last_failure = None;
                 if let Ok(mut f) = self.found.lock() {
-                    *f = Some((url.clone(), Instant::now()));
+                    *f = Some(url.clone());
                 }
                 if let Ok(mut e) = self.last_error.lock() {
                     *e = None;
@@ -233,21 +261,16 @@ impl Introspector {
                 Ok(url)
             }
             Err(e) => {
-                *last_failure = Some(Instant::now());
                 let message = e.to_string();
                 if let Ok(mut slot) = self.last_error.lock() {
                     *slot = Some(message.clone());
                 }
-                match stale {
-                    Some((url, _)) => {
-                        tracing::warn!(issuer = %issuer, error = %message, "OpenID discovery failed; keeping the last introspection_endpoint");
-                        Ok(url)
-                    }
-                    None => {
-                        tracing::warn!(issuer = %issuer, error = %message, "OpenID discovery failed; tokens of this introspection mode are answered 503 until it succeeds");
-                        Err(Failure::Unavailable(message))
-                    }
+                if self.found().is_some() {
+                    tracing::warn!(issuer = %issuer, error = %message, "OpenID discovery failed; keeping the last introspection_endpoint");
+                } else {
+                    tracing::warn!(issuer = %issuer, error = %message, "OpenID discovery failed; tokens of this introspection mode are answered 503 until it succeeds");
                 }
+                Err(Failure::Unavailable(message))
             }
         }
     }
@@ -256,6 +279,11 @@ impl Introspector {
     /// the active answer's members.
     pub async fn introspect(&self, token: &str) -> Result<Map<String, Value>, Failure> {
         let url = self.endpoint().await?;
+        let _slot = self
+            .calls
+            .acquire()
+            .await
+            .map_err(|_| Failure::Unavailable("the mode is shutting down".into()))?;
         let body = {
             let mut form = form_urlencoded::Serializer::new(String::new());
             form.append_pair("token", token);
@@ -327,6 +355,10 @@ impl Introspector {
 
 /// Reads an introspection answer: a JSON object whose `active` is a
 /// boolean (RFC 7662, section 2.2); anything else is the endpoint's fault.
+/// An active token that cannot be a bearer access token is refused too: a
+/// refresh token (RFC 7662 has the server search every token type), or a
+/// sender-constrained token (`cnf`, RFC 7800) whose proof of possession
+/// authgate cannot check.
 pub fn answer(body: &[u8]) -> Result<Map<String, Value>, Failure> {
     let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else {
         return Err(Failure::Unavailable(
@@ -334,7 +366,18 @@ pub fn answer(body: &[u8]) -> Result<Map<String, Value>, Failure> {
         ));
     };
     match map.get("active") {
-        Some(Value::Bool(true)) => Ok(map),
+        Some(Value::Bool(true)) => {
+            let refresh = map
+                .get("token_type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| {
+                    t.eq_ignore_ascii_case("refresh_token") || t.eq_ignore_ascii_case("refresh")
+                });
+            if refresh || map.contains_key("cnf") {
+                return Err(Failure::Inactive);
+            }
+            Ok(map)
+        }
         Some(Value::Bool(false)) => Err(Failure::Inactive),
         _ => Err(Failure::Unavailable(
             "the introspection answer has no boolean `active`".into(),
@@ -361,6 +404,14 @@ mod tests {
         );
         let ok = answer(br#"{"active":true,"sub":"u"}"#).unwrap();
         assert_eq!(ok["sub"], json!("u"));
+        for not_bearer in [
+            &br#"{"active":true,"token_type":"refresh_token"}"#[..],
+            br#"{"active":true,"token_type":"Refresh"}"#,
+            br#"{"active":true,"cnf":{"jkt":"x"}}"#,
+        ] {
+            assert_eq!(answer(not_bearer).unwrap_err(), Failure::Inactive);
+        }
+        assert!(answer(br#"{"active":true,"token_type":"Bearer"}"#).is_ok());
         for bad in [
             &br#"{"active":"true"}"#[..],
             br#"{"sub":"u"}"#,

@@ -7,7 +7,10 @@ use serde_json::Value;
 use super::env::{Env, env_string};
 use super::http_client::{FetchPurpose, key_fetch};
 use super::reader::{Diagnostics, Obj, YamlPath, as_str_list};
-use super::{claims_config, clear_text_off_loopback, oidc_document, token_location, web_url};
+use super::{
+    MAX_CACHE_TTL_SECONDS, claims_config, clear_text_off_loopback, oidc_document, token_location,
+    web_url,
+};
 use crate::introspection::{ClientAuth, Endpoint, IntrospectionMode};
 use crate::jwks::FetchOptions;
 use crate::redact::Secret;
@@ -76,6 +79,13 @@ fn client(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Option<Client> 
         .map(|(p, v)| (p, v.as_str().map(str::to_owned)));
     let hint = o.str(d, "tokenTypeHint").map(str::to_owned);
     let cache_ttl = o.u64(d, "cacheTtl").unwrap_or(DEFAULT_CACHE_TTL);
+    if cache_ttl > MAX_CACHE_TTL_SECONDS {
+        d.error(
+            &path.key("cacheTtl"),
+            format!("at most {MAX_CACHE_TTL_SECONDS} seconds (a day)"),
+        );
+        return None;
+    }
     let fetch = match o.get("httpClient") {
         Some((p, v)) => key_fetch(d, env, p, v, FetchPurpose::Introspection),
         None => key_fetch(
@@ -87,6 +97,19 @@ fn client(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Option<Client> 
         ),
     };
     o.finish(d);
+    // The client's credentials and the form are authgate's: a configured
+    // header would go beside them (RFC 6749, section 2.3: one method).
+    if let Some(f) = &fetch {
+        for name in ["authorization", "content-type"] {
+            if f.headers.contains_key(name) {
+                d.error(
+                    &path.key("httpClient").key("headers"),
+                    format!("`{name}` is set by authgate for introspection (clientId, clientSecret, authMethod); it cannot be configured"),
+                );
+                return None;
+            }
+        }
+    }
     let headers_set = fetch.as_ref().is_some_and(|f| !f.headers.is_empty());
     let endpoint = match (fixed, issuer) {
         (Some((p, v)), None) => {
@@ -144,6 +167,17 @@ fn client(d: &mut Diagnostics, env: &dyn Env, mut o: Obj<'_>) -> Option<Client> 
     let client_secret = Secret(client_secret?);
     if client_secret.0.is_empty() {
         d.error(&sp, "must not be empty");
+        return None;
+    }
+    // Sent in a header (bearer) or form-encoded: a byte a header cannot
+    // carry is a config error, not a request sent without credentials.
+    if method == "bearer"
+        && reqwest::header::HeaderValue::from_str(&format!("Bearer {}", client_secret.0)).is_err()
+    {
+        d.error(
+            &sp,
+            "cannot be sent in a header: it holds a control character (a trailing newline?) or a non-ASCII character (not shown)",
+        );
         return None;
     }
     let client = match (method.as_str(), id) {

@@ -10,6 +10,7 @@ mod duration;
 pub mod elevation;
 pub mod env;
 mod http_client;
+pub mod import;
 pub mod introspection;
 pub mod reader;
 pub mod webhook;
@@ -297,7 +298,13 @@ fn settings(d: &mut Diagnostics, path: YamlPath, v: &Value) -> Settings {
         s.token_cache_max_entries = n;
     }
     if let Some(n) = o.u64(d, "tokenCacheTtl") {
-        s.token_cache_ttl = Duration::from_secs(n);
+        if n > MAX_CACHE_TTL_SECONDS {
+            d.error(
+                &o.path.key("tokenCacheTtl"),
+                format!("at most {MAX_CACHE_TTL_SECONDS} seconds (a day)"),
+            );
+        }
+        s.token_cache_ttl = Duration::from_secs(n.min(MAX_CACHE_TTL_SECONDS));
     }
     if let Some((p, v)) = o.get("decisionTimeout") {
         match as_u64(d, &p, v) {
@@ -904,6 +911,10 @@ fn web_url(d: &mut Diagnostics, at: &YamlPath, url: &str, what: &str) -> Option<
 fn clear_text_off_loopback(url: &reqwest::Url) -> bool {
     url.scheme() == "http" && !matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"))
 }
+
+/// Longest any cache keeps a verified credential (`tokenCacheTtl`,
+/// `cacheTtl`).
+pub const MAX_CACHE_TTL_SECONDS: u64 = 86_400;
 
 /// An issuer's discovery document (OpenID Connect Discovery 1.0, section
 /// 4): the issuer plus `/.well-known/openid-configuration`.

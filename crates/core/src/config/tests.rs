@@ -609,6 +609,18 @@ fn introspection_rules() {
                 "k",
                 r#"{endpoint: {value: "https://idp.example/i"}, clientId: {value: c}, clientSecret: {value: ""}}"#
             ),
+            mode(
+                "l",
+                r#"{endpoint: {value: "https://idp.example/i"}, clientId: {value: c}, clientSecret: {value: s}, cacheTtl: 86401}"#
+            ),
+            mode(
+                "m",
+                r#"{endpoint: {value: "https://idp.example/i"}, clientId: {value: c}, clientSecret: {value: s}, httpClient: {headers: {Authorization: {value: x}}}}"#
+            ),
+            mode(
+                "n",
+                r#"{endpoint: {value: "https://idp.example/i"}, clientSecret: {value: "tok\n"}, authMethod: bearer}"#
+            ),
         ]
         .concat()
     );
@@ -625,6 +637,9 @@ fn introspection_rules() {
         "modes[i].introspection.cacheTTL: unknown key `cacheTTL` (did you mean `cacheTtl`?)",
         "modes[j].introspection.oidcIssuer: an OpenID issuer has no query or fragment",
         "modes[k].introspection.clientSecret: must not be empty",
+        "modes[l].introspection.cacheTtl: at most 86400 seconds",
+        "modes[m].introspection.httpClient.headers: `authorization` is set by authgate",
+        "modes[n].introspection.clientSecret: cannot be sent in a header",
     ] {
         assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
     }

@@ -96,16 +96,19 @@ impl TokenCache {
             None => ttl,
         };
         let ttl = ttl.min(until_exp);
-        if ttl.is_zero() {
+        let Some(fresh_until) = std::time::Instant::now()
+            .checked_add(ttl)
+            .filter(|_| !ttl.is_zero())
+        else {
             return;
-        }
+        };
         self.cache.insert(
             key,
             Arc::new(CachedToken {
                 session: session.to_compact(),
                 exp: exp.unwrap_or(i64::MAX),
                 nbf: nbf.unwrap_or(i64::MIN),
-                fresh_until: std::time::Instant::now() + ttl,
+                fresh_until,
                 memo: std::sync::OnceLock::new(),
             }),
         );

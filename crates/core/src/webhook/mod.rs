@@ -336,16 +336,21 @@ impl WebhookAuth {
                     })
                 })?;
                 let status = resp.status().as_u16();
-                let resp_headers: Map<String, Value> = resp
-                    .headers()
-                    .iter()
-                    .filter_map(|(k, v)| {
-                        Some((
-                            k.as_str().to_owned(),
-                            Value::String(v.to_str().ok()?.to_owned()),
-                        ))
-                    })
-                    .collect();
+                // A header sent on several lines is one list (RFC 9110,
+                // section 5.3): `no-store` on one line must not be lost.
+                let mut resp_headers: Map<String, Value> = Map::new();
+                for (k, v) in resp.headers() {
+                    let Ok(v) = v.to_str() else { continue };
+                    match resp_headers.get_mut(k.as_str()) {
+                        Some(Value::String(joined)) => {
+                            joined.push_str(", ");
+                            joined.push_str(v);
+                        }
+                        _ => {
+                            resp_headers.insert(k.as_str().to_owned(), Value::String(v.to_owned()));
+                        }
+                    }
+                }
                 let bytes = read_capped(
                     &mut resp,
                     "the hook's answer is too large",
@@ -504,7 +509,12 @@ pub fn answer_ttl(headers: &Map<String, Value>, now: SystemTime) -> Option<Durat
                 return None;
             }
             if k.eq_ignore_ascii_case("max-age") {
-                max_age = v.trim().trim_matches('"').parse::<u64>().ok();
+                // An invalid or repeated max-age makes the answer stale
+                // (RFC 9111, sections 4.2.1 and 5.2.2.1).
+                match (max_age, v.trim().trim_matches('"').parse::<u64>()) {
+                    (None, Ok(n)) => max_age = Some(n),
+                    _ => return None,
+                }
             }
         }
     }
@@ -615,6 +625,12 @@ mod tests {
             vec![("cache-control", "no-store, max-age=60")],
             vec![("cache-control", "max-age=60, no-cache")],
             vec![("cache-control", "max-age=soon")],
+            vec![
+                ("cache-control", "max-age=soon"),
+                ("expires", later.as_str()),
+            ],
+            vec![("cache-control", "max-age=0, max-age=60")],
+            vec![("cache-control", "max-age=-1")],
             vec![("expires", earlier.as_str())],
             vec![("expires", "0")],
         ] {
