@@ -41,6 +41,45 @@ pub enum Command {
     Check(CheckArgs),
     /// Mint a signed JWT (for development and tests).
     Token(TokenArgs),
+    /// Write a Hasura auth config as an auth.yaml on stdout; what behaves
+    /// differently goes to stderr.
+    #[command(subcommand)]
+    Import(ImportCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImportCommand {
+    /// Hasura v2's environment: HASURA_GRAPHQL_JWT_SECRET(S),
+    /// _UNAUTHORIZED_ROLE, _AUTH_HOOK and _AUTH_HOOK_MODE.
+    #[command(name = "hasura-v2")]
+    HasuraV2(HasuraV2Args),
+    /// A Hasura DDN `kind: AuthConfig` file (v1 to v4).
+    Ddn(DdnArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct HasuraV2Args {
+    /// The JSON of HASURA_GRAPHQL_JWT_SECRET; `@path` reads a file.
+    #[arg(long)]
+    pub jwt_secret: Option<String>,
+    /// The JSON list of HASURA_GRAPHQL_JWT_SECRETS; `@path` reads a file.
+    #[arg(long)]
+    pub jwt_secrets: Option<String>,
+    /// HASURA_GRAPHQL_UNAUTHORIZED_ROLE.
+    #[arg(long)]
+    pub unauthorized_role: Option<String>,
+    /// HASURA_GRAPHQL_AUTH_HOOK.
+    #[arg(long)]
+    pub auth_hook: Option<String>,
+    /// HASURA_GRAPHQL_AUTH_HOOK_MODE: GET (Hasura's default) or POST.
+    #[arg(long)]
+    pub auth_hook_mode: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DdnArgs {
+    /// The AuthConfig file, YAML or JSON (a `.hml` file holding only it).
+    pub file: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -110,7 +149,84 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Token(a) => token(a),
         Command::Check(a) => block_on(check(a)),
         Command::Serve(a) => block_on(serve(a)),
+        Command::Import(c) => import(c),
     }
+}
+
+/// `authgate import`: the config on stdout, the differences on stderr
+/// (one `difference:` line each); exit 0, or 2 on unusable input.
+fn import(command: ImportCommand) -> ExitCode {
+    use config::import;
+    let imported = match command {
+        ImportCommand::HasuraV2(a) => {
+            let read = |flag: &str, v: Option<String>| -> Result<Option<String>, String> {
+                match v {
+                    Some(v) => match v.strip_prefix('@') {
+                        Some(path) => std::fs::read_to_string(path)
+                            .map(Some)
+                            .map_err(|e| format!("{flag}: cannot read {path}: {e}")),
+                        None => Ok(Some(v)),
+                    },
+                    None => Ok(None),
+                }
+            };
+            let input = (|| {
+                Ok::<_, String>(import::HasuraV2 {
+                    jwt_secret: read("--jwt-secret", a.jwt_secret)?,
+                    jwt_secrets: read("--jwt-secrets", a.jwt_secrets)?,
+                    unauthorized_role: a.unauthorized_role,
+                    auth_hook: a.auth_hook,
+                    auth_hook_mode: a.auth_hook_mode,
+                })
+            })();
+            match input {
+                Ok(input) => import::hasura_v2(&input),
+                Err(e) => Err(import::Unusable(vec![e])),
+            }
+        }
+        ImportCommand::Ddn(a) => match std::fs::read_to_string(&a.file) {
+            Ok(text) => {
+                let json = matches!(config::Format::of(&a.file), config::Format::Json);
+                match import::read_document(&text, json) {
+                    Ok(root) if import::is_ddn(&root) => import::ddn(&root),
+                    Ok(_) => Err(import::Unusable(vec![format!(
+                        "{}: not a DDN AuthConfig (expected `kind: AuthConfig` with `definition.mode`)",
+                        a.file.display()
+                    )])),
+                    Err(e) => Err(import::Unusable(vec![format!("{}: {e}", a.file.display())])),
+                }
+            }
+            Err(e) => Err(import::Unusable(vec![format!(
+                "cannot read {}: {e}",
+                a.file.display()
+            )])),
+        },
+    };
+    let imported = match imported {
+        Ok(i) => i,
+        Err(u) => {
+            for line in u.0 {
+                eprintln!("error: {line}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    // The result must load as it would in `serve`: a key that is not
+    // valid PEM, say, is found now, not at deploy time.
+    if let Err(e) = config::parse(&imported.yaml, &|name: &str| std::env::var(name).ok()) {
+        let unresolved_env = e
+            .errors()
+            .all(|p| p.message.contains("environment variable"));
+        if !unresolved_env {
+            eprintln!("error: the imported config does not load:\n{e}");
+            return ExitCode::from(2);
+        }
+    }
+    print!("{}", imported.yaml);
+    for d in &imported.differences {
+        eprintln!("difference: {d}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn block_on(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {

@@ -12,6 +12,7 @@ mod elevation;
 mod faults;
 mod grpc_check;
 mod http_check;
+mod import;
 mod introspection;
 mod jwks;
 mod oidc_provider;

@@ -192,6 +192,28 @@ pub fn parse_as(text: &str, format: Format, env: &dyn Env) -> Result<Config, Con
         }),
     };
     let root = parsed.map_err(|p| ConfigErrors(vec![p]))?.0;
+    // A DDN AuthConfig is read as its import (docs/migrating-from-hasura.md);
+    // what behaves differently is reported as warnings.
+    if import::is_ddn(&root) {
+        return match import::ddn_config(&root) {
+            Ok(imported) => {
+                let mut c = parse_as(&imported.yaml, Format::Yaml, env)?;
+                c.warnings.extend(imported.differences.into_iter().map(|diff| Problem {
+                    severity: Severity::Warning,
+                    ..Problem::error(
+                        YamlPath::root(),
+                        format!("read as a DDN AuthConfig (`authgate import ddn` writes the equivalent auth.yaml): {diff}"),
+                    )
+                }));
+                c.fingerprint = print;
+                Ok(c)
+            }
+            Err(mut problems) => {
+                positions.place(&mut problems);
+                Err(ConfigErrors(problems))
+            }
+        };
+    }
     let mut d = Diagnostics::default();
     let config = compile(&mut d, env, &root);
     positions.place(&mut d.warnings);

@@ -116,7 +116,12 @@ impl Engine {
         let id_filter = req.headers.get(ID_HEADER).filter(|v| !v.is_empty());
         let mut refused: Option<(DenyReason, &ModeRef)> = None;
         for (index, auth) in self.modes.iter().enumerate() {
-            if mode_filter.is_some_and(|m| m != auth.mode.kind)
+            // A mode type selects the modes of that type (RelyAuth); any
+            // other value names one mode's id (DDN's `alternativeModes`).
+            let selected = |m: &str| {
+                m == auth.mode.kind || (!super::MODE_ORDER.contains(&m) && m == &*auth.mode.id)
+            };
+            if mode_filter.is_some_and(|m| !selected(m))
                 || id_filter.is_some_and(|id| id != &*auth.mode.id)
             {
                 continue;
