@@ -214,9 +214,10 @@ fn import(command: ImportCommand) -> ExitCode {
     // The result must load as it would in `serve`: a key that is not
     // valid PEM, say, is found now, not at deploy time.
     if let Err(e) = config::parse(&imported.yaml, &|name: &str| std::env::var(name).ok()) {
+        // Variables unset here may well be set where it runs.
         let unresolved_env = e
             .errors()
-            .all(|p| p.message.contains("environment variable"));
+            .all(|p| p.message.contains("and no `value` fallback is given"));
         if !unresolved_env {
             eprintln!("error: the imported config does not load:\n{e}");
             return ExitCode::from(2);

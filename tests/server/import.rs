@@ -96,6 +96,8 @@ async fn hasura_v2_jwt_secret_decides_as_hasura() {
                 "x-hasura-default-role": "user",
                 "x-hasura-user-id": "u1",
                 "x-hasura-org": "o1",
+                // Hasura's role is the requested or the default one.
+                "x-hasura-role": "editor",
                 "not-a-session-variable": "dropped",
             },
         });
@@ -351,4 +353,60 @@ fn import_exit_codes() {
     let (code, _, err) = import(&["ddn", relyauth.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not a DDN AuthConfig"), "{err}");
+}
+
+/// DDN v4 with a `noAuth` primary and a JWT alternative: the alternative
+/// runs only when selected, so a token sent without the header still gets
+/// the primary's anonymous session, as in DDN.
+#[tokio::test]
+async fn ddn_alternative_modes_run_only_when_selected() {
+    let yaml = format!(
+        r#"kind: AuthConfig
+version: v4
+definition:
+  mode:
+    noAuth: {{role: guest, sessionVariables: {{}}}}
+  alternativeModes:
+    - identifier: users
+      config:
+        jwt:
+          key: {{fixed: {{algorithm: HS256, key: {{value: "{SECRET}"}}}}}}
+          tokenLocation: {{type: BearerAuthorization}}
+          claimsConfig:
+            namespace: {{claimsFormat: Json, location: "/https:~1~1hasura.io~1jwt~1claims"}}
+"#
+    );
+    let server = TestServer::start(&yaml).await;
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    let token = sign(
+        Algorithm::HS256,
+        &key,
+        json!({
+            "exp": now() + 600,
+            "https://hasura.io/jwt/claims": {
+                "x-hasura-allowed-roles": ["user", "editor"],
+                "x-hasura-default-role": "user",
+                // A role claim is not how Hasura picks the role.
+                "x-hasura-role": "editor",
+                "x-hasura-user-id": "u4",
+            },
+        }),
+    );
+    let bearer = format!("Bearer {token}");
+    let guest = Hasura::Session(vec![("x-hasura-role", "guest")]);
+    assert_eq!(decided(&server, &[]).await, guest);
+    assert_eq!(decided(&server, &[("authorization", &bearer)]).await, guest);
+    assert_eq!(
+        decided(
+            &server,
+            &[("authorization", &bearer), ("x-hasura-auth-mode", "users")]
+        )
+        .await,
+        Hasura::Session(vec![("x-hasura-role", "user"), ("x-hasura-user-id", "u4")])
+    );
+    assert_eq!(
+        decided(&server, &[("x-hasura-auth-mode", "users")]).await,
+        Hasura::Refused,
+        "selected, and no token"
+    );
 }

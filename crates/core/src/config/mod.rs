@@ -197,7 +197,22 @@ pub fn parse_as(text: &str, format: Format, env: &dyn Env) -> Result<Config, Con
     if import::is_ddn(&root) {
         return match import::ddn_config(&root) {
             Ok(imported) => {
-                let mut c = parse_as(&imported.yaml, Format::Yaml, env)?;
+                // Problems of the imported form (a key that is not PEM, an
+                // unset variable) have no place in this file: no position.
+                let mut c = parse_as(&imported.yaml, Format::Yaml, env).map_err(|e| {
+                    ConfigErrors(
+                        e.0.into_iter()
+                            .map(|p| Problem {
+                                location: None,
+                                message: format!(
+                                    "in the imported form of this DDN AuthConfig: {}",
+                                    p.message
+                                ),
+                                ..p
+                            })
+                            .collect(),
+                    )
+                })?;
                 c.warnings.extend(imported.differences.into_iter().map(|diff| Problem {
                     severity: Severity::Warning,
                     ..Problem::error(
@@ -397,7 +412,8 @@ fn modes(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> Vec<M
                 );
             }
         }
-        if matches!(mode.kind, ModeKind::NoAuth(_)) {
+        // A noAuth mode that runs only when selected is no fallback.
+        if matches!(mode.kind, ModeKind::NoAuth(_)) && !mode.only_when_selected {
             no_auth += 1;
             if no_auth > 1 {
                 d.error(&p, "only one noAuth mode is allowed");
@@ -425,6 +441,7 @@ fn mode(
         None => Arc::from(sorted_index.to_string()),
     };
     let _ = o.str(d, "description");
+    let only_when_selected = o.bool(d, "onlyWhenSelected").unwrap_or(false);
     let rules = match o.get("securityRules") {
         Some((p, v)) => security_rules(d, env, p, v),
         None => Some(SecurityRules::default()),
@@ -457,6 +474,7 @@ fn mode(
         id,
         kind: kind?,
         rules: rules?,
+        only_when_selected,
     })
 }
 

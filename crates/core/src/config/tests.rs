@@ -768,3 +768,39 @@ fn webhook_cache_rules() {
         [Some(10_000), Some(5), None, None]
     );
 }
+
+/// `onlyWhenSelected`: a boolean; a noAuth mode with it is no fallback,
+/// so it does not count toward the one noAuth mode allowed.
+#[test]
+fn only_when_selected_rules() {
+    let c = parse(
+        r#"
+definition:
+  modes:
+    - {mode: noAuth, sessionVariables: {x-hasura-role: {value: a}}}
+    - {id: guest, mode: noAuth, onlyWhenSelected: true, sessionVariables: {x-hasura-role: {value: g}}}
+"#,
+        &env,
+    )
+    .expect("loads");
+    assert!(!c.modes[0].only_when_selected);
+    assert!(c.modes[1].only_when_selected);
+    let errs = errors(
+        r#"
+definition:
+  modes:
+    - {mode: noAuth, onlyWhenSelected: "yes", sessionVariables: {x-hasura-role: {value: a}}}
+    - {mode: noAuth, sessionVariables: {x-hasura-role: {value: b}}}
+    - {mode: noAuth, sessionVariables: {x-hasura-role: {value: c}}}
+"#,
+    );
+    assert!(
+        errs.iter().any(|e| e.contains("onlyWhenSelected")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("only one noAuth mode is allowed")),
+        "{errs:?}"
+    );
+}

@@ -150,6 +150,7 @@ impl Engine {
                 mode,
                 kind,
                 rules: m.rules,
+                only_when_selected: m.only_when_selected,
             });
         }
         let token_cache = (settings.token_cache_max_entries > 0)

@@ -28,6 +28,7 @@ pub(super) struct Authenticator {
     pub(super) mode: ModeRef,
     pub(super) kind: AuthKind,
     pub(super) rules: SecurityRules,
+    pub(super) only_when_selected: bool,
 }
 
 pub(super) enum AuthKind {
@@ -121,8 +122,10 @@ impl Engine {
             let selected = |m: &str| {
                 m == auth.mode.kind || (!super::MODE_ORDER.contains(&m) && m == &*auth.mode.id)
             };
+            let named = |v: Option<&str>| v == Some(&*auth.mode.id);
             if mode_filter.is_some_and(|m| !selected(m))
                 || id_filter.is_some_and(|id| id != &*auth.mode.id)
+                || (auth.only_when_selected && !named(mode_filter) && !named(id_filter))
             {
                 continue;
             }

@@ -55,6 +55,9 @@ pub struct Mode {
     pub id: Arc<str>,
     pub kind: ModeKind,
     pub rules: SecurityRules,
+    /// `onlyWhenSelected`: the mode runs only for requests whose selection
+    /// header names its id (DDN's `alternativeModes`).
+    pub only_when_selected: bool,
 }
 
 #[derive(Debug)]

@@ -5,8 +5,8 @@ use serde_json::Value;
 use serde_yaml_ng::Value as Y;
 
 use super::{
-    Findings, Imported, Unusable, finish, jmespath, json_pointer, literal, map,
-    role_header_difference, yaml,
+    Findings, Imported, Unusable, empty_audience, finish, jmespath, json_pointer, literal, map,
+    role_header_difference, without_role_claim, yaml,
 };
 use crate::config::reader::{Diagnostics, Obj, Problem, YamlPath, as_str};
 
@@ -149,7 +149,7 @@ fn one_mode(
     let body = match (jwt, webhook, no_auth) {
         (Some((p, v)), None, None) => jwt_mode(d, f, p, v)?,
         (None, Some((p, v)), None) => webhook_mode(d, f, version, p, v)?,
-        (None, None, Some((p, v))) => no_auth_mode(d, p, v)?,
+        (None, None, Some((p, v))) => no_auth_mode(d, f, p, v)?,
         _ => {
             d.error(
                 &path,
@@ -167,17 +167,7 @@ fn one_mode(
         out.insert(k, v);
     }
     if alternative {
-        let pattern = format!("^{}$", regex::escape(id));
-        out.insert(
-            "securityRules".into(),
-            map([(
-                "headerRules",
-                map([(
-                    "X-Hasura-Auth-Mode",
-                    map([("include", literal(Y::Sequence(vec![pattern.into()])))]),
-                )]),
-            )]),
-        );
+        out.insert("onlyWhenSelected".into(), true.into());
     }
     Some(Y::Mapping(out))
 }
@@ -314,13 +304,21 @@ fn jwt_mode(d: &mut Diagnostics, f: &mut Findings, path: YamlPath, v: &Value) ->
                     }
                 };
                 f.differ("claims namespace: DDN makes every key of the namespace object a session variable; authgate takes only its `x-hasura-*` keys");
-                map([(
-                    "namespace",
-                    map([
-                        ("location", jmespath(&steps).into()),
-                        ("claimsFormat", format.into()),
-                    ]),
-                )])
+                // DDN's role is the requested one or the default, never a
+                // claim.
+                let (role, none) = without_role_claim();
+                let mut locations = serde_yaml_ng::Mapping::new();
+                locations.insert(role, none);
+                map([
+                    (
+                        "namespace",
+                        map([
+                            ("location", jmespath(&steps).into()),
+                            ("claimsFormat", format.into()),
+                        ]),
+                    ),
+                    ("locations", Y::Mapping(locations)),
+                ])
             }
             (None, Some((lp, lv))) => {
                 let mut lo = Obj::open(d, lp.clone(), lv)?;
@@ -365,6 +363,12 @@ fn jwt_mode(d: &mut Diagnostics, f: &mut Findings, path: YamlPath, v: &Value) ->
                     };
                     out.insert(name.to_ascii_lowercase().into(), mapped);
                 }
+                for required in ["x-hasura-default-role", "x-hasura-allowed-roles"] {
+                    if !out.contains_key(required) {
+                        d.error(&lp, format!("missing required key `{required}`"));
+                        return None;
+                    }
+                }
                 map([("locations", Y::Mapping(out))])
             }
             _ => {
@@ -381,6 +385,10 @@ fn jwt_mode(d: &mut Diagnostics, f: &mut Findings, path: YamlPath, v: &Value) ->
     let audience = match audience {
         None => Y::Null,
         Some((ap, av)) => match av {
+            Value::Array(items) if items.is_empty() => {
+                empty_audience(f, &ap.to_string());
+                return None;
+            }
             Value::Array(items) if items.iter().all(Value::is_string) => {
                 f.differ("audience: a token without `aud` passes DDN's check; authgate refuses it");
                 yaml(av)
@@ -396,6 +404,7 @@ fn jwt_mode(d: &mut Diagnostics, f: &mut Findings, path: YamlPath, v: &Value) ->
     }
     f.differ("DDN checks only `exp` (with the leeway); authgate also refuses a token whose `nbf` or `iat` is in the future (beyond `allowedSkew`)");
     role_header_difference(f, "401");
+    f.differ("DDN refuses a token whose default role is not among its allowed roles, even when another role is requested; authgate checks only the role in use");
     Some(map([
         ("mode", "jwt".into()),
         ("tokenLocation", location),
@@ -447,6 +456,10 @@ fn webhook_mode(
         (env_value(d, up, uv)?, post)
     };
     f.differ("the hook's 401: DDN answers the client 403, authgate 401 `webhook_denied`; its other 4xx: DDN answers 500, authgate 401");
+    f.differ("a client `x-hasura-role` other than the role a webhook or noAuth mode gives: DDN answers 401; authgate keeps the mode's role");
+    if !post {
+        f.differ("GET hook: authgate does not forward the hop-by-hop headers Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade and Proxy-Authorization to the hook; DDN's `*` does");
+    }
     // What goes as HTTP headers and what in a POST body, as DDN builds it.
     let (headers, body_headers) = match custom {
         None => (
@@ -577,7 +590,9 @@ fn body_selection(d: &mut Diagnostics, path: YamlPath, v: &Value) -> Option<Stri
         None => "headers".to_owned(),
         Some((_, Value::String(s))) if s == "*" => "headers".to_owned(),
         Some((fp, Value::Array(items))) => {
-            let mut fields = Vec::new();
+            // A header the request lacks is left out, as DDN leaves it
+            // out (an object member would be `null`).
+            let mut parts = vec!["`{}`".to_owned()];
             for item in items {
                 let Value::String(name) = item else {
                     d.error(&fp, "expected \"*\" or a list of header names");
@@ -585,11 +600,11 @@ fn body_selection(d: &mut Diagnostics, path: YamlPath, v: &Value) -> Option<Stri
                 };
                 let name = name.to_ascii_lowercase();
                 let key = serde_json::to_string(&name).unwrap_or_default();
-                fields.push(format!("{key}: headers.{key}"));
+                parts.push(format!(
+                    "headers.{key} && {{{key}: headers.{key}}} || `{{}}`"
+                ));
             }
-            // JMESPath keeps null members; the hook sees them as absent
-            // headers would be: `null`.
-            format!("{{{}}}", fields.join(", "))
+            format!("merge({})", parts.join(", "))
         }
         Some((fp, _)) => {
             d.error(&fp, "expected \"*\" or a list of header names");
@@ -614,7 +629,8 @@ fn body_selection(d: &mut Diagnostics, path: YamlPath, v: &Value) -> Option<Stri
     Some(expr)
 }
 
-fn no_auth_mode(d: &mut Diagnostics, path: YamlPath, v: &Value) -> Option<Y> {
+fn no_auth_mode(d: &mut Diagnostics, f: &mut Findings, path: YamlPath, v: &Value) -> Option<Y> {
+    f.differ("a client `x-hasura-role` other than the role a webhook or noAuth mode gives: DDN answers 401; authgate keeps the mode's role");
     let mut o = Obj::open(d, path.clone(), v)?;
     let role = o.str(d, "role").map(str::to_owned);
     let vars = o.require(d, "sessionVariables");

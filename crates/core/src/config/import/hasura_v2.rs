@@ -8,8 +8,8 @@ use serde_json::{Map, Value};
 use serde_yaml_ng::Value as Y;
 
 use super::{
-    Findings, Imported, Step, Unusable, admin_secret_difference, finish, hasura_json_path,
-    jmespath, literal, map, role_header_difference, yaml,
+    Findings, Imported, Step, Unusable, admin_secret_difference, empty_audience, finish,
+    hasura_json_path, jmespath, literal, map, role_header_difference, without_role_claim, yaml,
 };
 
 /// What a Hasura v2 instance was started with.
@@ -111,6 +111,16 @@ pub fn hasura_v2(input: &HasuraV2) -> Result<Imported, Unusable> {
     if jwt {
         role_header_difference(&mut f, "400 (access-denied)");
         f.differ("a refused token: Hasura answers 400 (invalid-jwt), authgate 401 `invalid_token` with `WWW-Authenticate`");
+        f.differ("a session variable that is not a string in the token (`\"x-hasura-user-id\": 42`): Hasura refuses the token; authgate passes the value on as text");
+        let authorization = |s: &Value| {
+            s.get("header")
+                .and_then(|h| h.get("type"))
+                .and_then(Value::as_str)
+                .is_none_or(|t| t.eq_ignore_ascii_case("authorization"))
+        };
+        if secrets.iter().any(|(_, s)| authorization(s)) {
+            f.differ("the Authorization header: Hasura answers 400 to anything but exactly `Bearer <token>`; authgate also takes `bearer` in any case, and treats another scheme (`Basic ...`) as no token (the unauthorized role, or 401)");
+        }
     }
     if let Some(role) = &input.unauthorized_role {
         if role.trim().is_empty() {
@@ -143,6 +153,9 @@ pub fn hasura_v2(input: &HasuraV2) -> Result<Imported, Unusable> {
             f.differ("GET hook: authgate does not forward the hop-by-hop headers Keep-Alive, TE, Trailer, Transfer-Encoding, Upgrade and Proxy-Authorization to the hook; Hasura does");
         }
         f.differ("`Cache-Control`/`Expires` in the hook's answer: Hasura OSS reads them only for websocket expiry; the import leaves authgate's `cache` off (turn it on to reuse answers as Hasura Cloud does)");
+        if method == "POST" {
+            f.differ("POST hook: the body's `request` is the GraphQL request only where the proxy passes the body to authgate (Hasura's `/auth/hasura` endpoint, Envoy's `with_request_body`); otherwise it is null. HASURA_GRAPHQL_AUTH_HOOK_SEND_REQUEST_BODY has no counterpart");
+        }
         modes.push(map([
             ("id", "hasura-auth-hook".into()),
             ("mode", "webhook".into()),
@@ -249,6 +262,10 @@ fn jwt_mode(f: &mut Findings, at: &str, id: &str, secret: &Value) -> Option<Y> {
     let audience = match s.get("audience") {
         None | Some(Value::Null) => Y::Null,
         Some(Value::String(a)) => Y::Sequence(vec![a.as_str().into()]),
+        Some(Value::Array(list)) if list.is_empty() => {
+            empty_audience(f, &format!("{at}.audience"));
+            return None;
+        }
         Some(Value::Array(list)) if list.iter().all(Value::is_string) => {
             yaml(&Value::Array(list.clone()))
         }
@@ -298,13 +315,22 @@ fn jwt_mode(f: &mut Findings, at: &str, id: &str, secret: &Value) -> Option<Y> {
 }
 
 fn claims_config(f: &mut Findings, at: &str, s: &Map<String, Value>) -> Option<Y> {
+    let namespace = s.get("claims_namespace").filter(|v| !v.is_null());
+    let namespace_path = s.get("claims_namespace_path").filter(|v| !v.is_null());
+    if namespace.is_some() && namespace_path.is_some() {
+        f.unusable(format!(
+            "{at}: `claims_namespace` and `claims_namespace_path` both set (Hasura refuses it)"
+        ));
+        return None;
+    }
     if let Some(cm) = s.get("claims_map").filter(|v| !v.is_null()) {
         let Value::Object(cm) = cm else {
             f.unusable(format!("{at}.claims_map: expected an object"));
             return None;
         };
+        // Hasura looks the two up by their exact (lower-case) names.
         for required in ["x-hasura-allowed-roles", "x-hasura-default-role"] {
-            if !cm.keys().any(|k| k.eq_ignore_ascii_case(required)) {
+            if !cm.contains_key(required) {
                 f.unusable(format!("{at}.claims_map: `{required}` is required (Hasura refuses the secret without it)"));
                 return None;
             }
@@ -339,22 +365,21 @@ fn claims_config(f: &mut Findings, at: &str, s: &Map<String, Value>) -> Option<Y
                         }
                     }
                 }
-                literal_value => map([("default", literal(yaml(literal_value)))]),
+                Value::String(_) => map([("default", literal(yaml(v)))]),
+                Value::Array(_) if name == "x-hasura-allowed-roles" => {
+                    map([("default", literal(yaml(v)))])
+                }
+                _ => {
+                    f.unusable(format!("{at}.claims_map.{name}: a literal must be a string (a list of roles for x-hasura-allowed-roles), as Hasura requires"));
+                    return None;
+                }
             };
             locations.insert(Y::String(name), entry);
         }
         return Some(map([("locations", Y::Mapping(locations))]));
     }
-    let location = match (
-        s.get("claims_namespace").filter(|v| !v.is_null()),
-        s.get("claims_namespace_path").filter(|v| !v.is_null()),
-    ) {
-        (Some(_), Some(_)) => {
-            f.unusable(format!(
-                "{at}: `claims_namespace` and `claims_namespace_path` both set (Hasura refuses it)"
-            ));
-            return None;
-        }
+    let location = match (namespace, namespace_path) {
+        (Some(_), Some(_)) => return None,
         (None, Some(Value::String(p))) => match hasura_json_path(p) {
             Ok(steps) => {
                 if let Some(Step::Key(first)) = steps.first()
@@ -369,7 +394,12 @@ fn claims_config(f: &mut Findings, at: &str, s: &Map<String, Value>) -> Option<Y
                 return None;
             }
         },
-        (Some(Value::String(ns)), None) => jmespath(&[Step::Key(ns.clone())]),
+        (Some(Value::String(ns)), None) => {
+            if REGISTERED.contains(&ns.as_str()) {
+                f.differ(format!("{at}.claims_namespace: Hasura looks only among the unregistered claims, so `{ns}` finds nothing there; authgate finds it"));
+            }
+            jmespath(&[Step::Key(ns.clone())])
+        }
         (None, None) => jmespath(&[Step::Key(DEFAULT_NAMESPACE.into())]),
         _ => {
             f.unusable(format!("{at}: the claims namespace must be a string"));
@@ -386,11 +416,18 @@ fn claims_config(f: &mut Findings, at: &str, s: &Map<String, Value>) -> Option<Y
             return None;
         }
     };
-    Some(map([(
-        "namespace",
-        map([
-            ("location", location.into()),
-            ("claimsFormat", format.into()),
-        ]),
-    )]))
+    // Hasura's role is the requested one or the default, never a claim.
+    let (role, none) = without_role_claim();
+    let mut locations = serde_yaml_ng::Mapping::new();
+    locations.insert(role, none);
+    Some(map([
+        (
+            "namespace",
+            map([
+                ("location", location.into()),
+                ("claimsFormat", format.into()),
+            ]),
+        ),
+        ("locations", Y::Mapping(locations)),
+    ]))
 }

@@ -35,6 +35,14 @@ impl std::fmt::Display for Unusable {
     }
 }
 
+/// An empty audience list: Hasura then refuses every token that carries
+/// `aud`; authgate reads an empty list as no check, so it is refused.
+fn empty_audience(f: &mut Findings, at: &str) {
+    f.unusable(format!(
+        "{at}: an empty audience list (Hasura refuses every token that carries `aud`; authgate cannot say that): list the audiences, or remove the key"
+    ));
+}
+
 /// Reads a document to import: JSON or YAML (`json` says which).
 pub fn read_document(text: &str, json: bool) -> Result<Value, String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -147,46 +155,50 @@ fn jmespath(steps: &[Step]) -> String {
 }
 
 /// Hasura's JSONPath (its `Data.Parser.JSONPath`): an optional `$`, then
-/// `.name`, `name` first, `[n]`, `['key']` or `["key"]`; no wildcards,
-/// filters or slices.
+/// elements, each an optional `.` and a name, `[n]`, `['key']` or
+/// `["key"]` (quoted keys decoded as JSON strings); no wildcards, filters
+/// or slices. `$` alone is the root.
 fn hasura_json_path(path: &str) -> Result<Vec<Step>, String> {
     let bad = |why: &str| Err(format!("JSONPath `{path}`: {why}"));
+    if path.is_empty() {
+        return bad("empty");
+    }
     let mut rest = path.strip_prefix('$').unwrap_or(path);
     let mut steps = Vec::new();
-    let mut first = !path.starts_with('$');
     while !rest.is_empty() {
-        if let Some(r) = rest.strip_prefix('.') {
-            rest = r;
-        } else if !first && !rest.starts_with('[') {
-            return bad("expected `.` or `[`");
-        }
-        first = false;
+        rest = rest.strip_prefix('.').unwrap_or(rest);
         if let Some(r) = rest.strip_prefix('[') {
             if let Some(q) = r.chars().next().filter(|c| *c == '\'' || *c == '"') {
-                let mut key = String::new();
-                let mut chars = r[1..].char_indices();
+                // The raw text up to the closing quote, escapes kept.
+                let body = &r[1..];
                 let mut end = None;
-                while let Some((i, c)) = chars.next() {
+                let mut escaped = false;
+                for (i, c) in body.char_indices() {
                     match c {
-                        '\\' => match chars.next() {
-                            Some((_, e)) => key.push(match e {
-                                'n' => '\n',
-                                't' => '\t',
-                                other => other,
-                            }),
-                            None => return bad("unterminated escape"),
-                        },
+                        _ if escaped => escaped = false,
+                        '\\' => escaped = true,
                         c if c == q => {
-                            end = Some(i + 2);
+                            end = Some(i);
                             break;
                         }
-                        c => key.push(c),
+                        _ => {}
                     }
                 }
                 let Some(end) = end else {
                     return bad("unterminated quoted key");
                 };
-                let Some(r) = r[end..].strip_prefix(']') else {
+                let raw = &body[..end];
+                // As a JSON string: a single-quoted key's `\'` is a quote,
+                // its bare `"` needs escaping.
+                let json = if q == '\'' {
+                    raw.replace("\\'", "'").replace('"', "\\\"")
+                } else {
+                    raw.to_owned()
+                };
+                let Ok(key) = serde_json::from_str::<String>(&format!("\"{json}\"")) else {
+                    return bad("a quoted key that is not a valid JSON string");
+                };
+                let Some(r) = body[end + 1..].strip_prefix(']') else {
                     return bad("expected `]` after a quoted key");
                 };
                 steps.push(Step::Key(key));
@@ -252,6 +264,13 @@ fn role_header_difference(f: &mut Findings, hasura_status: &str) {
     f.differ(format!(
         "a requested `x-hasura-role` outside the token's allowed roles: Hasura answers {hasura_status}, authgate 403 `role_not_allowed`"
     ));
+    f.differ("a token without `x-hasura-allowed-roles`: Hasura refuses it; authgate accepts it with its `x-hasura-default-role` (a requested role is then ignored), and refuses it only without that too");
+}
+
+/// `locations` that keep Hasura's role choice: the requested role, else
+/// the default one, never an `x-hasura-role` claim of the token.
+fn without_role_claim() -> (Y, Y) {
+    ("x-hasura-role".into(), map([("path", "`null`".into())]))
 }
 
 fn admin_secret_difference(f: &mut Findings) {

@@ -24,11 +24,14 @@ fn hasura_json_paths_become_jmespath() {
         ("$.x-hasura-foo", r#""x-hasura-foo""#),
         (r"$['it\'s']", r#""it's""#),
         (r#"$["a\"b"]"#, r#""a\"b""#),
+        (r"$['a\u002eb']", r#""a.b""#),
+        ("$a", "a"),
+        ("$.a[0]b", "a[0].b"),
     ] {
         assert_eq!(steps(from), to, "{from}");
     }
     for bad in [
-        "$a", "$.", "$.a[", "$.a['x", "$.a[x]", "$.a[*]", "$..a", "$.a[-1]",
+        "", "$.", "$.a[", "$.a['x", "$.a[x]", "$.a[*]", "$..a", "$.a[-1]", r"$['\x']",
     ] {
         assert!(hasura_json_path(bad).is_err(), "{bad}");
     }
@@ -104,7 +107,10 @@ fn hasura_v2_field_matrix() {
     assert_eq!(m["requireExp"], false);
     assert_eq!(
         m["claimsConfig"],
-        json!({"namespace": {"location": "\"https://hasura.io/jwt/claims\"", "claimsFormat": "Json"}})
+        json!({
+            "namespace": {"location": "\"https://hasura.io/jwt/claims\"", "claimsFormat": "Json"},
+            "locations": {"x-hasura-role": {"path": "`null`"}},
+        })
     );
     assert!(has(&i.differences, "admin secret"));
     assert!(has(&i.differences, "Hasura answers 400 (access-denied)"));
@@ -119,25 +125,25 @@ fn hasura_v2_field_matrix() {
         (
             json!({"type": "HS256", "key": HS, "claims_namespace": "hasura"}),
             "claimsConfig",
-            json!({"namespace": {"location": "hasura", "claimsFormat": "Json"}}),
+            json!({"namespace": {"location": "hasura", "claimsFormat": "Json"}, "locations": {"x-hasura-role": {"path": "`null`"}}}),
             None,
         ),
         (
             json!({"type": "HS256", "key": HS, "claims_namespace_path": "$.a['b.c']", "claims_format": "stringified_json"}),
             "claimsConfig",
-            json!({"namespace": {"location": "a.\"b.c\"", "claimsFormat": "StringifiedJson"}}),
+            json!({"namespace": {"location": "a.\"b.c\"", "claimsFormat": "StringifiedJson"}, "locations": {"x-hasura-role": {"path": "`null`"}}}),
             None,
         ),
         (
             json!({"type": "HS256", "key": HS, "claims_namespace_path": "$.sub"}),
             "claimsConfig",
-            json!({"namespace": {"location": "sub", "claimsFormat": "Json"}}),
+            json!({"namespace": {"location": "sub", "claimsFormat": "Json"}, "locations": {"x-hasura-role": {"path": "`null`"}}}),
             Some("looks only among the unregistered claims"),
         ),
         (
             json!({"type": "HS256", "key": HS, "claims_map": {
                 "x-hasura-allowed-roles": {"path": "$.roles"},
-                "X-Hasura-Default-Role": "user",
+                "x-hasura-default-role": "user",
                 "x-hasura-user-id": {"path": "$.sub"},
                 "x-hasura-org": {"path": "$.org[0]", "default": "none"},
             }}),
@@ -269,6 +275,22 @@ fn hasura_v2_field_matrix() {
             json!({"type": "HS256", "key": HS, "claims_namespace_path": "$[*]"}),
             "JSONPath",
         ),
+        (
+            json!({"type": "HS256", "key": HS, "audience": []}),
+            "an empty audience list",
+        ),
+        (
+            json!({"type": "HS256", "key": HS, "claims_map": {"x-hasura-allowed-roles": ["u"], "x-hasura-default-role": "u", "x-hasura-n": 1}}),
+            "a literal must be a string",
+        ),
+        (
+            json!({"type": "HS256", "key": HS, "claims_map": {"X-Hasura-Allowed-Roles": ["u"], "x-hasura-default-role": "u"}}),
+            "`x-hasura-allowed-roles` is required",
+        ),
+        (
+            json!({"type": "HS256", "key": HS, "claims_namespace": "a", "claims_namespace_path": "$.b", "claims_map": {"x-hasura-allowed-roles": ["u"], "x-hasura-default-role": "u"}}),
+            "both set",
+        ),
         (json!("HS256"), "expected a JSON object"),
     ] {
         let e = v2(secret.clone()).expect_err(&secret.to_string());
@@ -391,7 +413,10 @@ fn ddn_field_matrix() {
                 "audience": ["app"],
                 "issuer": "https://idp.example",
                 "allowedSkew": 30,
-                "claimsConfig": {"namespace": {"location": "\"https://hasura.io/jwt/claims\"", "claimsFormat": "StringifiedJson"}},
+                "claimsConfig": {
+                    "namespace": {"location": "\"https://hasura.io/jwt/claims\"", "claimsFormat": "StringifiedJson"},
+                    "locations": {"x-hasura-role": {"path": "`null`"}},
+                },
             }),
             "{version}"
         );
@@ -485,9 +510,24 @@ definition:
             "customRequest": {
                 "headers": {"forward": "*", "additional": {"user-agent": {"default": {"value": "hasura-ddn"}}}},
                 "body": {"type": "jmespath", "template": {"type": "object", "properties": {"headers": {"type": "field",
-                    "path": "merge({\"authorization\": headers.\"authorization\", \"cookie\": headers.\"cookie\"}, `{\"x-from\":\"ddn\"}`)"}}}},
+                    "path": "merge(merge(`{}`, headers.\"authorization\" && {\"authorization\": headers.\"authorization\"} || `{}`, headers.\"cookie\" && {\"cookie\": headers.\"cookie\"} || `{}`), `{\"x-from\":\"ddn\"}`)"}}}},
             },
         })
+    );
+    // The body DDN sends: forwarded headers that are present, plus the
+    // additional ones; an absent header is no member at all.
+    let body = loads(&i)["definition"]["modes"][0]["customRequest"]["body"]["template"]
+        ["properties"]["headers"]["path"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let expr = jmespath::compile(&body).unwrap();
+    let doc =
+        jmespath::Variable::from_json(r#"{"headers": {"authorization": "Bearer t", "host": "h"}}"#)
+            .unwrap();
+    assert_eq!(
+        serde_json::to_value(&*expr.search(doc).unwrap()).unwrap(),
+        json!({"authorization": "Bearer t", "x-from": "ddn"})
     );
     let i = ddn(&ddn_doc(
         "kind: AuthConfig\nversion: v3\ndefinition:\n  mode:\n    webhook:\n      method: GET\n      url: {value: \"https://hook.example\"}\n      customHeadersConfig: {}\n",
@@ -520,10 +560,7 @@ definition:
         json!({"id": "primary", "mode": "noAuth", "sessionVariables": {"x-hasura-role": {"value": "admin"}, "x-hasura-user-id": {"value": "100"}}})
     );
     assert_eq!(c["definition"]["modes"][1]["id"], "hook");
-    assert_eq!(
-        c["definition"]["modes"][1]["securityRules"],
-        json!({"headerRules": {"X-Hasura-Auth-Mode": {"include": {"value": ["^hook$"]}}}})
-    );
+    assert_eq!(c["definition"]["modes"][1]["onlyWhenSelected"], true);
     assert!(has(&i.differences, "naming no mode"));
 }
 
@@ -569,6 +606,14 @@ fn ddn_refuses_what_ddn_refuses() {
         (
             "kind: AuthConfig\nversion: v4\ndefinition: {mode: {noAuth: {role: a, sessionVariables: {}}}, alternativeModes: [{identifier: primary, config: {noAuth: {role: b, sessionVariables: {}}}}]}",
             "not `primary`",
+        ),
+        (
+            "kind: AuthConfig\nversion: v3\ndefinition: {mode: {jwt: {key: {jwkFromUrl: u}, tokenLocation: {type: BearerAuthorization}, claimsConfig: {namespace: {claimsFormat: Json, location: /x}}, audience: []}}}",
+            "an empty audience list",
+        ),
+        (
+            "kind: AuthConfig\nversion: v3\ndefinition: {mode: {jwt: {key: {jwkFromUrl: u}, tokenLocation: {type: BearerAuthorization}, claimsConfig: {locations: {x-hasura-default-role: {literal: u}}}}}}",
+            "missing required key `x-hasura-allowed-roles`",
         ),
     ] {
         let e = ddn(&ddn_doc(yaml)).expect_err(yaml);
