@@ -329,7 +329,8 @@ async fn check(args: CheckArgs) -> ExitCode {
             fetch: KeyFetch::Background,
             elevation,
         },
-    );
+    )
+    .with_policies(config.policies);
     // Remote keys are fetched once before deciding.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !engine.is_ready() && tokio::time::Instant::now() < deadline {

@@ -36,7 +36,8 @@ impl Shared {
                 fetch: KeyFetch::Background,
                 elevation,
             },
-        );
+        )
+        .with_policies(config.policies);
         // The load at start is not a reload; it sets the state gauges.
         metrics.config_last_reload_successful.set(1);
         metrics
@@ -107,7 +108,8 @@ impl Shared {
                         fetch: KeyFetch::Background,
                         elevation,
                     },
-                );
+                )
+                .with_policies(config.policies);
                 self.install(engine);
                 self.metrics.config_reload_ok.inc();
                 self.metrics.config_last_reload_successful.set(1);

@@ -21,7 +21,7 @@ use crate::request::{Headers, Request};
 
 /// Builds the neutral request from Envoy's attributes. Headers come from
 /// `header_map` (with `encode_raw_headers`) and from `headers`; pseudo
-/// headers are kept out of the header list.
+/// headers are kept out of the header list, except `host` as `:authority`.
 pub fn to_request(check: CheckRequest, peer: Option<IpAddr>) -> Request {
     let mut req = Request::default();
     let Some(attrs) = check.attributes else {
@@ -60,6 +60,9 @@ pub fn to_request(check: CheckRequest, peer: Option<IpAddr>) -> Request {
                 .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
         };
         headers.push(&hv.key, value);
+    }
+    if !http.host.is_empty() {
+        headers.push(super::wire::AUTHORITY, http.host);
     }
     req.headers = headers;
     req.method = http.method;

@@ -9,8 +9,8 @@
 //! target compares the two).
 //!
 //! Fields the pipeline does not read are skipped without being parsed, so a
-//! malformed value there (bad UTF-8 in `host`, a broken `destination`) is not
-//! an error here where prost would refuse the whole message. Everything read
+//! malformed value there (bad UTF-8 in `scheme`, a broken `destination`) is
+//! not an error here where prost would refuse the whole message. Everything read
 //! is checked as prost checks it: wire types, lengths, varints, UTF-8.
 
 use std::borrow::Cow;
@@ -18,6 +18,10 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use crate::request::{Headers, Request};
+
+/// Where `HttpRequest.host` goes among the headers (Envoy's own name for
+/// it; clients cannot send pseudo-headers, which are otherwise kept out).
+pub const AUTHORITY: &str = ":authority";
 
 /// Why a message could not be decoded (reported as a gRPC error, as tonic
 /// does for a message prost cannot decode).
@@ -163,6 +167,8 @@ struct Fields<'a> {
     headers: Vec<(&'a str, &'a str)>,
     /// From `header_map`: after the map's, as `to_request` orders them.
     raw_headers: Vec<(&'a str, Cow<'a, str>)>,
+    /// `HttpRequest.host`: the request's Host or `:authority`.
+    host: &'a str,
 }
 
 /// Decodes `buf` (one serialized `CheckRequest`). `peer` is the TCP peer,
@@ -189,6 +195,9 @@ pub fn decode_check(buf: &[u8], peer: Option<IpAddr>) -> Result<Request> {
     }
     for (k, v) in f.raw_headers {
         headers.push(k, v);
+    }
+    if !f.host.is_empty() {
+        headers.push(AUTHORITY, f.host);
     }
     Ok(Request {
         headers,
@@ -260,7 +269,7 @@ fn socket_address<'a>(buf: &'a [u8], text: &mut &'a str) -> Result<()> {
 }
 
 /// `AttributeContext.Request`: http (2) -> `HttpRequest`: method (2),
-/// headers (3), path (4), header_map (13).
+/// headers (3), path (4), host (5), header_map (13).
 fn request<'a>(buf: &'a [u8], f: &mut Fields<'a>) -> Result<()> {
     let mut r = Reader::new(buf);
     while !r.is_empty() {
@@ -277,6 +286,7 @@ fn request<'a>(buf: &'a [u8], f: &mut Fields<'a>) -> Result<()> {
                             }
                         }
                         (4, w) => f.path = h.str(w)?,
+                        (5, w) => f.host = h.str(w)?,
                         (13, w) => header_map(h.expect_len(w)?, f)?,
                         (field, w) => h.skip(field, w, 0)?,
                     }
@@ -512,7 +522,7 @@ mod tests {
             let ours = same(&c.encode_to_vec()).unwrap_or_else(|e| panic!("sample {i}: {e}"));
             if i == 2 {
                 assert_eq!(ours.headers.get("authorization"), Some("Bearer a.b.c"));
-                assert_eq!(ours.headers.get(":authority"), None);
+                assert_eq!(ours.headers.get(":authority"), Some("api.example"));
                 assert_eq!(ours.method, "POST");
                 assert_eq!(ours.path, "/v1/graphql?x=1");
                 assert_eq!(ours.source_ip, Some("203.0.113.9".parse().unwrap()));

@@ -356,12 +356,31 @@ pub fn to_request(
     let full = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/check");
     let after_check = full.strip_prefix("/check").unwrap_or(full);
     let original = forward_auth::original(proxy, method.as_str(), after_check, &h)?;
+    // `?policy=NAME` on the exact `/check` URL is the operator's (nginx's
+    // `auth_request /check?policy=admin;`); after `/check/` the query is the
+    // client's and selects nothing.
+    let mut context = std::collections::HashMap::new();
+    if uri.path() == "/check"
+        && let Some(query) = uri.query()
+    {
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            if k == authgate_core::policy::CONTEXT_KEY {
+                if context.contains_key(authgate_core::policy::CONTEXT_KEY) {
+                    return Err(ForwardError::Repeated("policy"));
+                }
+                context.insert(
+                    authgate_core::policy::CONTEXT_KEY.to_owned(),
+                    v.into_owned(),
+                );
+            }
+        }
+    }
     Ok(Request {
         headers: h,
         method: original.method,
         path: original.path,
         source_ip: Some(peer.ip()),
-        context: Default::default(),
+        context,
         body: None,
     })
 }

@@ -392,3 +392,61 @@ async fn websocket_subscriptions_are_authorized_at_the_upgrade() {
     assert!(head.starts_with("http/1.1 401"), "{head}");
     assert!(!head.contains("x-seen-"), "{head}");
 }
+
+/// A policy selected by the route's `context_extensions` (envoy/envoy.yaml's
+/// `/v1/admin/` route, `{policy: admin}`): only the role `admin` passes,
+/// and the answer is Envoy's 403 with authgate's body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_policy_through_envoy() {
+    let server = TestServer::start(&hs256_config(
+        "  policies:\n    admin: {roles: [admin]}\n    unused: {scopes: [never]}",
+    ))
+    .await;
+    let (up_addr, seen) = upstream().await;
+    let (_envoy, base, _dir) = Bootstrap::of("envoy.yaml", &server.running, up_addr)
+        .run()
+        .await;
+    let client = reqwest::Client::new();
+    let token = mint(
+        Algorithm::HS256,
+        SECRET,
+        hasura_claims("user-42", &["user", "admin"], "user"),
+        None,
+    );
+    let admin_url = format!("{base}/v1/admin/stats");
+    let resp = client
+        .get(&admin_url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap(),
+        json!({"error": "policy_denied", "message": "access denied"})
+    );
+    let before = seen.lock().unwrap().len();
+    let resp = client
+        .get(&admin_url)
+        .bearer_auth(&token)
+        .header("x-hasura-role", "admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(seen.lock().unwrap().len(), before + 1);
+    let got = seen.lock().unwrap().last().cloned().unwrap();
+    assert!(
+        got.iter()
+            .any(|(k, v)| k == "x-hasura-role" && v == "admin"),
+        "{got:?}"
+    );
+    // Other routes carry no policy.
+    let resp = client
+        .post(format!("{base}/v1/graphql"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}

@@ -16,6 +16,7 @@ mod import;
 mod introspection;
 mod jwks;
 mod oidc_provider;
+mod policies;
 mod private_ca;
 mod relyauth_vectors;
 mod store;

@@ -21,6 +21,11 @@ pub enum DenyReason {
     ElevationRequired,
     RoleNotAllowed,
     BlockedByRule,
+    /// A policy's required scopes are missing (RFC 6750, section 3.1).
+    InsufficientScope,
+    /// A policy's other requirements (modes, roles, claims) are not met, or
+    /// the selected policy is unknown.
+    PolicyDenied,
     /// The request itself cannot be decided safely: conflicting, incomplete
     /// or repeated forward-auth headers, or a path with no single reading
     /// when routes must be matched.
@@ -29,7 +34,7 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 10] = [
+    pub const ALL: [DenyReason; 12] = [
         DenyReason::MissingCredentials,
         DenyReason::InvalidToken,
         DenyReason::TokenExpired,
@@ -38,6 +43,8 @@ impl DenyReason {
         DenyReason::ElevationRequired,
         DenyReason::RoleNotAllowed,
         DenyReason::BlockedByRule,
+        DenyReason::InsufficientScope,
+        DenyReason::PolicyDenied,
         DenyReason::InvalidRequest,
         DenyReason::InternalError,
     ];
@@ -52,6 +59,8 @@ impl DenyReason {
             DenyReason::ElevationRequired => "elevation_required",
             DenyReason::RoleNotAllowed => "role_not_allowed",
             DenyReason::BlockedByRule => "blocked_by_rule",
+            DenyReason::InsufficientScope => "insufficient_scope",
+            DenyReason::PolicyDenied => "policy_denied",
             DenyReason::InvalidRequest => "invalid_request",
             DenyReason::InternalError => "internal_error",
         }
@@ -60,16 +69,22 @@ impl DenyReason {
     /// `google.rpc.Code` carried in `CheckResponse.status`.
     pub fn grpc_code(self) -> i32 {
         match self {
-            DenyReason::RoleNotAllowed | DenyReason::BlockedByRule => 7, // PERMISSION_DENIED
-            DenyReason::InvalidRequest => 3,                             // INVALID_ARGUMENT
-            DenyReason::InternalError => 14,                             // UNAVAILABLE
-            _ => 16,                                                     // UNAUTHENTICATED
+            DenyReason::RoleNotAllowed
+            | DenyReason::BlockedByRule
+            | DenyReason::InsufficientScope
+            | DenyReason::PolicyDenied => 7, // PERMISSION_DENIED
+            DenyReason::InvalidRequest => 3, // INVALID_ARGUMENT
+            DenyReason::InternalError => 14, // UNAVAILABLE
+            _ => 16,                         // UNAUTHENTICATED
         }
     }
 
     pub fn http_status(self) -> u16 {
         match self {
-            DenyReason::RoleNotAllowed | DenyReason::BlockedByRule => 403,
+            DenyReason::RoleNotAllowed
+            | DenyReason::BlockedByRule
+            | DenyReason::InsufficientScope
+            | DenyReason::PolicyDenied => 403,
             DenyReason::InvalidRequest => 400,
             DenyReason::InternalError => 503,
             _ => 401,
@@ -87,7 +102,9 @@ impl DenyReason {
             DenyReason::ElevationRequired => {
                 Some("Bearer error=\"insufficient_user_authentication\"")
             }
+            DenyReason::InsufficientScope => Some("Bearer error=\"insufficient_scope\""),
             DenyReason::RoleNotAllowed
+            | DenyReason::PolicyDenied
             | DenyReason::BlockedByRule
             | DenyReason::InvalidRequest
             | DenyReason::InternalError => None,
@@ -104,7 +121,10 @@ impl DenyReason {
             }
             DenyReason::TokenExpired => "token expired",
             DenyReason::ElevationRequired => "elevated access required",
-            DenyReason::RoleNotAllowed | DenyReason::BlockedByRule => "access denied",
+            DenyReason::RoleNotAllowed | DenyReason::BlockedByRule | DenyReason::PolicyDenied => {
+                "access denied"
+            }
+            DenyReason::InsufficientScope => "insufficient scope",
             DenyReason::InvalidRequest => "malformed request",
             DenyReason::InternalError => "authorization temporarily unavailable",
         }
@@ -134,6 +154,10 @@ impl DenyReason {
                 r#"{"error":"role_not_allowed","message":"access denied"}"#
             }
             DenyReason::BlockedByRule => r#"{"error":"blocked_by_rule","message":"access denied"}"#,
+            DenyReason::InsufficientScope => {
+                r#"{"error":"insufficient_scope","message":"insufficient scope"}"#
+            }
+            DenyReason::PolicyDenied => r#"{"error":"policy_denied","message":"access denied"}"#,
             DenyReason::InvalidRequest => {
                 r#"{"error":"invalid_request","message":"malformed request"}"#
             }

@@ -19,7 +19,8 @@
 //! | [`claims`] | verified claims to Hasura session variables (`claimsConfig`) |
 //! | [`session`] | session variables, role resolution, header rendering |
 //! | [`rules`] | security rules: allowed IPs and header patterns |
-//! | [`route`] | method and canonical path matching (elevation routes) |
+//! | [`route`] | method and canonical path matching (elevation and policy routes) |
+//! | [`policy`] | per-route policies: which apply to a request, what a credential satisfies |
 //! | [`webhook`] | the webhook mode's client, transforms and Go templates |
 //! | [`introspection`] | the introspection mode: opaque tokens checked at the issuer (RFC 7662) |
 //! | [`elevation`] | elevated access: which requests need it, grants, and the WebAuthn ceremonies |
@@ -47,6 +48,7 @@ pub mod jwt;
 pub mod keys;
 pub mod metrics;
 pub mod pipeline;
+pub mod policy;
 pub mod redact;
 pub mod request;
 pub mod route;

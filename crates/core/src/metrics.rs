@@ -147,8 +147,16 @@ const JWKS_FETCHES_HELP: &str = "JWKS fetches, by key source and result.";
 const JWKS_KEYS_HELP: &str = "Keys currently loaded, by key source.";
 const JWKS_LAST_SUCCESS_HELP: &str = "Unix time of the last successful JWKS fetch, by key source.";
 
-/// Families whose series only exist per configured key source.
-const SOURCE_FAMILIES: [(&str, &str, &str); 4] = [
+const POLICY_DECISIONS_HELP: &str =
+    "Policies checked on decisions (definition.policies), by policy and decision.";
+
+/// Families whose series only exist per configured key source or policy.
+const SOURCE_FAMILIES: [(&str, &str, &str); 5] = [
+    (
+        "authgate_policy_decisions_total",
+        "counter",
+        POLICY_DECISIONS_HELP,
+    ),
     (
         "authgate_jwk_cache_lookups_total",
         "counter",
@@ -171,6 +179,7 @@ pub struct Metrics {
     jwks_fetches: IntCounterVec,
     jwks_keys: IntGaugeVec,
     jwks_last_success: GaugeVec,
+    policy_decisions: IntCounterVec,
     pub token_cache_hit: IntCounter,
     pub token_cache_miss: IntCounter,
     /// By [`ElevationFailure`], in `ALL` order.
@@ -334,6 +343,12 @@ impl Metrics {
             "Verified-token cache lookups, by result.",
             &["result"],
         );
+        let policy_decisions = counter_vec(
+            &registry,
+            "authgate_policy_decisions_total",
+            POLICY_DECISIONS_HELP,
+            &["policy", "decision"],
+        );
         let elevation_failures = counter_vec(
             &registry,
             "authgate_elevation_failures_total",
@@ -420,6 +435,7 @@ impl Metrics {
             jwks_last_success,
             token_cache_hit: token_cache.with_label_values(&["hit"]),
             token_cache_miss: token_cache.with_label_values(&["miss"]),
+            policy_decisions,
             elevation_failures,
             elevation_ceremonies,
             elevation_store_errors,
@@ -461,6 +477,15 @@ impl Metrics {
     }
 
     /// Handles for one JWKS source (`source` = the id of the first mode using it).
+    /// `authgate_policy_decisions_total` for `policy`: (allow, deny).
+    /// Names come from the config, so the series are bounded by it.
+    pub fn policy(&self, policy: &str) -> (IntCounter, IntCounter) {
+        (
+            self.policy_decisions.with_label_values(&[policy, "allow"]),
+            self.policy_decisions.with_label_values(&[policy, "deny"]),
+        )
+    }
+
     pub fn source(&self, source: &str) -> SourceMetrics {
         SourceMetrics {
             lookup_hit: self.jwk_lookups.with_label_values(&[source, "hit"]),
@@ -527,7 +552,7 @@ pub struct Family {
 
 /// Every `authgate_*` family [`Metrics`] registers (a unit test keeps the
 /// two in step).
-pub const FAMILIES: [Family; 13] = [
+pub const FAMILIES: [Family; 14] = [
     Family {
         name: "authgate_check_requests_total",
         kind: Kind::Counter,
@@ -562,6 +587,11 @@ pub const FAMILIES: [Family; 13] = [
         name: "authgate_token_cache_lookups_total",
         kind: Kind::Counter,
         labels: &["result"],
+    },
+    Family {
+        name: "authgate_policy_decisions_total",
+        kind: Kind::Counter,
+        labels: &["policy", "decision"],
     },
     Family {
         name: "authgate_elevation_failures_total",
@@ -653,6 +683,7 @@ mod tests {
     fn families_list_what_the_registry_holds() {
         let m = Metrics::new();
         let _ = m.source("users");
+        let _ = m.policy("admin");
         m.jwks_last_success.with_label_values(&["users"]).set(1.0);
         let mut names: Vec<String> = m
             .registry

@@ -213,7 +213,7 @@ pub fn resolve_role(session: &mut Session, requested: Option<&str>) -> Result<()
 /// Whether `x-hasura-allowed-roles` lists `role`: a JSON array of strings,
 /// or a Postgres array literal string (`{a,b}`) as webhooks and stringified
 /// claims send it (a plain string is a list of one).
-fn role_allowed(allowed: &Value, role: &str) -> bool {
+pub fn role_allowed(allowed: &Value, role: &str) -> bool {
     match allowed {
         Value::Array(items) => items.iter().any(|i| i.as_str() == Some(role)),
         Value::String(s) => match parse_pg_array(s) {

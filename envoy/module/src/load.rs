@@ -81,7 +81,8 @@ pub fn build(
             fetch: KeyFetch::Background,
             elevation,
         },
-    );
+    )
+    .with_policies(config.policies);
     let loaded = rt.block_on(tokio::time::timeout(FIRST_KEYS_WAIT, async {
         while !engine.is_ready() {
             tokio::time::sleep(Duration::from_millis(10)).await;

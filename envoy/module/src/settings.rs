@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use authgate_core::config::{self, Config, ConfigErrors, Format, ProcessEnv};
 use authgate_core::elevation::CONTEXT_KEY;
+use authgate_core::policy::CONTEXT_KEY as POLICY_KEY;
 use authgate_core::rules::IpLocation;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -129,7 +130,7 @@ fn report(file: &str, e: &ConfigErrors) -> LoadError {
 }
 
 /// A route's per-filter config, as the `context_extensions` the gRPC door
-/// would receive: `{"elevation": "required"}`.
+/// would receive: `{"elevation": "required"}`, `{"policy": "admin"}`.
 pub fn route(text: &[u8]) -> Result<HashMap<String, String>, String> {
     let map: HashMap<String, String> = serde_json::from_slice(text).map_err(|e| {
         format!("the per-route config must be a JSON object of strings, e.g. {{\"elevation\": \"required\"}}: {e}")
@@ -144,9 +145,17 @@ pub fn route(text: &[u8]) -> Result<HashMap<String, String>, String> {
         );
     }
     for (k, v) in &map {
+        if k == POLICY_KEY {
+            if v.is_empty() {
+                return Err(format!(
+                    "per-route `{POLICY_KEY}` is empty (expected a policy name)"
+                ));
+            }
+            continue;
+        }
         if k != CONTEXT_KEY {
             return Err(format!(
-                "unknown per-route key `{}` (expected `{CONTEXT_KEY}`)",
+                "unknown per-route key `{}` (expected `{CONTEXT_KEY}` or `{POLICY_KEY}`)",
                 k.escape_debug()
             ));
         }
@@ -228,6 +237,11 @@ mod tests {
             route(br#"{"elevation":"required"}"#).unwrap()["elevation"],
             "required"
         );
+        assert_eq!(
+            route(br#"{"policy":"admin","elevation":"optional"}"#).unwrap()["policy"],
+            "admin"
+        );
+        assert!(route(br#"{"policy":""}"#).is_err());
         for bad in [
             &b"{}"[..],
             br#"{"elevation":"yes"}"#,

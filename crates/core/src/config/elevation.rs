@@ -115,13 +115,21 @@ pub(super) fn elevation(
 
 fn route(d: &mut Diagnostics, path: YamlPath, v: &Value) -> Option<Route> {
     let mut o = Obj::open(d, path.clone(), v)?;
+    let route = route_keys(d, &path, &mut o);
+    o.finish(d);
+    route
+}
+
+/// A route's `methods`, `path` and `pathPrefix`, read from `o` (which the
+/// caller finishes: policy routes have more keys).
+pub(super) fn route_keys(d: &mut Diagnostics, path: &YamlPath, o: &mut Obj<'_>) -> Option<Route> {
+    let path = path.clone();
     let methods = match o.get("methods") {
         Some((p, v)) => methods(d, &p, v),
         None => Some(Vec::new()),
     };
     let exact = o.str(d, "path").map(str::to_owned);
     let prefix = o.str(d, "pathPrefix").map(str::to_owned);
-    o.finish(d);
     let (key, parsed) = match (&exact, &prefix) {
         (Some(p), None) if p.starts_with('/') => ("path", RoutePath::exact(p)),
         (None, Some(p)) if p.starts_with('/') => ("pathPrefix", RoutePath::prefix(p)),

@@ -12,6 +12,7 @@ pub mod env;
 mod http_client;
 pub mod import;
 pub mod introspection;
+mod policies;
 pub mod reader;
 pub mod webhook;
 
@@ -46,6 +47,8 @@ pub struct Config {
     pub modes: Vec<Mode>,
     /// `definition.elevation`, when present.
     pub elevation: Option<crate::elevation::ElevationConfig>,
+    /// `definition.policies` and `definition.policyRoutes`.
+    pub policies: crate::policy::Policies,
     /// Non-fatal findings (weak secrets, ignored variables), for the log.
     pub warnings: Vec<Problem>,
     /// A hash of the text this config was read from, to tell an edited
@@ -310,11 +313,13 @@ fn compile(d: &mut Diagnostics, env: &dyn Env, root: &Value) -> Option<Config> {
     let elevation = def
         .get("elevation")
         .and_then(|(p, v)| elevation::elevation(d, env, p, v));
+    let policies = policies::policies(d, &mut def, &modes);
     def.finish(d);
     Some(Config {
         settings,
         modes,
         elevation,
+        policies,
         warnings: Vec::new(),
         fingerprint: 0,
     })

@@ -26,14 +26,34 @@ pub(super) struct Asks<'r> {
     /// needed: a request refused before that never has its route matched
     /// (nor a misconfigured route logged).
     elevation: OnceLock<Result<bool, DenyReason>>,
+    /// The policies that apply ([`crate::policy::Policies::applying`]),
+    /// read when first needed.
+    policies: OnceLock<Result<u64, DenyReason>>,
 }
 
 impl Asks<'_> {
     /// Whether the route asks for elevation ([`Asks::elevation`] field).
     pub(super) fn elevation(&self, engine: &Engine) -> Result<bool, DenyReason> {
-        *self.elevation.get_or_init(|| match &engine.elevation {
-            None => crate::elevation::context_requires(self.req),
-            Some(el) => el.route_requires(self.req),
+        *self.elevation.get_or_init(|| {
+            let route = match &engine.elevation {
+                None => crate::elevation::context_requires(self.req),
+                Some(el) => el.route_requires(self.req),
+            }?;
+            Ok(route || engine.policies.elevation(self.policies(engine)?))
+        })
+    }
+
+    /// The policies that apply to the request, as a bit set.
+    pub(super) fn policies(&self, engine: &Engine) -> Result<u64, DenyReason> {
+        *self.policies.get_or_init(|| {
+            if engine.policies.is_empty() {
+                // Without policies, selecting one names an unknown policy.
+                return match self.req.context.get(crate::policy::CONTEXT_KEY) {
+                    Some(_) => engine.policies.applying(self.req),
+                    None => Ok(0),
+                };
+            }
+            engine.policies.applying(self.req)
         })
     }
 
@@ -47,11 +67,13 @@ impl Asks<'_> {
             role,
             grant,
             elevation: _,
+            policies: _,
         } = self;
         reserved.is_empty()
             && role.is_none()
             && grant.is_none()
             && self.elevation(engine) == Ok(false)
+            && self.policies(engine).is_ok()
     }
 }
 
@@ -76,6 +98,7 @@ impl Engine {
             role,
             grant,
             elevation: OnceLock::new(),
+            policies: OnceLock::new(),
         }
     }
 }

@@ -34,6 +34,7 @@ use crate::elevation::{Elevation, GrantError};
 use crate::introspection::Introspector;
 use crate::jwks::{JwksCache, JwksRegistry};
 use crate::metrics::Metrics;
+use crate::policy::{Facts, Policies};
 use crate::request::Request;
 use crate::session::{self, RoleError, Session};
 use crate::webhook::WebhookAuth;
@@ -52,6 +53,9 @@ pub struct Engine {
     token_cache: Option<TokenCache>,
     metrics: Arc<Metrics>,
     elevation: Option<Arc<Elevation>>,
+    policies: Arc<Policies>,
+    /// `authgate_policy_decisions_total` (allow, deny), by policy index.
+    policy_counters: Vec<(prometheus::IntCounter, prometheus::IntCounter)>,
     pub settings: Settings,
 }
 
@@ -162,7 +166,36 @@ impl Engine {
             token_cache,
             metrics,
             elevation,
+            policies: Arc::default(),
+            policy_counters: Vec::new(),
             settings,
+        }
+    }
+
+    /// The engine with `definition.policies` and `definition.policyRoutes`.
+    pub fn with_policies(mut self, policies: Policies) -> Self {
+        self.policy_counters = policies
+            .policies
+            .iter()
+            .map(|p| self.metrics.policy(&p.name))
+            .collect();
+        self.policies = Arc::new(policies);
+        self
+    }
+
+    /// Whether a cached token's encoded allow may answer this request's
+    /// policies: it satisfies them all with the role it gets when none is
+    /// requested (the only role a memo is stored for). Counted as allows.
+    fn policies_pass_memo(&self, asks: &Asks<'_>, facts: &Facts) -> bool {
+        match asks.policies(self) {
+            Ok(0) => true,
+            Ok(mask) if mask & !facts.passes == 0 => {
+                for i in crate::policy::bits(mask) {
+                    self.policy_counters[i].0.inc();
+                }
+                true
+            }
+            _ => false,
         }
     }
 
@@ -325,10 +358,27 @@ impl Engine {
         now: i64,
     ) -> Decision {
         let Verified {
-            mut session, token, ..
+            mut session,
+            token,
+            facts,
+            ..
         } = verified;
         if let Err(deny) = self.resolve_role(auth, &mut session, asks) {
             return deny;
+        }
+        match asks.policies(self) {
+            Ok(0) => {}
+            Ok(mask) => {
+                let role = session.get_str(session::ROLE);
+                if let Err((failed, reason)) = self.policies.check(mask, &facts, role) {
+                    self.policy_counters[failed].1.inc();
+                    return Decision::deny(reason, Some(auth.mode.clone()));
+                }
+                for i in crate::policy::bits(mask) {
+                    self.policy_counters[i].0.inc();
+                }
+            }
+            Err(reason) => return Decision::deny(reason, Some(auth.mode.clone())),
         }
         let (elevated, grant_error) = self.elevation_state(&mut session, token.as_ref(), asks, now);
         // Without an elevation config, an Envoy route that asks for elevation

@@ -18,6 +18,7 @@ use crate::introspection::{self, Introspector};
 use crate::jwks::JwksCache;
 use crate::jwt::{self, ClaimRules, JwtError};
 use crate::keys::KeySet;
+use crate::policy::Facts;
 use crate::redact::Secret;
 use crate::request::{Credential, Request, TokenLocation};
 use crate::rules::SecurityRules;
@@ -84,14 +85,25 @@ pub(super) struct Verified<'r> {
     pub(super) token: Option<AccessToken<'r>>,
     /// The token-cache entry this session was served from (a repeat).
     pub(super) entry: Option<Arc<CachedToken>>,
+    /// Which policies the credential satisfies.
+    pub(super) facts: Facts,
 }
 
-impl Verified<'_> {
-    fn session(session: Session) -> Self {
+impl Engine {
+    /// A session from a mode without claims of its own (apiKey, noAuth,
+    /// webhook): policies read the session as the claims.
+    fn verified_session<'r>(&self, mode_id: &str, session: Session) -> Verified<'r> {
+        let facts = if self.policies.is_empty() {
+            Facts::default()
+        } else {
+            let f = self.policies.facts(mode_id, &session.to_json());
+            self.policies.with_role(f, &session)
+        };
         Verified {
             session,
             token: None,
             entry: None,
+            facts,
         }
     }
 }
@@ -172,7 +184,9 @@ impl Engine {
                 if blocked() {
                     return Outcome::Invalid(DenyReason::BlockedByRule);
                 }
-                Outcome::Found(Found::Verified(Verified::session(session.clone())))
+                Outcome::Found(Found::Verified(
+                    self.verified_session(&auth.mode.id, session.clone()),
+                ))
             }
             AuthKind::ApiKey {
                 location,
@@ -184,7 +198,9 @@ impl Engine {
                 Credential::Present(_) if blocked() => Outcome::Invalid(DenyReason::BlockedByRule),
                 Credential::Present(given) => {
                     if bool::from(given.as_bytes().ct_eq(value.0.as_bytes())) {
-                        Outcome::Found(Found::Verified(Verified::session(session.clone())))
+                        Outcome::Found(Found::Verified(
+                            self.verified_session(&auth.mode.id, session.clone()),
+                        ))
                     } else {
                         Outcome::Invalid(DenyReason::InvalidApiKey)
                     }
@@ -195,7 +211,9 @@ impl Engine {
                     return Outcome::Invalid(DenyReason::BlockedByRule);
                 }
                 match w.authenticate(req).await {
-                    Ok(session) => Outcome::Found(Found::Verified(Verified::session(session))),
+                    Ok(session) => Outcome::Found(Found::Verified(
+                        self.verified_session(&auth.mode.id, session),
+                    )),
                     Err(reason) => Outcome::Invalid(reason),
                 }
             }
@@ -204,7 +222,10 @@ impl Engine {
                 Credential::Ambiguous => Outcome::Invalid(DenyReason::InvalidToken),
                 Credential::Present(_) if blocked() => Outcome::Invalid(DenyReason::BlockedByRule),
                 Credential::Present(token) => {
-                    match self.introspect::<M>(index, i, token, now, asks).await {
+                    match self
+                        .introspect::<M>(index, &auth.mode.id, i, token, now, asks)
+                        .await
+                    {
                         Ok(found) => Outcome::Found(found),
                         Err(reason) => {
                             tracing::debug!(mode = %auth.mode.id, reason = reason.as_str(), "token refused");
@@ -218,7 +239,10 @@ impl Engine {
                 Credential::Ambiguous => Outcome::Invalid(DenyReason::InvalidToken),
                 Credential::Present(_) if blocked() => Outcome::Invalid(DenyReason::BlockedByRule),
                 Credential::Present(token) => {
-                    match self.verify_jwt::<M>(index, j, token, now, asks).await {
+                    match self
+                        .verify_jwt::<M>(index, &auth.mode.id, j, token, now, asks)
+                        .await
+                    {
                         Ok(found) => Outcome::Found(found),
                         Err(e) => {
                             tracing::debug!(mode = %auth.mode.id, error = %e, "token refused");
@@ -230,9 +254,11 @@ impl Engine {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn verify_jwt<'r, M: Memo>(
         &self,
         index: usize,
+        mode_id: &str,
         j: &JwtAuth,
         token: Cow<'r, str>,
         now: i64,
@@ -277,15 +303,18 @@ impl Engine {
         let claims = parsed.claims()?;
         let exp = jwt::check_claims(&claims, &rules, now)?;
         let nbf = claims.get("nbf").and_then(Value::as_i64);
-        let session = claims::extract_owned(&j.claims, Value::Object(claims))
-            .map_err(|_| JwtError::Claims)?;
+        let claims = Value::Object(claims);
+        let facts = self.policies.facts(mode_id, &claims);
+        let session = claims::extract_owned(&j.claims, claims).map_err(|_| JwtError::Claims)?;
+        let facts = self.policies.with_role(facts, &session);
         if let (Some(cache), Some(key)) = (&self.token_cache, cache_key) {
-            cache.insert(key, &session, exp, nbf, now, cache.ttl());
+            cache.insert(key, &session, exp, nbf, now, cache.ttl(), facts);
         }
         Ok(Found::Verified(Verified {
             session,
             token: Some(AccessToken { raw: token, exp }),
             entry: None,
+            facts,
         }))
     }
 
@@ -306,6 +335,7 @@ impl Engine {
             self.metrics.token_cache_hit.inc();
             hit.check_time(now, rules)?;
             if asks.nothing(self)
+                && self.policies_pass_memo(asks, &hit.facts)
                 && let Some(memo) = M::hit(&hit)
             {
                 return Ok(Cached::Hit(Found::Memo(memo)));
@@ -317,6 +347,7 @@ impl Engine {
                 return Ok(Cached::Hit(Found::Verified(Verified {
                     session,
                     token: Some(AccessToken { raw: token, exp }),
+                    facts: hit.facts,
                     entry: Some(hit),
                 })));
             }
@@ -327,9 +358,11 @@ impl Engine {
 
     /// An opaque token, asked about at the introspection endpoint unless a
     /// fresh active answer is cached ([`crate::introspection`]).
+    #[allow(clippy::too_many_arguments)]
     async fn introspect<'r, M: Memo>(
         &self,
         index: usize,
+        mode_id: &str,
         i: &Introspector,
         token: Cow<'r, str>,
         now: i64,
@@ -365,15 +398,19 @@ impl Engine {
         })?;
         let exp = jwt::check_claims(&claims, &rules, now).map_err(invalid)?;
         let nbf = claims.get("nbf").and_then(Value::as_i64);
-        let session = claims::extract_owned(&cfg.claims, Value::Object(claims))
-            .map_err(|_| DenyReason::InvalidToken)?;
+        let claims = Value::Object(claims);
+        let facts = self.policies.facts(mode_id, &claims);
+        let session =
+            claims::extract_owned(&cfg.claims, claims).map_err(|_| DenyReason::InvalidToken)?;
+        let facts = self.policies.with_role(facts, &session);
         if let (Some(cache), Some(key)) = (&self.token_cache, cache_key) {
-            cache.insert(key, &session, exp, nbf, now, cfg.cache_ttl);
+            cache.insert(key, &session, exp, nbf, now, cfg.cache_ttl, facts);
         }
         Ok(Found::Verified(Verified {
             session,
             token: Some(AccessToken { raw: token, exp }),
             entry: None,
+            facts,
         }))
     }
 }

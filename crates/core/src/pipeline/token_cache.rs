@@ -6,6 +6,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::jwt::{ClaimRules, JwtError};
+use crate::policy::Facts;
 use crate::session::Session;
 
 /// Verified tokens (docs/design.md, "Verified-token cache"): key = SHA-256 of mode index and token, value =
@@ -29,6 +30,8 @@ pub(super) struct CachedToken {
     nbf: i64,
     /// The mode's cache TTL after the insert.
     fresh_until: std::time::Instant,
+    /// Which policies the token satisfies.
+    pub(super) facts: Facts,
     /// The front door's encoded allow for requests that ask for
     /// nothing ([`Engine::decide_memo`](super::Engine::decide_memo)), stored on the token's first repeat.
     pub(super) memo: std::sync::OnceLock<Box<[u8]>>,
@@ -82,6 +85,7 @@ impl TokenCache {
     /// Keeps `session` for at most `ttl` (a mode's own limit: `tokenCacheTtl`
     /// for JWTs, `cacheTtl` for introspection answers); expiry past `exp`
     /// is refused by [`CachedToken::check_time`] on every hit.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn insert(
         &self,
         key: [u8; 32],
@@ -90,6 +94,7 @@ impl TokenCache {
         nbf: Option<i64>,
         now: i64,
         ttl: Duration,
+        facts: Facts,
     ) {
         let until_exp = match exp {
             Some(exp) => Duration::from_secs(u64::try_from(exp.saturating_sub(now)).unwrap_or(0)),
@@ -109,6 +114,7 @@ impl TokenCache {
                 exp: exp.unwrap_or(i64::MAX),
                 nbf: nbf.unwrap_or(i64::MIN),
                 fresh_until,
+                facts,
                 memo: std::sync::OnceLock::new(),
             }),
         );
