@@ -352,7 +352,12 @@ pub fn to_request(
     headers: &HeaderMap,
     peer: SocketAddr,
 ) -> Result<Request, ForwardError> {
-    let h = headers_of(headers);
+    let mut h = headers_of(headers);
+    // Over HTTP/2 (Envoy's HTTP ext_authz on an h2 cluster) the original
+    // host arrives as the URI's authority, not as a Host header.
+    if let Some(authority) = uri.authority() {
+        h.push(":authority", authority.as_str());
+    }
     let full = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/check");
     let after_check = full.strip_prefix("/check").unwrap_or(full);
     let original = forward_auth::original(proxy, method.as_str(), after_check, &h)?;

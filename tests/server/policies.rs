@@ -216,17 +216,20 @@ async fn routes_apply_and_requirements_add_up() {
         outcome(&server.check_request(req).await).reason(),
         "insufficient_scope"
     );
-    let o = grpc(
-        &server,
-        "/v1/graphql",
-        &[
-            ("authorization", &user),
-            ("host", "Orders.Example.com:8443"),
-        ],
-        None,
-    )
-    .await;
-    assert_eq!(o.reason(), "insufficient_scope");
+    for host in [
+        "Orders.Example.com:8443",
+        "orders.example.com.",
+        "orders.example.com.:443",
+    ] {
+        let o = grpc(
+            &server,
+            "/v1/graphql",
+            &[("authorization", &user), ("host", host)],
+            None,
+        )
+        .await;
+        assert_eq!(o.reason(), "insufficient_scope", "{host}");
+    }
     // Adding a header can only add policies.
     let o = grpc(
         &server,
@@ -449,10 +452,13 @@ fn policy_config_errors_have_paths() {
     a: {modes: [nobody], scopes: ["two words"], elevation: maybe, claims: {"x": []}}
     "b c": {}
     d: {role: [x]}
+    e: {modes: [], roles: []}
   policyRoutes:
     - {path: /x, policy: missing}
     - {policy: a}
-    - {pathPrefix: /y}"#,
+    - {pathPrefix: /y}
+    - {host: "*.example.com", path: /z, policy: e}
+    - {host: "a.example/x", path: /z, policy: e}"#,
         ),
         &env,
     )
@@ -468,6 +474,10 @@ fn policy_config_errors_have_paths() {
         "definition.policyRoutes[0].policy: no policy is named `missing`",
         "definition.policyRoutes[1]: set `path` or `pathPrefix`",
         "definition.policyRoutes[2]: missing required key `policy`",
+        "definition.policies.e.modes: an empty list would allow no mode",
+        "definition.policies.e.roles: an empty list would allow no role",
+        "definition.policyRoutes[3].host: expected a host name or address",
+        "definition.policyRoutes[4].host: expected a host name or address",
     ] {
         assert!(e.contains(want), "{want}\n{e}");
     }

@@ -476,7 +476,6 @@ impl Metrics {
         }
     }
 
-    /// Handles for one JWKS source (`source` = the id of the first mode using it).
     /// `authgate_policy_decisions_total` for `policy`: (allow, deny).
     /// Names come from the config, so the series are bounded by it.
     pub fn policy(&self, policy: &str) -> (IntCounter, IntCounter) {
@@ -486,6 +485,7 @@ impl Metrics {
         )
     }
 
+    /// Handles for one JWKS source (`source` = the id of the first mode using it).
     pub fn source(&self, source: &str) -> SourceMetrics {
         SourceMetrics {
             lookup_hit: self.jwk_lookups.with_label_values(&[source, "hit"]),

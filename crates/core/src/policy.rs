@@ -243,7 +243,14 @@ fn host_matches(req: &Request, host: &str) -> bool {
         .iter()
         .flat_map(|name| req.headers.get_all(name))
         .flat_map(|v| v.split(','))
-        .any(|v| strip_port(v.trim()).eq_ignore_ascii_case(host))
+        .any(|v| normal_host(v.trim()).eq_ignore_ascii_case(host))
+}
+
+/// A host as routes compare it: no port, no trailing dot (the same name in
+/// DNS, and Envoy does not strip it by default).
+pub fn normal_host(host: &str) -> &str {
+    let h = strip_port(host);
+    h.strip_suffix('.').unwrap_or(h)
 }
 
 /// `example.com:8443` -> `example.com`; `[::1]:80` -> `[::1]`.
@@ -267,6 +274,7 @@ mod tests {
         assert_eq!(strip_port("[::1]:80"), "[::1]");
         assert_eq!(strip_port("[::1]"), "[::1]");
         assert_eq!(strip_port("api"), "api");
+        assert_eq!(normal_host("Orders.example.com.:443"), "Orders.example.com");
         let c = json!({"scope": "read write", "scp": ["admin"]});
         assert_eq!(granted_scopes(&c), vec!["read", "write", "admin"]);
     }

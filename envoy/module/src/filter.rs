@@ -164,17 +164,23 @@ impl Drop for Waiting {
 }
 
 /// The request as the pipeline sees it, read from Envoy's header map:
-/// `:method` and `:path` as the gRPC door gets them in `attributes.request.
-/// http`, other pseudo-headers left out as it leaves them out.
+/// `:method`, `:path` and `:authority` (last, as the gRPC door places
+/// `attributes.request.http.host`) as the gRPC door gets them, other
+/// pseudo-headers left out as it leaves them out.
 pub fn request_of(stream: &dyn Stream, source_address: bool) -> Request {
     let mut req = Request::default();
     let mut headers = Headers::with_capacity(16);
+    let mut authority = None;
     stream.for_each_header(&mut |name, value| match name {
         b":method" => req.method = text(value).into_owned(),
         b":path" => req.path = text(value).into_owned(),
+        b":authority" => authority = Some(text(value).into_owned()),
         n if n.first() == Some(&b':') => {}
         n => headers.push(&text(n), text(value)),
     });
+    if let Some(a) = authority.filter(|a| !a.is_empty()) {
+        headers.push(":authority", a);
+    }
     req.headers = headers;
     if source_address {
         req.source_ip = stream.source_ip();
@@ -495,6 +501,23 @@ definition:
         let (step, waiting) = config.on_request_headers(s, || None);
         assert!(waiting.is_none(), "fixed keys never wait");
         step
+    }
+
+    /// `:authority` reaches the pipeline (for policy routes with a host), as
+    /// the gRPC door passes Envoy's `host`; other pseudo-headers do not.
+    #[test]
+    fn the_authority_is_read_as_the_grpc_door_reads_it() {
+        let req = request_of(&stream(&[("x-a", "1")], None), false);
+        assert_eq!(req.headers.get(":authority"), Some("api"));
+        assert_eq!(req.headers.get(":method"), None);
+        assert_eq!(req.method, "POST");
+        assert_eq!(req.path, "/v1/graphql");
+        let names: Vec<&str> = req.headers.iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            names,
+            vec!["x-a", ":authority"],
+            "last, as the gRPC door puts it"
+        );
     }
 
     /// The rendered allow of a repeat does to the stream exactly what the

@@ -8,7 +8,7 @@ use super::compile_jmespath;
 use super::elevation::route_keys;
 use super::reader::{Diagnostics, Obj, as_str, as_str_list};
 use crate::pipeline::Mode;
-use crate::policy::{ClaimRequirement, MAX_POLICIES, Policies, Policy, PolicyRoute, strip_port};
+use crate::policy::{ClaimRequirement, MAX_POLICIES, Policies, Policy, PolicyRoute, normal_host};
 
 /// Reads both keys of `definition` (`def` is finished by the caller).
 pub(super) fn policies(d: &mut Diagnostics, def: &mut Obj<'_>, modes: &[Mode]) -> Policies {
@@ -38,6 +38,13 @@ pub(super) fn policies(d: &mut Diagnostics, def: &mut Obj<'_>, modes: &[Mode]) -
             };
             let mode_ids = o.get("modes").and_then(|(mp, mv)| {
                 let ids = as_str_list(d, &mp, mv)?;
+                if ids.is_empty() {
+                    d.error(
+                        &mp,
+                        "an empty list would allow no mode; leave the key out for any mode",
+                    );
+                    return None;
+                }
                 let mut known = Vec::new();
                 for id in ids {
                     match modes.iter().find(|m| *m.id == *id) {
@@ -49,7 +56,16 @@ pub(super) fn policies(d: &mut Diagnostics, def: &mut Obj<'_>, modes: &[Mode]) -
             });
             let roles = o
                 .get("roles")
-                .and_then(|(rp, rv)| as_str_list(d, &rp, rv))
+                .and_then(|(rp, rv)| {
+                    let roles = as_str_list(d, &rp, rv)?;
+                    if roles.is_empty() {
+                        d.error(
+                            &rp,
+                            "an empty list would allow no role; leave the key out for any role",
+                        );
+                    }
+                    Some(roles)
+                })
                 .unwrap_or_default();
             let mut claims = Vec::new();
             if let Some((cp, cv)) = o.get("claims")
@@ -124,13 +140,28 @@ pub(super) fn policies(d: &mut Diagnostics, def: &mut Obj<'_>, modes: &[Mode]) -
             };
             let host = o
                 .str(d, "host")
-                .map(|h| strip_port(h.trim()).to_ascii_lowercase());
+                .map(|h| normal_host(h.trim()).to_ascii_lowercase());
             let policy = o.str(d, "policy").map(str::to_owned);
             let route = route_keys(d, &ip, &mut o);
             o.finish(d);
-            if host.as_deref() == Some("") {
-                d.error(&ip.key("host"), "must not be empty");
-                continue;
+            // A host that can never match would silently drop the route.
+            if let Some(h) = &host {
+                let name = h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+                    && !h.is_empty()
+                    && !h.starts_with('.')
+                    && !h.contains("..");
+                let ipv6 = h.starts_with('[')
+                    && h.ends_with(']')
+                    && h[1..h.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
+                if !name && !ipv6 {
+                    d.error(
+                        &ip.key("host"),
+                        "expected a host name or address (`api.example.com`, `10.0.0.5`, `[::1]`); no wildcard, path or scheme",
+                    );
+                    continue;
+                }
             }
             let Some(name) = policy else {
                 d.error(&ip, "missing required key `policy`");

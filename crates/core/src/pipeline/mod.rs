@@ -185,17 +185,18 @@ impl Engine {
 
     /// Whether a cached token's encoded allow may answer this request's
     /// policies: it satisfies them all with the role it gets when none is
-    /// requested (the only role a memo is stored for). Counted as allows.
+    /// requested (the only role a memo is stored for).
     fn policies_pass_memo(&self, asks: &Asks<'_>, facts: &Facts) -> bool {
-        match asks.policies(self) {
-            Ok(0) => true,
-            Ok(mask) if mask & !facts.passes == 0 => {
-                for i in crate::policy::bits(mask) {
-                    self.policy_counters[i].0.inc();
-                }
-                true
+        asks.policies(self)
+            .is_ok_and(|mask| mask & !facts.passes == 0)
+    }
+
+    /// Counts the policies that applied to an allow answered from a memo.
+    fn count_memo_policies(&self, asks: &Asks<'_>) {
+        if let Ok(mask) = asks.policies(self) {
+            for i in crate::policy::bits(mask) {
+                self.policy_counters[i].0.inc();
             }
-            _ => false,
         }
     }
 

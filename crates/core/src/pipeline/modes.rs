@@ -338,6 +338,7 @@ impl Engine {
                 && self.policies_pass_memo(asks, &hit.facts)
                 && let Some(memo) = M::hit(&hit)
             {
+                self.count_memo_policies(asks);
                 return Ok(Cached::Hit(Found::Memo(memo)));
             }
             // The encoding is ours; failing to read it back is a bug, and
