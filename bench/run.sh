@@ -11,7 +11,7 @@
 #
 # Env: BENCH_SECONDS (10), BENCH_ROUNDS (paired rounds, 3), BENCH_DISTINCT
 #      (distinct tokens for c/d, 100000), BENCH_ENVOY (1), BENCH_SCENARIOS
-#      (space-separated subset of a-f, default all).
+#      (space-separated subset of a-g, default all).
 # Servers are pinned to core 0 and the load generator to core 1 (taskset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -105,6 +105,22 @@ definition:
     - mode: jwt
       key: {algorithm: HS256, key: {value: "$secret"}}
       $ns
+YAML
+# Scenario g: scenario a's config with policies the token satisfies, one
+# selected by a route (every request) and one with claims and a role.
+cat > "$tmp/policy.yaml" <<YAML
+definition:
+  modes:
+    - id: users
+      mode: jwt
+      key: {algorithm: HS256, key: {value: "$secret"}}
+      $ns
+  policies:
+    graphql: {modes: [users], roles: [user]}
+    members: {claims: {'"claims.jwt.hasura.io"."x-hasura-default-role"': user, sub: [u0, u1]}}
+  policyRoutes:
+    - {pathPrefix: /v1/, policy: graphql}
+    - {methods: [POST], path: /v1/graphql, policy: members}
 YAML
 cat > "$tmp/jwks.yaml" <<YAML
 definition:
@@ -202,11 +218,12 @@ point() { # SCENARIO STREAMS ROUND
     c) start_authgate "$tmp/rs.yaml"; BENCH_NO_REPEAT=1 run_point c_rs256_distinct "$2" 0 "$rs_tokens" "" "$3";;
     d) start_authgate "$tmp/es.yaml"; BENCH_NO_REPEAT=1 run_point d_es256_distinct "$2" 0 "$es_tokens" "" "$3";;
     f) start_authgate "$tmp/elev.yaml"; run_point f_elevated_route_grant "$2" 0 "$tmp/grant.txt" /admin/users "$3";;
+    g) start_authgate "$tmp/policy.yaml"; run_point g_hs256_cached_policies "$2" 0 "$tmp/hs.txt" "" "$3";;
   esac
   stop_server
 }
 order=(baseline)
-for s in a e b c d f; do if want "$s"; then order+=("$s"); fi; done
+for s in a e b c d f g; do if want "$s"; then order+=("$s"); fi; done
 for streams in 1 64; do
   for round in $(seq "$rounds"); do
     if [ $((round % 2)) = 0 ]; then
