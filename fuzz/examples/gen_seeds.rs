@@ -503,6 +503,7 @@ fn main() {
                 elevation,
             },
         )
+        .with_policies(cfg.policies)
     };
     let expected: HashMap<&str, &str> = [
         ("bearer", "allow user"),

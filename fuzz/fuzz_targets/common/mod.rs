@@ -88,6 +88,14 @@ definition:
     - id: anonymous
       mode: noAuth
       sessionVariables: {{x-hasura-role: {{value: anonymous}}}}
+  policies:
+    admins: {{roles: [admin]}}
+    reports: {{scopes: [reports], modes: [users, links]}}
+    org: {{claims: {{'"https://hasura.io/jwt/claims"."x-hasura-org-id"': [acme, "1"]}}}}
+  policyRoutes:
+    - {{host: api.example.com, pathPrefix: /v1/reports/, policy: reports}}
+    - {{methods: [DELETE], pathPrefix: /v1/, policy: admins}}
+    - {{path: /v1/graphql, methods: [PUT], policy: org}}
   elevation:
     mode: required
     webauthn: {{rpId: example.com, rpName: Example, origins: ["{origin}"]}}
