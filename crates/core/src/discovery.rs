@@ -55,15 +55,15 @@ pub(crate) async fn read(
     if status != 200 {
         return fail(format!("unexpected HTTP status {status}"));
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(failed)? {
-        if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+    let body = match crate::body::read_capped(&mut resp, MAX_DOCUMENT_BYTES).await {
+        Ok(b) => b,
+        Err(crate::body::BodyError::TooLarge) => {
             return fail(format!(
                 "the document is larger than {MAX_DOCUMENT_BYTES} bytes"
             ));
         }
-        body.extend_from_slice(&chunk);
-    }
+        Err(crate::body::BodyError::Read(e)) => return Err(failed(e)),
+    };
     let doc: Document = serde_json::from_slice(&body).map_err(|e| {
         DiscoveryError(match e.classify() {
             serde_json::error::Category::Data => {

@@ -332,23 +332,14 @@ impl Introspector {
                 ));
             }
         }
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
-        {
-            return Err(unavailable("the introspection answer is too large"));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
+        let body = crate::body::read_capped(&mut resp, MAX_ANSWER_BYTES)
             .await
-            .map_err(|_| unavailable("reading the introspection answer failed"))?
-        {
-            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-                return Err(unavailable("the introspection answer is too large"));
-            }
-            body.extend_from_slice(&chunk);
-        }
+            .map_err(|e| {
+                unavailable(match e {
+                    crate::body::BodyError::TooLarge => "the introspection answer is too large",
+                    crate::body::BodyError::Read(_) => "reading the introspection answer failed",
+                })
+            })?;
         answer(&body)
     }
 }

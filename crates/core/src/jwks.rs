@@ -343,12 +343,6 @@ impl JwksCache {
         if status != 200 {
             return Err(FetchError::Status(status));
         }
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
-        {
-            return Err(FetchError::TooLarge);
-        }
         let new_etag = resp
             .headers()
             .get(reqwest::header::ETAG)
@@ -477,18 +471,12 @@ fn without_url(e: &reqwest::Error) -> String {
 
 /// A response body of at most [`MAX_JWKS_BYTES`].
 async fn read_capped(resp: &mut reqwest::Response) -> Result<Vec<u8>, FetchError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
+    crate::body::read_capped(resp, MAX_JWKS_BYTES)
         .await
-        .map_err(|e| FetchError::Http(without_url(&e)))?
-    {
-        if body.len() + chunk.len() > MAX_JWKS_BYTES {
-            return Err(FetchError::TooLarge);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+        .map_err(|e| match e {
+            crate::body::BodyError::TooLarge => FetchError::TooLarge,
+            crate::body::BodyError::Read(e) => FetchError::Http(without_url(&e)),
+        })
 }
 
 fn cache_key(url: &str, fingerprint: &str, issuer: Option<&str>) -> String {

@@ -34,6 +34,7 @@
 //! | [`clock`] | Unix time |
 #![forbid(unsafe_code)]
 
+mod body;
 pub mod claims;
 pub mod clock;
 pub mod config;

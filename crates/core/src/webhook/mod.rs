@@ -28,6 +28,7 @@ pub use spec::{
     TlsOptions, Transform, WebhookMode,
 };
 
+use crate::body::BodyError;
 use crate::decision::DenyReason;
 use crate::request::{Place, Request};
 use crate::session::{Session, check_variable_name};
@@ -455,24 +456,14 @@ async fn read_capped(
     too_large: &'static str,
     unreadable: &'static str,
 ) -> Result<Vec<u8>, Failure> {
-    if resp
-        .content_length()
-        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
-    {
-        return Err(Failure::Unavailable(too_large));
-    }
-    let mut bytes = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
+    crate::body::read_capped(resp, MAX_RESPONSE_BYTES)
         .await
-        .map_err(|_| Failure::Unavailable(unreadable))?
-    {
-        if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(Failure::Unavailable(too_large));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    Ok(bytes)
+        .map_err(|e| {
+            Failure::Unavailable(match e {
+                BodyError::TooLarge => too_large,
+                BodyError::Read(_) => unreadable,
+            })
+        })
 }
 
 /// SHA-256 of a hook request: its headers (in order: forwarded, then
