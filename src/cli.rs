@@ -320,6 +320,13 @@ async fn check(args: CheckArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let upstream = match crate::upstream::open_configured(config.upstream_token, None) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let engine = Engine::build(
         config.settings,
         config.modes,
@@ -330,7 +337,9 @@ async fn check(args: CheckArgs) -> ExitCode {
             elevation,
         },
     )
-    .with_policies(config.policies);
+    .with_policies(config.policies)
+    .with_upstream_token(upstream)
+    .with_dynamic_metadata(config.dynamic_metadata);
     // Remote keys are fetched once before deciding.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !engine.is_ready() && tokio::time::Instant::now() < deadline {
@@ -371,6 +380,11 @@ pub fn decision_json(d: &Decision) -> Value {
                 "session": a.session.to_json(),
                 "mode": a.mode.kind,
                 "modeId": &*a.mode.id,
+                "upstreamToken": a.upstream_token.as_ref().map(|u| json!({
+                    "header": &*u.name,
+                    "value": &*u.value,
+                })),
+                "metadata": a.extra_metadata.iter().map(|f| (f.key.to_string(), Value::String(f.value.clone()))).collect::<Map<String, Value>>(),
             })
         }
         Decision::Deny(deny) => {

@@ -27,6 +27,7 @@ impl Shared {
         let registry = JwksRegistry::new()?;
         let elevation = open_elevation(&config, None, &metrics).await?;
         let attempted = Some((config.fingerprint, false));
+        let upstream = crate::upstream::open_configured(config.upstream_token, None)?;
         let engine = Engine::build(
             config.settings,
             config.modes,
@@ -37,7 +38,9 @@ impl Shared {
                 elevation,
             },
         )
-        .with_policies(config.policies);
+        .with_policies(config.policies)
+        .with_upstream_token(upstream)
+        .with_dynamic_metadata(config.dynamic_metadata);
         // The load at start is not a reload; it sets the state gauges.
         metrics.config_last_reload_successful.set(1);
         metrics
@@ -82,10 +85,22 @@ impl Shared {
         let current = self.engine();
         let loaded = match loaded {
             Ok(config) => {
+                let upstream = crate::upstream::open_configured(
+                    config.upstream_token.clone(),
+                    current.upstream_tokens().map(|u| &**u),
+                )
+                .map_err(|e| {
+                    ConfigErrors(vec![config::Problem::error(
+                        config::YamlPath::root()
+                            .key("definition")
+                            .key("upstreamToken"),
+                        e,
+                    )])
+                });
                 match open_elevation(&config, current.elevation().map(|e| &**e), &self.metrics)
                     .await
                 {
-                    Ok(elevation) => Ok((config, elevation)),
+                    Ok(elevation) => upstream.map(|u| (config, elevation, u)),
                     Err(e) => Err(ConfigErrors(vec![config::Problem::error(
                         config::YamlPath::root().key("definition").key("elevation"),
                         e,
@@ -95,7 +110,7 @@ impl Shared {
             Err(e) => Err(e),
         };
         match loaded {
-            Ok((config, elevation)) => {
+            Ok((config, elevation, upstream)) => {
                 for w in &config.warnings {
                     tracing::warn!(path = %w.path, "{}", w.message);
                 }
@@ -109,7 +124,9 @@ impl Shared {
                         elevation,
                     },
                 )
-                .with_policies(config.policies);
+                .with_policies(config.policies)
+                .with_upstream_token(upstream)
+                .with_dynamic_metadata(config.dynamic_metadata);
                 self.install(engine);
                 self.metrics.config_reload_ok.inc();
                 self.metrics.config_last_reload_successful.set(1);

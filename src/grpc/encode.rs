@@ -89,9 +89,16 @@ fn entry_len(f: &MetaValue<'_>, name: &str) -> usize {
 /// Appends the serialized `CheckResponse` of `a` to `buf`.
 pub fn put_allow(a: &Allow, buf: &mut impl BufMut) {
     let fields = a.metadata();
+    let extra = || {
+        a.extra_metadata.iter().map(|f| {
+            (
+                &*f.key,
+                MetaValue::Text(std::borrow::Cow::Borrowed(&*f.value)),
+            )
+        })
+    };
     let ok_len: usize = a
-        .headers
-        .iter()
+        .headers_to_set()
         .map(|(k, v)| len_field(header_option(k, v)))
         .sum::<usize>()
         + a.headers_to_remove
@@ -101,13 +108,16 @@ pub fn put_allow(a: &Allow, buf: &mut impl BufMut) {
     let struct_len: usize = fields
         .iter()
         .filter_map(|(name, f)| f.as_ref().map(|f| len_field(entry_len(f, name))))
-        .sum();
+        .sum::<usize>()
+        + extra()
+            .map(|(name, f)| len_field(entry_len(&f, name)))
+            .sum::<usize>();
 
     // CheckResponse.status (1): google.rpc.Status with code 0, i.e. empty.
     put_len(buf, 1, 0);
     // CheckResponse.ok_response (3): OkHttpResponse.
     put_len(buf, 3, ok_len);
-    for (k, v) in &a.headers {
+    for (k, v) in a.headers_to_set() {
         // OkHttpResponse.headers (2): HeaderValueOption.
         put_len(buf, 2, header_option(k, v));
         put_len(buf, 1, header_value(k, v));
@@ -128,8 +138,12 @@ pub fn put_allow(a: &Allow, buf: &mut impl BufMut) {
     }
     // CheckResponse.dynamic_metadata (4): Struct, fields (1) map entries.
     put_len(buf, 4, struct_len);
-    for (name, f) in &fields {
-        let Some(f) = f else { continue };
+    let fields = fields
+        .into_iter()
+        .filter_map(|(name, f)| Some((name, f?)))
+        .chain(extra());
+    for (name, f) in fields {
+        let f = &f;
         put_len(buf, 1, entry_len(f, name));
         put_str(buf, 1, name);
         put_len(buf, 2, value_len(f));
@@ -155,7 +169,7 @@ mod tests {
     use serde_json::json;
 
     use super::{put_allow, varint_len};
-    use crate::decision::{Allow, Decision, ModeRef};
+    use crate::decision::{Allow, Decision, ExtraField, ModeRef, UpstreamHeader};
     use crate::session::Session;
 
     fn allow(vars: serde_json::Value, headers: &[(&str, &str)], remove: &[&str]) -> Allow {
@@ -175,6 +189,8 @@ mod tests {
             },
             elevated: false,
             headers_to_remove: remove.iter().map(|s| s.to_string()).collect(),
+            upstream_token: None,
+            extra_metadata: Vec::new(),
         }
     }
 
@@ -211,6 +227,23 @@ mod tests {
             ),
         ];
         cases[1].elevated = true;
+        cases[1].upstream_token = Some(UpstreamHeader {
+            name: Arc::from("authorization"),
+            value: Arc::from("Bearer e.y.j"),
+            fresh_until: 0,
+        });
+        cases[1].extra_metadata = vec![
+            ExtraField {
+                key: Arc::from("tenant"),
+                header: Arc::from("x-authgate-meta-tenant"),
+                value: "t-1".into(),
+            },
+            ExtraField {
+                key: Arc::from("plan"),
+                header: Arc::from("x-authgate-meta-plan"),
+                value: String::new(),
+            },
+        ];
         cases[2].mode = ModeRef {
             kind: "noAuth",
             id: Arc::from(""),

@@ -103,6 +103,14 @@ fn allow(a: Allow) -> CheckResponse {
             };
             Some((name.to_owned(), PbValue { kind: Some(kind) }))
         })
+        .chain(a.extra_metadata.iter().map(|f| {
+            (
+                f.key.to_string(),
+                PbValue {
+                    kind: Some(Kind::StringValue(f.value.clone())),
+                },
+            )
+        }))
         .collect();
     CheckResponse {
         status: Some(Status {
@@ -112,7 +120,10 @@ fn allow(a: Allow) -> CheckResponse {
         }),
         dynamic_metadata: Some(Struct { fields }),
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers: a.headers.into_iter().map(|(k, v)| header(k, v)).collect(),
+            headers: a
+                .headers_to_set()
+                .map(|(k, v)| header(k.to_owned(), v.to_owned()))
+                .collect(),
             headers_to_remove: a.headers_to_remove,
             ..Default::default()
         })),

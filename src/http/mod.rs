@@ -51,7 +51,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/.well-known/jwks.json", get(webauthn::grant_jwks))
+        .route("/.well-known/jwks.json", get(published_jwks))
+        .route(
+            "/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
         .route("/check", any(check))
         .route("/check/", any(check))
         .route("/check/{*rest}", any(check))
@@ -390,16 +394,65 @@ pub fn to_request(
     })
 }
 
+/// `GET /.well-known/jwks.json`: the public keys of elevation grants and of
+/// upstream tokens (during a rotation, the next and the previous key too).
+/// Verifiers may cache it for [`crate::upstream::PUBLISH_AHEAD`] seconds: a
+/// new key is published that long before it signs.
+async fn published_jwks(State(shared): State<Arc<Shared>>) -> Response {
+    let engine = shared.engine();
+    let now = crate::clock::unix_now();
+    let mut keys: Vec<serde_json::Value> = Vec::new();
+    if let Some(e) = engine.elevation()
+        && let Some(grant) = e.grants.jwks()["keys"].as_array()
+    {
+        keys.extend(grant.iter().cloned());
+    }
+    if let Some(u) = engine.upstream_tokens() {
+        for jwk in u.published(now) {
+            let kid = jwk.common.key_id.as_deref();
+            if !keys.iter().any(|k| k["kid"].as_str() == kid)
+                && let Ok(v) = serde_json::to_value(jwk)
+            {
+                keys.push(v);
+            }
+        }
+    }
+    (
+        [(
+            header::CACHE_CONTROL,
+            format!("public, max-age={}", crate::upstream::PUBLISH_AHEAD),
+        )],
+        axum::Json(serde_json::json!({ "keys": keys })),
+    )
+        .into_response()
+}
+
+/// `GET /.well-known/openid-configuration` (OpenID Connect Discovery 1.0):
+/// where verifiers of upstream tokens find the keys; 404 without
+/// `upstreamToken`.
+async fn openid_configuration(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.engine().upstream_tokens() {
+        Some(u) => (
+            [(header::CACHE_CONTROL, "public, max-age=300")],
+            axum::Json(u.discovery()),
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
 pub fn render(decision: &Decision) -> Response {
     match decision {
         Decision::Allow(a) => {
             let mut resp = Response::new(Body::empty());
             *resp.status_mut() = StatusCode::OK;
             let headers = resp.headers_mut();
-            for (k, v) in &a.headers {
-                if let (Ok(name), Ok(value)) =
-                    (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v))
-                {
+            let extra = a
+                .extra_metadata
+                .iter()
+                .map(|f| (&*f.header, f.value.as_str()));
+            for (k, v) in a.headers_to_set().chain(extra) {
+                if let (Ok(name), Ok(value)) = (HeaderName::try_from(k), HeaderValue::from_str(v)) {
                     headers.insert(name, value);
                 }
             }

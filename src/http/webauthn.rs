@@ -316,17 +316,3 @@ async fn delete_key(
         Err(e) => refused(e),
     }
 }
-
-/// `GET /.well-known/jwks.json`: the public keys of elevation grants.
-pub async fn grant_jwks(State(shared): State<Arc<Shared>>) -> Response {
-    let engine = shared.engine();
-    let body = match engine.elevation() {
-        Some(e) => e.grants.jwks().clone(),
-        None => json!({"keys": []}),
-    };
-    (
-        [(axum::http::header::CACHE_CONTROL, "public, max-age=300")],
-        Json(body),
-    )
-        .into_response()
-}

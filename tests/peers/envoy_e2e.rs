@@ -450,3 +450,84 @@ async fn a_route_policy_through_envoy() {
         .unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// With `upstreamToken`, the upstream behind a real Envoy gets authgate's
+/// token in `Authorization`, never the one the client sent, and the
+/// configured metadata; a denied request reaches nothing.
+#[tokio::test]
+async fn the_upstream_gets_authgates_token_instead_of_the_callers() {
+    let pem = std::fs::read_to_string(format!(
+        "{}/tests/fixtures/ec256.key",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .replace('\n', "\\n");
+    let server = TestServer::start(&hs256_config(&format!(
+        "  upstreamToken:\n    signingKey: {{value: \"{pem}\"}}\n    issuer: https://authgate.test\n    audience: hasura\n"
+    )))
+    .await;
+    let (up_addr, seen) = upstream().await;
+    let (_envoy, base, _dir) = Bootstrap::of("envoy.yaml", &server.running, up_addr)
+        .run()
+        .await;
+    let client = reqwest::Client::new();
+    let token = mint(
+        Algorithm::HS256,
+        SECRET,
+        hasura_claims("user-42", &["user"], "user"),
+        None,
+    );
+    let resp = client
+        .post(format!("{base}/v1/graphql"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = seen.lock().unwrap().last().cloned().unwrap();
+    let auth: Vec<&String> = got
+        .iter()
+        .filter(|(k, _)| k == "authorization")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(auth.len(), 1, "{got:?}");
+    assert!(auth[0].starts_with("Bearer "), "{got:?}");
+    assert!(
+        !auth[0].contains(&token),
+        "the caller's token reached the upstream"
+    );
+    let upstream_token = auth[0].strip_prefix("Bearer ").unwrap();
+    let published: serde_json::Value = reqwest::get(format!(
+        "http://{}/.well-known/jwks.json",
+        server.running.http_addr
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(published["keys"][0].clone()).unwrap();
+    let mut v = jsonwebtoken::Validation::new(Algorithm::ES256);
+    v.set_audience(&["hasura"]);
+    v.set_issuer(&["https://authgate.test"]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        upstream_token,
+        &jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap(),
+        &v,
+    )
+    .expect("the upstream token verifies against the published key")
+    .claims;
+    assert_eq!(
+        claims["https://hasura.io/jwt/claims"]["x-hasura-user-id"],
+        "user-42"
+    );
+    let before = seen.lock().unwrap().len();
+    let resp = client
+        .post(format!("{base}/v1/graphql"))
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(seen.lock().unwrap().len(), before);
+}

@@ -20,4 +20,5 @@ mod policies;
 mod private_ca;
 mod relyauth_vectors;
 mod store;
+mod upstream;
 mod webhook;

@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use crate::session::{self, Session};
 
@@ -181,7 +182,7 @@ pub struct ModeRef {
     /// The mode type: `jwt`, `apiKey`, `webhook`, `noAuth`.
     pub kind: &'static str,
     /// The mode's `id` (configured or defaulted).
-    pub id: std::sync::Arc<str>,
+    pub id: Arc<str>,
 }
 
 /// The pipeline's answer for one request.
@@ -189,6 +190,56 @@ pub struct ModeRef {
 pub enum Decision {
     Allow(Allow),
     Deny(Deny),
+}
+
+/// A request header set to a token authgate signed for the upstream
+/// ([`crate::upstream`]): `name` (lower case) replaces the caller's.
+#[derive(Debug, Clone)]
+pub struct UpstreamHeader {
+    pub name: Arc<str>,
+    pub value: Arc<str>,
+    /// Unix time from which a new token should be signed instead
+    /// ([`crate::upstream::Minted::reuse_until`]).
+    pub fresh_until: i64,
+}
+
+/// The names of the dynamic metadata fields every allow carries.
+pub const METADATA_FIELDS: [&str; 5] = ["role", "user_id", "mode", "mode_id", "elevated"];
+
+/// The prefix of the response header that carries a configured dynamic
+/// metadata field on the HTTP front door (for nginx's `auth_request_set`).
+pub const METADATA_HEADER_PREFIX: &str = "x-authgate-meta-";
+
+/// A configured dynamic metadata field (`dynamicMetadata: {KEY: VARIABLE}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataField {
+    pub key: Arc<str>,
+    /// The session variable (lower case).
+    pub variable: Box<str>,
+    /// `x-authgate-meta-` and the key, lower case, `_` as `-`.
+    pub header: Arc<str>,
+}
+
+impl MetadataField {
+    pub fn new(key: &str, variable: &str) -> Self {
+        let header = format!(
+            "{METADATA_HEADER_PREFIX}{}",
+            key.to_ascii_lowercase().replace('_', "-")
+        );
+        MetadataField {
+            key: key.into(),
+            variable: variable.into(),
+            header: header.into(),
+        }
+    }
+}
+
+/// A configured metadata field's value in one allow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraField {
+    pub key: Arc<str>,
+    pub header: Arc<str>,
+    pub value: String,
 }
 
 #[derive(Debug, Clone)]
@@ -201,6 +252,10 @@ pub struct Allow {
     pub elevated: bool,
     /// Client-supplied headers to strip upstream (lower case), never one in `session`.
     pub headers_to_remove: Vec<String>,
+    /// The upstream token, when `upstreamToken` is configured.
+    pub upstream_token: Option<UpstreamHeader>,
+    /// `dynamicMetadata` fields whose session variable is set.
+    pub extra_metadata: Vec<ExtraField>,
 }
 
 /// One field of an allow's dynamic metadata (Envoy's `Struct` value kinds).
@@ -211,6 +266,15 @@ pub enum MetaValue<'a> {
 }
 
 impl Allow {
+    /// Every header to set on the upstream request: the session variables,
+    /// then the upstream token (never one of their names).
+    pub fn headers_to_set(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(self.upstream_token.as_ref().map(|u| (&*u.name, &*u.value)))
+    }
+
     /// The dynamic metadata every Envoy front door attaches to an allow, for
     /// access logs and rate limits (docs/reference.md).
     pub fn metadata(&self) -> Metadata<'_> {

@@ -24,6 +24,8 @@
 //! | [`webhook`] | the webhook mode's client, transforms and Go templates |
 //! | [`introspection`] | the introspection mode: opaque tokens checked at the issuer (RFC 7662) |
 //! | [`elevation`] | elevated access: which requests need it, grants, and the WebAuthn ceremonies |
+//! | [`signing`] | keys authgate signs with (grants, upstream tokens) and their public JWKs |
+//! | [`upstream`] | tokens signed by authgate for the upstream, in Hasura's JWT claims format, and their key rotation |
 //! | [`store`] | the security-key store trait, SQLite and PostgreSQL |
 //! | [`identity`] | who a request proved to be, for authgate's own endpoints |
 //! | [`decision`] | `Decision` (allow or deny) and the closed table of denial reasons |
@@ -55,5 +57,7 @@ pub mod request;
 pub mod route;
 pub mod rules;
 pub mod session;
+pub mod signing;
 pub mod store;
+pub mod upstream;
 pub mod webhook;

@@ -321,7 +321,7 @@ impl FilterConfig {
         match d {
             Decision::Allow(a) => allow(
                 stream,
-                a.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                a.headers_to_set(),
                 a.headers_to_remove.iter().map(String::as_str),
                 self.options.dynamic_metadata.then(|| a.metadata()).as_ref(),
             ),

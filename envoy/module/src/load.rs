@@ -72,6 +72,25 @@ pub fn build(
                 STORE_OPEN_WAIT.as_secs()
             )
         })??;
+    // The module cannot publish keys: a generated one would sign tokens no
+    // verifier can check. The server with the same config publishes them.
+    if config
+        .upstream_token
+        .as_ref()
+        .is_some_and(|u| u.signing_key.is_none())
+    {
+        return Err(
+            "upstreamToken needs a signingKey in the Envoy module (the authgate server with the same key publishes its JWKS)"
+                .into(),
+        );
+    }
+    if !config.dynamic_metadata.is_empty() {
+        return Err(
+            "dynamicMetadata is not supported by the Envoy module yet; use the gRPC ext_authz server for it"
+                .into(),
+        );
+    }
+    let upstream = authgate_core::upstream::open_configured(config.upstream_token, None)?;
     let engine = Engine::build(
         config.settings,
         config.modes,
@@ -82,7 +101,9 @@ pub fn build(
             elevation,
         },
     )
-    .with_policies(config.policies);
+    .with_policies(config.policies)
+    .with_upstream_token(upstream)
+    .with_dynamic_metadata(config.dynamic_metadata);
     let loaded = rt.block_on(tokio::time::timeout(FIRST_KEYS_WAIT, async {
         while !engine.is_ready() {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -33,8 +33,7 @@ pub fn encode(a: &Allow) -> Box<[u8]> {
     let (role, user_id) = (text("role"), text("user_id"));
     let mut out = Vec::with_capacity(
         64 + a
-            .headers
-            .iter()
+            .headers_to_set()
             .map(|(k, v)| k.len() + v.len() + 8)
             .sum::<usize>(),
     );
@@ -52,8 +51,8 @@ pub fn encode(a: &Allow) -> Box<[u8]> {
     for s in [role, user_id].into_iter().flatten() {
         put(&mut out, s);
     }
-    put_count(&mut out, a.headers.len());
-    for (k, v) in &a.headers {
+    put_count(&mut out, a.headers_to_set().count());
+    for (k, v) in a.headers_to_set() {
         put(&mut out, k);
         put(&mut out, v);
     }
@@ -207,10 +206,19 @@ mod tests {
             },
             elevated: true,
             headers_to_remove: vec!["x-hasura-org-id".into()],
+            upstream_token: Some(authgate_core::decision::UpstreamHeader {
+                name: "authorization".into(),
+                value: "Bearer e.y.j".into(),
+                fresh_until: 0,
+            }),
+            extra_metadata: Vec::new(),
         };
         let bytes = encode(&a);
         let r = Rendered::read(&bytes).expect("reads back");
-        assert_eq!(r.headers().collect::<Vec<_>>(), [("x-hasura-role", "user")]);
+        assert_eq!(
+            r.headers().collect::<Vec<_>>(),
+            [("x-hasura-role", "user"), ("authorization", "Bearer e.y.j")]
+        );
         assert_eq!(
             r.headers_to_remove().collect::<Vec<_>>(),
             ["x-hasura-org-id"]

@@ -257,6 +257,32 @@ fn grant(d: &mut Diagnostics, env: &dyn Env, path: YamlPath, v: &Value) -> Optio
     ok.then_some(g)
 }
 
+/// `algorithm` of a key authgate signs with: asymmetric (its public key
+/// is published), ES256 when absent.
+pub(super) fn signing_algorithm(
+    d: &mut Diagnostics,
+    o: &mut Obj<'_>,
+    what: &str,
+) -> Option<Algorithm> {
+    match o.str(d, "algorithm") {
+        None => Some(Algorithm::ES256),
+        Some(a) => match crate::keys::parse_algorithm(a) {
+            Ok(a) if a.family() != AlgorithmFamily::Hmac => Some(a),
+            Ok(_) => {
+                d.error(
+                    &o.path.key("algorithm"),
+                    format!("{what} with an asymmetric key (its public key is published)"),
+                );
+                None
+            }
+            Err(e) => {
+                d.error(&o.path.key("algorithm"), e);
+                None
+            }
+        },
+    }
+}
+
 fn signing_key(
     d: &mut Diagnostics,
     env: &dyn Env,
@@ -264,23 +290,7 @@ fn signing_key(
     v: &Value,
 ) -> Option<(Algorithm, Secret)> {
     let mut o = Obj::open(d, path.clone(), v)?;
-    let alg = match o.str(d, "algorithm") {
-        None => Some(Algorithm::ES256),
-        Some(a) => match crate::keys::parse_algorithm(a) {
-            Ok(a) if a.family() != AlgorithmFamily::Hmac => Some(a),
-            Ok(_) => {
-                d.error(
-                    &path.key("algorithm"),
-                    "grants are signed with an asymmetric key (their public keys are published)",
-                );
-                None
-            }
-            Err(e) => {
-                d.error(&path.key("algorithm"), e);
-                None
-            }
-        },
-    };
+    let alg = signing_algorithm(d, &mut o, "grants are signed");
     let key = o
         .require(d, "key")
         .and_then(|(p, v)| env_string(d, env, &p, v).map(|k| (p, k)));

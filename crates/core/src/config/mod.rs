@@ -14,6 +14,7 @@ pub mod import;
 pub mod introspection;
 mod policies;
 pub mod reader;
+mod upstream;
 pub mod webhook;
 
 use std::collections::HashSet;
@@ -49,6 +50,10 @@ pub struct Config {
     pub elevation: Option<crate::elevation::ElevationConfig>,
     /// `definition.policies` and `definition.policyRoutes`.
     pub policies: crate::policy::Policies,
+    /// `definition.upstreamToken`, when present.
+    pub upstream_token: Option<crate::upstream::UpstreamTokenConfig>,
+    /// `definition.dynamicMetadata`.
+    pub dynamic_metadata: Vec<crate::decision::MetadataField>,
     /// Non-fatal findings (weak secrets, ignored variables), for the log.
     pub warnings: Vec<Problem>,
     /// A hash of the text this config was read from, to tell an edited
@@ -314,12 +319,37 @@ fn compile(d: &mut Diagnostics, env: &dyn Env, root: &Value) -> Option<Config> {
         .get("elevation")
         .and_then(|(p, v)| elevation::elevation(d, env, p, v));
     let policies = policies::policies(d, &mut def, &modes);
+    let upstream_token = def
+        .get("upstreamToken")
+        .and_then(|(p, v)| upstream::upstream_token(d, env, p, v));
+    let dynamic_metadata = def
+        .get("dynamicMetadata")
+        .map(|(p, v)| upstream::dynamic_metadata(d, p, v))
+        .unwrap_or_default();
+    // One key for two jobs would publish one `kid` for both, and let a
+    // grant verifier accept an upstream token's signature.
+    let kid = |alg, pem: &crate::redact::Secret| {
+        crate::signing::SigningKey::from_pem(alg, &pem.0)
+            .ok()
+            .map(|k| k.kid)
+    };
+    if let (Some(u), Some(e)) = (&upstream_token, &elevation)
+        && let (Some(a), Some((b_alg, b))) = (&u.signing_key, &e.grant.signing_key)
+        && kid(u.alg, a).is_some_and(|k| Some(k) == kid(*b_alg, b))
+    {
+        d.error(
+            &def.path.key("upstreamToken").key("signingKey"),
+            "use a key other than elevation.grant.signingKey",
+        );
+    }
     def.finish(d);
     Some(Config {
         settings,
         modes,
         elevation,
         policies,
+        upstream_token,
+        dynamic_metadata,
         warnings: Vec::new(),
         fingerprint: 0,
     })

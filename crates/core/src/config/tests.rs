@@ -804,3 +804,124 @@ definition:
         "{errs:?}"
     );
 }
+
+#[test]
+fn upstream_token_and_dynamic_metadata_rules() {
+    let pem = include_str!("../../../../tests/fixtures/ec256.key").replace('\n', "\\n");
+    let with = |u: &str| {
+        format!(
+            "definition:\n  modes:\n    - {{mode: noAuth, sessionVariables: {{x-hasura-role: {{value: anonymous}}}}}}\n  {u}\n"
+        )
+    };
+    let ok = crate::config::parse(
+        &with(&format!(
+            "upstreamToken: {{signingKey: {{value: \"{pem}\"}}, issuer: \"https://a.example\", audience: [h1, h2], ttl: 1m, claimsFormat: StringifiedJson, scheme: \"\", header: X-Upstream-Jwt}}\n  dynamicMetadata: {{tenant: X-Hasura-Org-Id, org_2: x-hasura-org-id}}"
+        )),
+        &env,
+    )
+    .expect("loads");
+    let u = ok.upstream_token.expect("upstream token");
+    assert_eq!(u.header, "x-upstream-jwt");
+    assert_eq!(u.scheme, None);
+    assert_eq!(u.audience, ["h1", "h2"]);
+    assert_eq!(u.ttl.as_secs(), 60);
+    assert_eq!(ok.dynamic_metadata.len(), 2);
+    assert_eq!(&*ok.dynamic_metadata[1].header, "x-authgate-meta-tenant");
+    assert_eq!(&*ok.dynamic_metadata[1].variable, "x-hasura-org-id");
+    // A generated key is fine for the algorithms authgate generates.
+    assert!(
+        crate::config::parse(
+            &with("upstreamToken: {issuer: \"https://a.example\", algorithm: EdDSA}"),
+            &env
+        )
+        .is_ok()
+    );
+
+    for (u, expected) in [
+        ("upstreamToken: {}", "missing required key `issuer`"),
+        (
+            "upstreamToken: {issuer: a.example}",
+            "an issuer is an http(s) URL",
+        ),
+        (
+            "upstreamToken: {issuer: \"https://a.example?x=1\"}",
+            "an issuer is an http(s) URL",
+        ),
+        (
+            "upstreamToken: {issuer: \"https://a.example\", algorithm: HS256}",
+            "asymmetric",
+        ),
+        (
+            "upstreamToken: {issuer: \"https://a.example\", algorithm: RS256}",
+            "without `signingKey`",
+        ),
+        (
+            "upstreamToken: {issuer: \"https://a.example\", header: X-Hasura-Jwt}",
+            "authgate decides this header",
+        ),
+        (
+            "upstreamToken: {issuer: \"https://a.example\", header: Host}",
+            "HTTP and the proxy",
+        ),
+        (
+            "upstreamToken: {issuer: \"https://a.example\", ttl: 0}",
+            "from 1 second",
+        ),
+        (
+            "upstreamToken: {issuer: \"https://a.example\", ttl: 25h}",
+            "from 1 second",
+        ),
+        (
+            "upstreamToken: {issuer: \"https://a.example\", claimsNamespace: exp}",
+            "registered claim",
+        ),
+        (
+            "upstreamToken: {issuer: \"https://a.example\", claimsFormat: json}",
+            "unknown format",
+        ),
+        (
+            "upstreamToken: {issuer: \"https://a.example\", audience: []}",
+            "empty audience",
+        ),
+        (
+            "upstreamToken: {issuer: \"https://a.example\", signingKey: {value: nope}}",
+            "not a private key PEM",
+        ),
+        (
+            "upstreamToken: {issuer: \"https://a.example\", sigingKey: {value: nope}}",
+            "did you mean `signingKey`",
+        ),
+        (
+            "dynamicMetadata: {role: x-hasura-role}",
+            "one of authgate's own",
+        ),
+        (
+            "dynamicMetadata: {\"a b\": x-hasura-role}",
+            "a metadata key is",
+        ),
+        (
+            "dynamicMetadata: {a_b: x-hasura-role, a-b: x-hasura-user-id}",
+            "the same response header",
+        ),
+        (
+            "dynamicMetadata: {a: \"x hasura\"}",
+            "not a valid header name",
+        ),
+    ] {
+        let errs = errors(&with(u));
+        assert!(
+            errs.iter().any(|e| e.contains(expected)),
+            "{u}: expected {expected:?} in {errs:?}"
+        );
+    }
+    // One key for grants and upstream tokens is refused.
+    let both = format!(
+        "definition:\n  modes:\n    - {{mode: noAuth, sessionVariables: {{x-hasura-role: {{value: anonymous}}}}}}\n  upstreamToken: {{issuer: \"https://a.example\", signingKey: {{value: \"{pem}\"}}}}\n  elevation:\n    mode: required\n    webauthn: {{rpId: a.example, origins: [\"https://a.example\"]}}\n    grant: {{signingKey: {{algorithm: ES256, key: {{value: \"{pem}\"}}}}}}\n"
+    );
+    let errs = errors(&both);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("a key other than elevation.grant.signingKey")),
+        "{errs:?}"
+    );
+}

@@ -13,17 +13,16 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::jwk::{Jwk, ThumbprintHash};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::decision::DenyReason;
-use crate::keys::VerifyKey;
 use crate::metrics::ElevationFailure;
 use crate::redact::Secret;
 use crate::request::{Place, Request, TokenLocation};
 use crate::route::{self, Route};
+use crate::signing::SigningKey;
 use crate::store::{CredentialStore, StoreOptions};
 
 /// `aud` of every grant, so no other token of ours can pass for one.
@@ -74,10 +73,7 @@ pub fn routes_cover(routes: &[Route], req: &Request) -> Result<bool, DenyReason>
 
 /// authgate's grant signing keys and their public JWKS.
 pub struct GrantKeys {
-    alg: Algorithm,
-    kid: String,
-    encoding: EncodingKey,
-    decoding: VerifyKey,
+    key: SigningKey,
     jwks: Value,
     /// Grants whose signature and audience verified, by SHA-256 of the
     /// grant: a protected route then costs two hashes per request, not an
@@ -135,60 +131,28 @@ pub fn token_hash(token: &str) -> String {
 impl GrantKeys {
     /// From a private key PEM (PKCS#8 for EC and Ed25519; RSA PKCS#1 or #8).
     pub fn from_pem(alg: Algorithm, pem: &str) -> Result<Self, String> {
-        let encoding = match alg.family() {
-            AlgorithmFamily::Ec => EncodingKey::from_ec_pem(pem.as_bytes()),
-            AlgorithmFamily::Rsa => EncodingKey::from_rsa_pem(pem.as_bytes()),
-            AlgorithmFamily::Ed => EncodingKey::from_ed_pem(pem.as_bytes()),
-            _ => return Err("grants need an asymmetric algorithm".into()),
-        }
-        .map_err(|_| {
-            "not a private key PEM for this algorithm (EC and Ed25519 keys must be PKCS#8)"
-                .to_string()
-        })?;
-        Self::from_encoding_key(alg, encoding)
+        SigningKey::from_pem(alg, pem).map(Self::with_key)
     }
 
     /// A fresh ES256 key; grants signed with it die with the process.
     pub fn generate() -> Result<Self, String> {
-        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
-        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
-            .map_err(|_| "cannot generate a key".to_string())?;
-        let der = pair
-            .to_pkcs8v1()
-            .map_err(|_| "cannot encode the key".to_string())?;
-        Self::from_encoding_key(Algorithm::ES256, EncodingKey::from_ec_der(der.as_ref()))
+        SigningKey::generate(Algorithm::ES256).map(Self::with_key)
     }
 
-    fn from_encoding_key(alg: Algorithm, encoding: EncodingKey) -> Result<Self, String> {
-        let mut jwk = Jwk::from_encoding_key(&encoding, alg)
-            .map_err(|_| "cannot derive the public key".to_string())?;
-        let kid = jwk
-            .thumbprint(ThumbprintHash::SHA256)
-            .map_err(|_| "cannot compute the key id".to_string())?;
-        jwk.common.key_id = Some(kid.clone());
-        jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
-        let decoding = DecodingKey::from_jwk(&jwk)
-            .map_err(|_| "cannot derive the public key".to_string())
-            .and_then(|k| VerifyKey::new(None, Some(alg), alg, alg.family(), &k))?;
-        let jwks = json!({ "keys": [jwk] });
-        // Prove the pair works before serving with it.
-        let probe = jsonwebtoken::encode(&Header::new(alg), &json!({"probe": true}), &encoding)
-            .map_err(|_| "the key cannot sign".to_string())?;
-        let parsed = crate::jwt::parse(&probe).map_err(|_| "the key cannot sign".to_string())?;
-        if !parsed.verify_with(&decoding) {
-            return Err("the private key does not match its public key".into());
-        }
-        Ok(GrantKeys {
-            alg,
-            kid,
-            encoding,
-            decoding,
-            jwks,
+    fn with_key(key: SigningKey) -> Self {
+        GrantKeys {
+            jwks: json!({ "keys": [&key.jwk] }),
+            key,
             verified: moka::sync::Cache::builder()
                 .max_capacity(VERIFIED_GRANTS)
                 .expire_after(GrantExpiry)
                 .build(),
-        })
+        }
+    }
+
+    /// The signing key's id (its RFC 7638 thumbprint).
+    pub fn kid(&self) -> &str {
+        &self.key.kid
     }
 
     /// The public keys, for `GET /.well-known/jwks.json`.
@@ -214,8 +178,6 @@ impl GrantKeys {
         if lifetime <= 0 {
             return Err("the access token expires now".into());
         }
-        let mut header = Header::new(self.alg);
-        header.kid = Some(self.kid.clone());
         let claims = json!({
             "iss": "authgate",
             "aud": GRANT_AUDIENCE,
@@ -225,9 +187,7 @@ impl GrantKeys {
             "exp": exp,
             "jti": uuid::Uuid::new_v4().to_string(),
         });
-        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
-            .map_err(|_| "signing failed".to_string())?;
-        Ok((token, lifetime))
+        Ok((self.key.sign(&claims)?, lifetime))
     }
 
     /// Checks a grant for this user and this access token.
@@ -265,7 +225,7 @@ impl GrantKeys {
     /// Signature, audience and the claims a grant must carry.
     fn verify_signed(&self, grant: &str) -> Result<VerifiedGrant, GrantError> {
         let parsed = crate::jwt::parse(grant).map_err(|_| GrantError::Invalid)?;
-        if parsed.alg != self.alg || !parsed.verify_with(&self.decoding) {
+        if parsed.alg != self.key.alg || !parsed.verify_with(&self.key.verify) {
             return Err(GrantError::Invalid);
         }
         let claims = parsed.claims().map_err(|_| GrantError::Invalid)?;
@@ -543,6 +503,6 @@ mod tests {
             other.verify(&g, "u1", "tok", now + 1),
             Err(GrantError::Invalid)
         );
-        assert_eq!(keys.jwks()["keys"][0]["kid"], json!(keys.kid));
+        assert_eq!(keys.jwks()["keys"][0]["kid"], json!(keys.kid()));
     }
 }

@@ -13,7 +13,7 @@ use crate::decision::{Allow, Decision, ModeRef, Summary};
 /// proves that [`Engine::decide`](super::Engine::decide) never gets one.
 pub(super) trait Memo {
     type Hit;
-    fn hit(entry: &Arc<CachedToken>) -> Option<Self::Hit>;
+    fn hit(entry: &Arc<CachedToken>, now: i64) -> Option<Self::Hit>;
 }
 
 /// For [`Engine::decide`](super::Engine::decide) and [`Engine::identify`](super::Engine::identify): no memo.
@@ -21,19 +21,29 @@ pub(super) enum NoMemo {}
 
 impl Memo for NoMemo {
     type Hit = std::convert::Infallible;
-    fn hit(_: &Arc<CachedToken>) -> Option<Self::Hit> {
+    fn hit(_: &Arc<CachedToken>, _: i64) -> Option<Self::Hit> {
         None
     }
 }
 
-/// For [`Engine::decide_memo`](super::Engine::decide_memo): the entry, when an encoding is stored.
+/// For [`Engine::decide_memo`](super::Engine::decide_memo): the stored
+/// encoding, while it is fresh.
 pub(super) enum WithMemo {}
 
 impl Memo for WithMemo {
-    type Hit = Arc<CachedToken>;
-    fn hit(entry: &Arc<CachedToken>) -> Option<Self::Hit> {
-        entry.memo.get().is_some().then(|| entry.clone())
+    type Hit = Arc<Encoded>;
+    fn hit(entry: &Arc<CachedToken>, now: i64) -> Option<Self::Hit> {
+        entry.memo.load_full().filter(|m| now < m.until)
     }
+}
+
+/// A front door's encoded allow, as kept in a token-cache entry.
+pub(super) struct Encoded {
+    pub(super) bytes: Box<[u8]>,
+    /// Unix time from which it is stale: the upstream token it carries
+    /// should be renewed ([`crate::upstream::Minted::reuse_until`]);
+    /// `i64::MAX` without one.
+    pub(super) until: i64,
 }
 
 /// How a front door encodes an allow, for the memo of
@@ -48,15 +58,15 @@ pub enum Answer {
     Memo(MemoHit),
 }
 
-/// Bytes of an allow, lent by the token-cache entry that holds them.
+/// Bytes of an allow, shared with the token-cache entry that holds them.
 pub struct MemoHit {
     pub mode: ModeRef,
-    pub(super) entry: Arc<CachedToken>,
+    pub(super) encoded: Arc<Encoded>,
 }
 
 impl MemoHit {
     pub fn bytes(&self) -> &[u8] {
-        self.entry.memo.get().map_or(&[], |b| b)
+        &self.encoded.bytes
     }
 }
 

@@ -25,11 +25,13 @@ pub use memo::{Answer, EncodeAllow, MemoHit};
 pub use spec::{ApiKeyMode, JwtMode, KeySource, MODE_ORDER, Mode, ModeKind, NoAuthMode, Settings};
 
 use asks::Asks;
-use memo::{NoMemo, WithMemo};
+use memo::{Encoded, NoMemo, WithMemo};
 use modes::{AuthKind, Authenticator, Found, JwtAuth, Keys, Verified, invalid_reason};
-use token_cache::TokenCache;
+use token_cache::{CachedToken, SignedFor, TokenCache};
 
-use crate::decision::{Allow, Decision, DenyReason, ModeRef};
+use crate::decision::{
+    Allow, Decision, Deny, DenyReason, ExtraField, MetadataField, ModeRef, UpstreamHeader,
+};
 use crate::elevation::{Elevation, GrantError};
 use crate::introspection::Introspector;
 use crate::jwks::{JwksCache, JwksRegistry};
@@ -37,6 +39,7 @@ use crate::metrics::Metrics;
 use crate::policy::{Facts, Policies};
 use crate::request::Request;
 use crate::session::{self, RoleError, Session};
+use crate::upstream::{MintError, UpstreamTokens};
 use crate::webhook::WebhookAuth;
 
 /// Selection headers (RelyAuth): restrict mode types, or pick one mode id.
@@ -56,6 +59,10 @@ pub struct Engine {
     policies: Arc<Policies>,
     /// `authgate_policy_decisions_total` (allow, deny), by policy index.
     policy_counters: Vec<(prometheus::IntCounter, prometheus::IntCounter)>,
+    /// `definition.upstreamToken`.
+    upstream: Option<Arc<UpstreamTokens>>,
+    /// `definition.dynamicMetadata`.
+    metadata: Arc<[MetadataField]>,
     pub settings: Settings,
 }
 
@@ -168,6 +175,8 @@ impl Engine {
             elevation,
             policies: Arc::default(),
             policy_counters: Vec::new(),
+            upstream: None,
+            metadata: Arc::new([]),
             settings,
         }
     }
@@ -181,6 +190,25 @@ impl Engine {
             .collect();
         self.policies = Arc::new(policies);
         self
+    }
+
+    /// The engine with `definition.upstreamToken`: every allow carries a
+    /// token signed by `tokens`.
+    pub fn with_upstream_token(mut self, tokens: Option<Arc<UpstreamTokens>>) -> Self {
+        self.upstream = tokens;
+        self
+    }
+
+    /// The engine with `definition.dynamicMetadata`.
+    pub fn with_dynamic_metadata(mut self, fields: Vec<MetadataField>) -> Self {
+        self.metadata = fields.into();
+        self
+    }
+
+    /// The upstream token signer, for publishing its keys and for the next
+    /// reload's rotation.
+    pub fn upstream_tokens(&self) -> Option<&Arc<UpstreamTokens>> {
+        self.upstream.as_ref()
     }
 
     /// Whether a cached token's encoded allow may answer this request's
@@ -239,10 +267,10 @@ impl Engine {
         let asks = self.asks(req);
         let (auth, v) = match self.first_verified::<WithMemo>(req, &asks, now).await {
             Ok((auth, Found::Verified(v))) => (auth, v),
-            Ok((auth, Found::Memo(entry))) => {
+            Ok((auth, Found::Memo(encoded))) => {
                 return Answer::Memo(MemoHit {
                     mode: auth.mode.clone(),
-                    entry,
+                    encoded,
                 });
             }
             Err(deny) => return Answer::Decided(Decision::Deny(deny)),
@@ -250,15 +278,24 @@ impl Engine {
         let entry = v.entry.clone();
         let decision = self.finish(auth, v, &asks, now).await;
         match (entry, &decision) {
-            // An encoding already set was offered (and refused) in verify_jwt.
+            // A fresh encoding was offered (and refused) in `cached`; a
+            // stale one (its upstream token due for renewal) is replaced.
             (Some(entry), Decision::Allow(a))
-                if entry.memo.get().is_none() && asks.nothing(self) =>
+                if asks.nothing(self)
+                    && entry.memo.load().as_ref().is_none_or(|m| now >= m.until) =>
             {
-                // Another request may have stored the same bytes first.
-                let _ = entry.memo.set(encode(a));
+                let encoded = Arc::new(Encoded {
+                    bytes: encode(a),
+                    until: a
+                        .upstream_token
+                        .as_ref()
+                        .map_or(i64::MAX, |u| u.fresh_until),
+                });
+                // Another request may store the same bytes at the same time.
+                entry.memo.store(Some(encoded.clone()));
                 Answer::Memo(MemoHit {
                     mode: auth.mode.clone(),
-                    entry,
+                    encoded,
                 })
             }
             _ => Answer::Decided(decision),
@@ -275,7 +312,8 @@ impl Engine {
             Ok((_, Found::Memo(never))) => match never {},
             Err(deny) => return Err(Decision::Deny(deny)),
         };
-        self.resolve_role(auth, &mut v.session, &asks)?;
+        self.resolve_role(auth, &mut v.session, &asks)
+            .map_err(Decision::Deny)?;
         let (elevated, _) = self.elevation_state(&mut v.session, v.token.as_ref(), &asks, now);
         Ok(Identity {
             user_id: v.session.user_id(),
@@ -295,13 +333,16 @@ impl Engine {
         auth: &Authenticator,
         session: &mut Session,
         asks: &Asks<'_>,
-    ) -> Result<(), Decision> {
+    ) -> Result<(), Deny> {
         session::resolve_role(session, asks.role).map_err(|e| {
             let reason = match e {
                 RoleError::NotAllowed => DenyReason::RoleNotAllowed,
                 RoleError::Missing => invalid_reason(auth),
             };
-            Decision::deny(reason, Some(auth.mode.clone()))
+            Deny {
+                reason,
+                mode: Some(auth.mode.clone()),
+            }
         })
     }
 
@@ -362,10 +403,11 @@ impl Engine {
             mut session,
             token,
             facts,
+            slot,
             ..
         } = verified;
         if let Err(deny) = self.resolve_role(auth, &mut session, asks) {
-            return deny;
+            return Decision::Deny(deny);
         }
         match asks.policies(self) {
             Ok(0) => {}
@@ -422,14 +464,78 @@ impl Engine {
             .collect();
         headers_to_remove.sort_unstable();
         headers_to_remove.dedup();
+        let upstream_token = match &self.upstream {
+            None => None,
+            Some(u) => {
+                let exp = token.as_ref().and_then(|t| t.exp);
+                match upstream_header(u, slot.as_ref(), &session, elevated, exp, now) {
+                    Ok(h) => Some(h),
+                    Err(MintError::Expired) => {
+                        return Decision::deny(DenyReason::TokenExpired, Some(auth.mode.clone()));
+                    }
+                    Err(MintError::Signing) => {
+                        return Decision::deny(DenyReason::InternalError, Some(auth.mode.clone()));
+                    }
+                }
+            }
+        };
+        let extra_metadata = self
+            .metadata
+            .iter()
+            .filter_map(|f| {
+                Some(ExtraField {
+                    key: f.key.clone(),
+                    header: f.header.clone(),
+                    value: session::hasura_string(session.get(&f.variable)?),
+                })
+            })
+            .collect();
         Decision::Allow(Allow {
             session,
             headers,
             mode: auth.mode.clone(),
             elevated,
             headers_to_remove,
+            upstream_token,
+            extra_metadata,
         })
     }
+}
+
+/// The upstream token for a decided session: the one kept with the token's
+/// cache entry when it was signed for the same role and elevation and is
+/// not due for renewal, else a new one (then kept there).
+fn upstream_header(
+    tokens: &UpstreamTokens,
+    slot: Option<&Arc<CachedToken>>,
+    session: &Session,
+    elevated: bool,
+    caller_exp: Option<i64>,
+    now: i64,
+) -> Result<UpstreamHeader, MintError> {
+    let role = session.get_str(session::ROLE).unwrap_or("");
+    let header = |m: &crate::upstream::Minted| UpstreamHeader {
+        name: tokens.header_name().clone(),
+        value: m.value.clone(),
+        fresh_until: m.reuse_until,
+    };
+    if let Some(kept) = slot.and_then(|e| e.upstream.load_full())
+        && *kept.role == *role
+        && kept.elevated == elevated
+        && now < kept.minted.reuse_until
+    {
+        return Ok(header(&kept.minted));
+    }
+    let minted = tokens.mint(session, caller_exp, now)?;
+    let out = header(&minted);
+    if let Some(entry) = slot {
+        entry.upstream.store(Some(Arc::new(SignedFor {
+            role: role.into(),
+            elevated,
+            minted,
+        })));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

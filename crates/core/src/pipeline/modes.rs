@@ -85,6 +85,9 @@ pub(super) struct Verified<'r> {
     pub(super) token: Option<AccessToken<'r>>,
     /// The token-cache entry this session was served from (a repeat).
     pub(super) entry: Option<Arc<CachedToken>>,
+    /// The token-cache entry of this token, served from or just stored:
+    /// where the upstream token signed for it is kept.
+    pub(super) slot: Option<Arc<CachedToken>>,
     /// Which policies the credential satisfies.
     pub(super) facts: Facts,
 }
@@ -103,6 +106,7 @@ impl Engine {
             session,
             token: None,
             entry: None,
+            slot: None,
             facts,
         }
     }
@@ -307,13 +311,17 @@ impl Engine {
         let facts = self.policies.facts(mode_id, &claims);
         let session = claims::extract_owned(&j.claims, claims).map_err(|_| JwtError::Claims)?;
         let facts = self.policies.with_role(facts, &session);
-        if let (Some(cache), Some(key)) = (&self.token_cache, cache_key) {
-            cache.insert(key, &session, exp, nbf, now, cache.ttl(), facts);
-        }
+        let slot = match (&self.token_cache, cache_key) {
+            (Some(cache), Some(key)) => {
+                cache.insert(key, &session, exp, nbf, now, cache.ttl(), facts)
+            }
+            _ => None,
+        };
         Ok(Found::Verified(Verified {
             session,
             token: Some(AccessToken { raw: token, exp }),
             entry: None,
+            slot,
             facts,
         }))
     }
@@ -336,7 +344,7 @@ impl Engine {
             hit.check_time(now, rules)?;
             if asks.nothing(self)
                 && self.policies_pass_memo(asks, &hit.facts)
-                && let Some(memo) = M::hit(&hit)
+                && let Some(memo) = M::hit(&hit, now)
             {
                 self.count_memo_policies(asks);
                 return Ok(Cached::Hit(Found::Memo(memo)));
@@ -349,6 +357,7 @@ impl Engine {
                     session,
                     token: Some(AccessToken { raw: token, exp }),
                     facts: hit.facts,
+                    slot: Some(hit.clone()),
                     entry: Some(hit),
                 })));
             }
@@ -404,13 +413,17 @@ impl Engine {
         let session =
             claims::extract_owned(&cfg.claims, claims).map_err(|_| DenyReason::InvalidToken)?;
         let facts = self.policies.with_role(facts, &session);
-        if let (Some(cache), Some(key)) = (&self.token_cache, cache_key) {
-            cache.insert(key, &session, exp, nbf, now, cfg.cache_ttl, facts);
-        }
+        let slot = match (&self.token_cache, cache_key) {
+            (Some(cache), Some(key)) => {
+                cache.insert(key, &session, exp, nbf, now, cfg.cache_ttl, facts)
+            }
+            _ => None,
+        };
         Ok(Found::Verified(Verified {
             session,
             token: Some(AccessToken { raw: token, exp }),
             entry: None,
+            slot,
             facts,
         }))
     }

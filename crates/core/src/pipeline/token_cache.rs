@@ -3,11 +3,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use sha2::{Digest, Sha256};
+
+use super::memo::Encoded;
 
 use crate::jwt::{ClaimRules, JwtError};
 use crate::policy::Facts;
 use crate::session::Session;
+use crate::upstream::Minted;
 
 /// Verified tokens (docs/design.md, "Verified-token cache"): key = SHA-256 of mode index and token, value =
 /// the session before per-request steps. An entry is served for at most
@@ -33,8 +37,19 @@ pub(super) struct CachedToken {
     /// Which policies the token satisfies.
     pub(super) facts: Facts,
     /// The front door's encoded allow for requests that ask for
-    /// nothing ([`Engine::decide_memo`](super::Engine::decide_memo)), stored on the token's first repeat.
-    pub(super) memo: std::sync::OnceLock<Box<[u8]>>,
+    /// nothing ([`Engine::decide_memo`](super::Engine::decide_memo)), stored on the token's first repeat
+    /// and replaced when stale.
+    pub(super) memo: ArcSwapOption<Encoded>,
+    /// The last upstream token signed for this token's session
+    /// ([`crate::upstream`]), for the role and elevation it was signed with.
+    pub(super) upstream: ArcSwapOption<SignedFor>,
+}
+
+/// An upstream token and what, besides the credential, its session depended on.
+pub(super) struct SignedFor {
+    pub(super) role: Box<str>,
+    pub(super) elevated: bool,
+    pub(super) minted: Minted,
 }
 
 impl CachedToken {
@@ -84,7 +99,8 @@ impl TokenCache {
 
     /// Keeps `session` for at most `ttl` (a mode's own limit: `tokenCacheTtl`
     /// for JWTs, `cacheTtl` for introspection answers); expiry past `exp`
-    /// is refused by [`CachedToken::check_time`] on every hit.
+    /// is refused by [`CachedToken::check_time`] on every hit. Returns the
+    /// entry, so that what the rest of the decision signs is kept with it.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn insert(
         &self,
@@ -95,28 +111,25 @@ impl TokenCache {
         now: i64,
         ttl: Duration,
         facts: Facts,
-    ) {
+    ) -> Option<Arc<CachedToken>> {
         let until_exp = match exp {
             Some(exp) => Duration::from_secs(u64::try_from(exp.saturating_sub(now)).unwrap_or(0)),
             None => ttl,
         };
         let ttl = ttl.min(until_exp);
-        let Some(fresh_until) = std::time::Instant::now()
+        let fresh_until = std::time::Instant::now()
             .checked_add(ttl)
-            .filter(|_| !ttl.is_zero())
-        else {
-            return;
-        };
-        self.cache.insert(
-            key,
-            Arc::new(CachedToken {
-                session: session.to_compact(),
-                exp: exp.unwrap_or(i64::MAX),
-                nbf: nbf.unwrap_or(i64::MIN),
-                fresh_until,
-                facts,
-                memo: std::sync::OnceLock::new(),
-            }),
-        );
+            .filter(|_| !ttl.is_zero())?;
+        let entry = Arc::new(CachedToken {
+            session: session.to_compact(),
+            exp: exp.unwrap_or(i64::MAX),
+            nbf: nbf.unwrap_or(i64::MIN),
+            fresh_until,
+            facts,
+            memo: ArcSwapOption::empty(),
+            upstream: ArcSwapOption::empty(),
+        });
+        self.cache.insert(key, entry.clone());
+        Some(entry)
     }
 }
