@@ -122,6 +122,16 @@ definition:
     - {pathPrefix: /v1/, policy: graphql}
     - {methods: [POST], path: /v1/graphql, policy: members}
 YAML
+# Scenario h: scenario g's policies, and an upstream token signed for every
+# allow (kept with the token's cache entry, so repeats sign nothing).
+upstream_key=$(awk '{printf "%s\\n", $0}' tests/fixtures/ec256.key)
+cat "$tmp/policy.yaml" > "$tmp/upstream.yaml"
+cat >> "$tmp/upstream.yaml" <<YAML
+  upstreamToken:
+    signingKey: {value: "$upstream_key"}
+    issuer: http://authgate.bench
+    audience: hasura
+YAML
 cat > "$tmp/jwks.yaml" <<YAML
 definition:
   modes:
@@ -219,11 +229,12 @@ point() { # SCENARIO STREAMS ROUND
     d) start_authgate "$tmp/es.yaml"; BENCH_NO_REPEAT=1 run_point d_es256_distinct "$2" 0 "$es_tokens" "" "$3";;
     f) start_authgate "$tmp/elev.yaml"; run_point f_elevated_route_grant "$2" 0 "$tmp/grant.txt" /admin/users "$3";;
     g) start_authgate "$tmp/policy.yaml"; run_point g_hs256_cached_policies "$2" 0 "$tmp/hs.txt" "" "$3";;
+    h) start_authgate "$tmp/upstream.yaml"; run_point h_policies_upstream_token "$2" 0 "$tmp/hs.txt" "" "$3";;
   esac
   stop_server
 }
 order=(baseline)
-for s in a e b c d f g; do if want "$s"; then order+=("$s"); fi; done
+for s in a e b c d f g h; do if want "$s"; then order+=("$s"); fi; done
 for streams in 1 64; do
   for round in $(seq "$rounds"); do
     if [ $((round % 2)) = 0 ]; then

@@ -320,13 +320,15 @@ async fn check(args: CheckArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let upstream = match crate::upstream::open_configured(config.upstream_token, None) {
-        Ok(u) => u,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let grant_kid = elevation.as_ref().map(|e| e.grants.kid().to_owned());
+    let upstream =
+        match crate::upstream::open_configured(config.upstream_token, None, grant_kid.as_deref()) {
+            Ok(u) => u,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
     let engine = Engine::build(
         config.settings,
         config.modes,
@@ -573,9 +575,13 @@ impl Signals {
 }
 
 /// Logs to stderr: JSON by default, `AUTHGATE_LOG_FORMAT=pretty` for a
-/// terminal; level from `RUST_LOG`, else `LOG_LEVEL`, else `info`.
-pub fn init_logging() {
-    use tracing_subscriber::EnvFilter;
+/// terminal; level from `RUST_LOG`, else `LOG_LEVEL`, else `info`. Spans go
+/// to an OpenTelemetry exporter when `OTEL_*` asks for one
+/// ([`crate::telemetry`]), never to the log.
+pub fn init_logging() -> Result<Option<crate::telemetry::Export>, String> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _};
     let filter = std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.is_empty())
@@ -583,18 +589,37 @@ pub fn init_logging() {
         .map(|v| v.to_ascii_lowercase())
         .unwrap_or_else(|| "info".into());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // Export-only spans never reach the log, whatever RUST_LOG says.
+    let filter = match format!("{}=off", authgate_core::trace::SPAN_TARGET).parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    };
     let pretty =
         std::env::var("AUTHGATE_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("pretty"));
-    if pretty {
-        builder.init();
+    let log = if pretty {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed()
     } else {
-        builder
+        tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .init();
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed()
+    };
+    let registry = tracing_subscriber::registry().with(log);
+    match crate::telemetry::layer()? {
+        Some((export_layer, export)) => {
+            registry.with(export_layer).init();
+            Ok(Some(export))
+        }
+        None => {
+            registry.init();
+            Ok(None)
+        }
     }
 }

@@ -217,11 +217,17 @@ impl UnaryService<Request> for Check {
         let peer = self.1;
         Box::pin(async move {
             let started = Instant::now();
+            // The call's own trace context (Envoy's ext_authz span), only
+            // when spans are exported.
+            let call =
+                crate::telemetry::enabled().then(|| request.metadata().clone().into_headers());
             let mut req = request.into_inner();
             if req.source_ip.is_none() {
                 req.source_ip = peer;
             }
-            let answer = shared.decide_memo(&req, encode_allow, started).await;
+            let answer = shared
+                .decide_memo(&req, encode_allow, started, call.as_ref())
+                .await;
             Ok(tonic::Response::new(answer))
         })
     }

@@ -15,6 +15,7 @@
 //! | [`budget`] | byte budgets per connection and in all |
 //! | [`limits`] | every bound on connections, streams, bytes and time |
 //! | [`cli`] | `authgate serve`, `validate`, `check` |
+//! | [`telemetry`] | logs and OpenTelemetry trace export (`OTEL_*`) |
 #![forbid(unsafe_code)]
 
 pub use authgate_core::*;
@@ -28,3 +29,4 @@ pub mod http;
 pub mod limits;
 pub mod server;
 pub mod state;
+pub mod telemetry;

@@ -4,6 +4,16 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = authgate::cli::Cli::parse();
-    authgate::cli::init_logging();
-    authgate::cli::run(cli)
+    let export = match authgate::cli::init_logging() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = authgate::cli::run(cli);
+    if let Some(export) = export {
+        export.shutdown();
+    }
+    code
 }

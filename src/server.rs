@@ -27,7 +27,11 @@ impl Shared {
         let registry = JwksRegistry::new()?;
         let elevation = open_elevation(&config, None, &metrics).await?;
         let attempted = Some((config.fingerprint, false));
-        let upstream = crate::upstream::open_configured(config.upstream_token, None)?;
+        let upstream = crate::upstream::open_configured(
+            config.upstream_token,
+            None,
+            elevation.as_ref().map(|e| e.grants.kid()),
+        )?;
         let engine = Engine::build(
             config.settings,
             config.modes,
@@ -85,22 +89,23 @@ impl Shared {
         let current = self.engine();
         let loaded = match loaded {
             Ok(config) => {
-                let upstream = crate::upstream::open_configured(
-                    config.upstream_token.clone(),
-                    current.upstream_tokens().map(|u| &**u),
-                )
-                .map_err(|e| {
-                    ConfigErrors(vec![config::Problem::error(
-                        config::YamlPath::root()
-                            .key("definition")
-                            .key("upstreamToken"),
-                        e,
-                    )])
-                });
                 match open_elevation(&config, current.elevation().map(|e| &**e), &self.metrics)
                     .await
                 {
-                    Ok(elevation) => upstream.map(|u| (config, elevation, u)),
+                    Ok(elevation) => crate::upstream::open_configured(
+                        config.upstream_token.clone(),
+                        current.upstream_tokens().map(|u| &**u),
+                        elevation.as_ref().map(|e| e.grants.kid()),
+                    )
+                    .map(|u| (config, elevation, u))
+                    .map_err(|e| {
+                        ConfigErrors(vec![config::Problem::error(
+                            config::YamlPath::root()
+                                .key("definition")
+                                .key("upstreamToken"),
+                            e,
+                        )])
+                    }),
                     Err(e) => Err(ConfigErrors(vec![config::Problem::error(
                         config::YamlPath::root().key("definition").key("elevation"),
                         e,

@@ -15,6 +15,8 @@ use crate::jwks::JwksRegistry;
 use crate::metrics::{Frontend, Metrics};
 use crate::pipeline::{Answer, Engine};
 use crate::request::Request;
+use crate::telemetry;
+use tracing::Instrument as _;
 
 /// What every front door shares: the current engine (swapped atomically on
 /// reload), metrics, admission and the readiness state. Built and reloaded
@@ -151,11 +153,14 @@ impl Shared {
     pub async fn decide(&self, frontend: Frontend, req: &Request, started: Instant) -> Decision {
         let engine = self.engine.load_full();
         let timeout = engine.settings.decision_timeout;
+        let span = telemetry::decision_span(frontend, None, req);
         let decided = self
             .admission
             .bounded(Slots::Http, timeout, engine.decide(req))
+            .instrument(span.clone())
             .await;
         let decision = decided.unwrap_or_else(|| timed_out(frontend, timeout));
+        telemetry::record(&span, decision.summary(), telemetry::mode_id(&decision));
         self.recorded(frontend, req, &decision, started);
         decision
     }
@@ -168,14 +173,22 @@ impl Shared {
         req: &Request,
         encode: crate::pipeline::EncodeAllow,
         started: Instant,
+        call: Option<&http::HeaderMap>,
     ) -> Answer {
         let engine = self.engine.load_full();
         let timeout = engine.settings.decision_timeout;
+        let span = telemetry::decision_span(Frontend::Grpc, call, req);
         let decided = self
             .admission
             .bounded(Slots::Grpc, timeout, engine.decide_memo(req, encode))
+            .instrument(span.clone())
             .await;
         let answer = decided.unwrap_or_else(|| Answer::Decided(timed_out(Frontend::Grpc, timeout)));
+        let mode_id = match &answer {
+            Answer::Decided(d) => telemetry::mode_id(d),
+            Answer::Memo(m) => Some(&*m.mode.id),
+        };
+        telemetry::record(&span, answer.summary(), mode_id);
         match &answer {
             Answer::Decided(d) => self.recorded(Frontend::Grpc, req, d, started),
             Answer::Memo(_) => {

@@ -396,8 +396,8 @@ pub fn to_request(
 
 /// `GET /.well-known/jwks.json`: the public keys of elevation grants and of
 /// upstream tokens (during a rotation, the next and the previous key too).
-/// Verifiers may cache it for [`crate::upstream::PUBLISH_AHEAD`] seconds: a
-/// new key is published that long before it signs.
+/// Verifiers may cache it for [`crate::upstream::JWKS_MAX_AGE`] seconds; a
+/// new key is published twice that long before it signs.
 async fn published_jwks(State(shared): State<Arc<Shared>>) -> Response {
     let engine = shared.engine();
     let now = crate::clock::unix_now();
@@ -420,7 +420,7 @@ async fn published_jwks(State(shared): State<Arc<Shared>>) -> Response {
     (
         [(
             header::CACHE_CONTROL,
-            format!("public, max-age={}", crate::upstream::PUBLISH_AHEAD),
+            format!("public, max-age={}", crate::upstream::JWKS_MAX_AGE),
         )],
         axum::Json(serde_json::json!({ "keys": keys })),
     )
@@ -452,8 +452,19 @@ pub fn render(decision: &Decision) -> Response {
                 .iter()
                 .map(|f| (&*f.header, f.value.as_str()));
             for (k, v) in a.headers_to_set().chain(extra) {
-                if let (Ok(name), Ok(value)) = (HeaderName::try_from(k), HeaderValue::from_str(v)) {
-                    headers.insert(name, value);
+                // Values were checked when decided; one that cannot be
+                // written would leave the client's header (an upstream
+                // token's) in place: fail closed.
+                match (HeaderName::try_from(k), HeaderValue::from_str(v)) {
+                    (Ok(name), Ok(value)) => {
+                        headers.insert(name, value);
+                    }
+                    _ => {
+                        return render(&Decision::deny(
+                            crate::decision::DenyReason::InternalError,
+                            Some(a.mode.clone()),
+                        ));
+                    }
                 }
             }
             // Envoy's HTTP ext_authz removes these from the upstream request

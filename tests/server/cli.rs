@@ -416,7 +416,7 @@ fn token_with_private_key_files() {
 }
 
 /// Starts `authgate serve` on free ports; returns the child and its addresses.
-type Logs = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+pub(crate) type Logs = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 fn serve(config: &str, extra_env: &[(&str, &str)]) -> (std::process::Child, String, String) {
     let (child, grpc, http, _) = serve_with_logs(config, extra_env);
@@ -424,7 +424,7 @@ fn serve(config: &str, extra_env: &[(&str, &str)]) -> (std::process::Child, Stri
 }
 
 /// Starts `authgate serve`; also returns its stderr lines as they arrive.
-fn serve_with_logs(
+pub(crate) fn serve_with_logs(
     config: &str,
     extra_env: &[(&str, &str)],
 ) -> (std::process::Child, String, String, Logs) {
@@ -469,7 +469,7 @@ fn serve_with_logs(
     (child, grpc, http, logs)
 }
 
-fn signal(child: &std::process::Child, sig: &str) {
+pub(crate) fn signal(child: &std::process::Child, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &child.id().to_string()])
         .status()
@@ -478,7 +478,7 @@ fn signal(child: &std::process::Child, sig: &str) {
     assert!(ok);
 }
 
-fn wait_exit(child: &mut std::process::Child) -> i32 {
+pub(crate) fn wait_exit(child: &mut std::process::Child) -> i32 {
     for _ in 0..200 {
         if let Some(s) = child.try_wait().unwrap() {
             return s.code().unwrap_or(-1);

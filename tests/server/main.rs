@@ -20,5 +20,6 @@ mod policies;
 mod private_ca;
 mod relyauth_vectors;
 mod store;
+mod traces;
 mod upstream;
 mod webhook;

@@ -44,11 +44,19 @@ pub(crate) async fn read(
             .into(),
         )
     };
-    let mut resp = client
+    let span = tracing::info_span!(
+        target: crate::trace::SPAN_TARGET,
+        "oidc.discovery",
+        otel.kind = "client",
+        url.full = %crate::redact::url(url),
+    );
+    let sent = client
         .get(url)
         .headers(headers.clone())
+        .headers(crate::trace::context_headers())
         .header(reqwest::header::ACCEPT, "application/json")
-        .send()
+        .send();
+    let mut resp = tracing::Instrument::instrument(sent, span)
         .await
         .map_err(failed)?;
     let status = resp.status().as_u16();

@@ -307,18 +307,27 @@ impl Introspector {
                 "application/x-www-form-urlencoded",
             )
             .header(reqwest::header::ACCEPT, "application/json")
+            .headers(crate::trace::context_headers())
             .body(body);
         if let Some(auth) = &self.auth_header {
             req = req.header(reqwest::header::AUTHORIZATION, auth.clone());
         }
         let unavailable = |why: &str| Failure::Unavailable(why.to_owned());
-        let mut resp = req.send().await.map_err(|e| {
-            unavailable(if e.is_timeout() {
-                "the introspection endpoint timed out"
-            } else {
-                "the introspection endpoint is unreachable"
-            })
-        })?;
+        let span = tracing::info_span!(
+            target: crate::trace::SPAN_TARGET,
+            "introspection",
+            otel.kind = "client",
+            url.full = %self.shown_endpoint(),
+        );
+        let mut resp = tracing::Instrument::instrument(req.send(), span)
+            .await
+            .map_err(|e| {
+                unavailable(if e.is_timeout() {
+                    "the introspection endpoint timed out"
+                } else {
+                    "the introspection endpoint is unreachable"
+                })
+            })?;
         match resp.status().as_u16() {
             200 => {}
             401 | 403 => {

@@ -233,7 +233,14 @@ impl JwksCache {
     /// One fetch; on success swaps the keys in. Counted in metrics.
     async fn fetch(&self) -> Result<Fetched, FetchError> {
         let serial = self.fetch_lock.lock().await;
-        let result = self.fetch_inner().await;
+        let span = tracing::info_span!(
+            target: crate::trace::SPAN_TARGET,
+            "jwks.fetch",
+            otel.kind = "client",
+            url.full = %self.shown_url,
+            authgate.source = %self.source(),
+        );
+        let result = tracing::Instrument::instrument(self.fetch_inner(), span).await;
         drop(serial);
         match &result {
             Ok(Fetched::Updated(_)) => {
@@ -323,10 +330,15 @@ impl JwksCache {
 
     async fn fetch_inner(&self) -> Result<Fetched, FetchError> {
         let url = self.key_set_url().await?;
-        let mut req = self.client.get(&url).headers(self.headers.clone()).header(
-            reqwest::header::ACCEPT,
-            "application/json, application/jwk-set+json",
-        );
+        let mut req = self
+            .client
+            .get(&url)
+            .headers(self.headers.clone())
+            .headers(crate::trace::context_headers())
+            .header(
+                reqwest::header::ACCEPT,
+                "application/json, application/jwk-set+json",
+            );
         let etag = self.etag.lock().ok().and_then(|e| e.clone());
         if let (Some(tag), true) = (&etag, self.is_ready()) {
             req = req.header(reqwest::header::IF_NONE_MATCH, tag.as_str());
@@ -383,10 +395,11 @@ impl JwksCache {
         }
         *last = Some(Instant::now());
         let cache = Arc::clone(self);
-        let _ = tokio::spawn(async move {
+        // In the caller's span: the fetch is part of its decision's trace.
+        let _ = tokio::spawn(tracing::Instrument::in_current_span(async move {
             let _ = cache.fetch().await;
             drop(last);
-        })
+        }))
         .await;
         match self.current() {
             Some(set) if set.has_kid(kid) => Some(set),

@@ -25,6 +25,7 @@
 //! | [`introspection`] | the introspection mode: opaque tokens checked at the issuer (RFC 7662) |
 //! | [`elevation`] | elevated access: which requests need it, grants, and the WebAuthn ceremonies |
 //! | [`signing`] | keys authgate signs with (grants, upstream tokens) and their public JWKs |
+//! | [`trace`] | spans around outbound calls, and the trace context they carry |
 //! | [`upstream`] | tokens signed by authgate for the upstream, in Hasura's JWT claims format, and their key rotation |
 //! | [`store`] | the security-key store trait, SQLite and PostgreSQL |
 //! | [`identity`] | who a request proved to be, for authgate's own endpoints |
@@ -59,5 +60,6 @@ pub mod rules;
 pub mod session;
 pub mod signing;
 pub mod store;
+pub mod trace;
 pub mod upstream;
 pub mod webhook;

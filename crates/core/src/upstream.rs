@@ -5,10 +5,10 @@
 //! secret. The public keys are published at `/.well-known/jwks.json`.
 //!
 //! Rotation: a reload with another key publishes the new key at once but
-//! keeps signing with the old one for [`PUBLISH_AHEAD`] (the JWKS answer's
-//! `max-age`), so a verifier that cached the JWKS has fetched the new key
-//! before it sees a token signed with it; the old key then stays published
-//! until the last token it signed has expired.
+//! keeps signing with the old one for [`PUBLISH_AHEAD`] (twice the JWKS
+//! answer's `max-age`), so a verifier that cached the JWKS has fetched the
+//! new key before it sees a token signed with it; the old key then stays
+//! published until the last token it signed has expired.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,9 +21,12 @@ use crate::redact::Secret;
 use crate::session::{self, Session};
 use crate::signing::SigningKey;
 
-/// How long a JWKS answer may be cached (`Cache-Control: max-age`), and how
-/// long a new key is published before it signs.
-pub const PUBLISH_AHEAD: i64 = 60;
+/// How long a JWKS answer may be cached (`Cache-Control: max-age`).
+pub const JWKS_MAX_AGE: i64 = 60;
+
+/// How long a new key is published before it signs: twice what a verifier
+/// may cache, so one failed refresh does not refuse its tokens.
+pub const PUBLISH_AHEAD: i64 = 2 * JWKS_MAX_AGE;
 
 /// How long past its last token's expiry a replaced key stays published
 /// (clock skew between authgate and verifiers).
@@ -104,13 +107,18 @@ pub struct Minted {
 pub fn open_configured(
     cfg: Option<UpstreamTokenConfig>,
     previous: Option<&UpstreamTokens>,
+    grant_kid: Option<&str>,
 ) -> Result<Option<Arc<UpstreamTokens>>, String> {
-    cfg.map(|c| {
-        UpstreamTokens::open(c, previous, crate::clock::unix_now())
-            .map(Arc::new)
-            .map_err(|e| format!("upstreamToken: {e}"))
-    })
-    .transpose()
+    let now = crate::clock::unix_now();
+    let Some(cfg) = cfg else {
+        return Ok(None);
+    };
+    let tokens =
+        UpstreamTokens::open(cfg, previous, now).map_err(|e| format!("upstreamToken: {e}"))?;
+    if let Some(kid) = grant_kid {
+        tokens.check_grant_key(kid, now)?;
+    }
+    Ok(Some(Arc::new(tokens)))
 }
 
 impl UpstreamTokens {
@@ -130,11 +138,25 @@ impl UpstreamTokens {
             _ => false,
         };
         if let Some(p) = previous.filter(same_key) {
+            let mut retired = p.live_retired(now);
+            // A reload within a rotation: the outgoing key signs with this
+            // config's ttl until the switch.
+            if let Some(o) = p.outgoing.as_ref().filter(|_| now < p.switch_at) {
+                let until = p
+                    .switch_at
+                    .saturating_add(ttl.max(p.ttl))
+                    .saturating_add(RETIRE_MARGIN);
+                for (k, u) in &mut retired {
+                    if Arc::ptr_eq(k, o) {
+                        *u = (*u).max(until);
+                    }
+                }
+            }
             return Ok(UpstreamTokens {
                 key: p.key.clone(),
                 outgoing: p.outgoing.clone(),
                 switch_at: p.switch_at,
-                retired: p.live_retired(now),
+                retired,
                 ttl,
                 header,
                 cfg,
@@ -166,8 +188,10 @@ impl UpstreamTokens {
         let old = p.signer(now).clone();
         let switch_at = now.saturating_add(PUBLISH_AHEAD);
         let mut retired = p.live_retired(now);
+        // Until the switch the old key signs with this config's ttl, and
+        // tokens it signed before with the previous one.
         let old_until = switch_at
-            .saturating_add(p.ttl)
+            .saturating_add(p.ttl.max(ttl))
             .saturating_add(RETIRE_MARGIN);
         for k in [Some(&p.key), p.outgoing.as_ref()].into_iter().flatten() {
             let until = if Arc::ptr_eq(k, &old) {
@@ -239,8 +263,20 @@ impl UpstreamTokens {
         out
     }
 
-    /// The key ids published at `now` (for the grant keys' check that no
-    /// two keys share one).
+    /// Refuses a grant key that is (or, within a rotation, was) one of the
+    /// upstream token keys: one key for two jobs would publish one `kid`
+    /// for both.
+    pub fn check_grant_key(&self, grant_kid: &str, now: i64) -> Result<(), String> {
+        if self.kids(now).contains(&grant_kid) {
+            return Err(
+                "upstreamToken.signingKey: use a key other than elevation.grant.signingKey (also one that signed upstream tokens before)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The key ids published at `now`.
     pub fn kids(&self, now: i64) -> Vec<&str> {
         self.published(now)
             .into_iter()
@@ -326,8 +362,10 @@ impl UpstreamTokens {
             Some(s) => format!("{s} {token}").into(),
             None => token.into(),
         };
+        // Reused for half its life; a token the caller's `exp` cuts short
+        // is renewed a little before it ends (a new one would end as soon).
         let reuse_until = if exp < wanted {
-            exp
+            exp - (exp - now).min(10) / 2
         } else {
             now.saturating_add(self.ttl / 2)
         };
@@ -393,7 +431,7 @@ mod tests {
         assert!(ns.get("x-hasura-role").is_none());
 
         let m = t.mint(&session(), Some(1100), 1000).expect("mints");
-        assert_eq!((m.exp, m.reuse_until), (1100, 1100));
+        assert_eq!((m.exp, m.reuse_until), (1100, 1095));
         assert_eq!(
             t.mint(&session(), Some(1000), 1000).unwrap_err(),
             MintError::Expired
@@ -442,11 +480,26 @@ mod tests {
         assert!(next.kids(gone - 1).contains(&old_kid.as_str()));
         assert_eq!(next.kids(gone), [new_kid.as_str()]);
         // A later reload carries the retired key along.
-        let again = UpstreamTokens::open(config(Some(pem)), Some(&next), 2100).expect("opens");
-        assert!(again.kids(2100).contains(&old_kid.as_str()));
+        let later = switch + 10;
+        let again = UpstreamTokens::open(config(Some(pem)), Some(&next), later).expect("opens");
+        assert!(again.kids(later).contains(&old_kid.as_str()));
         assert_eq!(
-            kid_of(&again.mint(&session(), None, 2100).unwrap()),
+            kid_of(&again.mint(&session(), None, later).unwrap()),
             new_kid
+        );
+        // A reload within the rotation that lengthens the ttl keeps the
+        // old key published as long as what it signs with that ttl lives.
+        let mut longer = config(Some(pem));
+        longer.ttl = Duration::from_secs(3000);
+        let within = UpstreamTokens::open(longer, Some(&next), 2010).expect("opens");
+        let m = within.mint(&session(), None, 2010).unwrap();
+        assert_eq!(kid_of(&m), old_kid);
+        assert!(within.kids(m.exp).contains(&old_kid.as_str()));
+        assert!(within.kids(switch + 3000).contains(&old_kid.as_str()));
+        assert!(
+            !within
+                .kids(switch + 3000 + RETIRE_MARGIN)
+                .contains(&old_kid.as_str())
         );
     }
 }

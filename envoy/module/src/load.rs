@@ -90,7 +90,11 @@ pub fn build(
                 .into(),
         );
     }
-    let upstream = authgate_core::upstream::open_configured(config.upstream_token, None)?;
+    let upstream = authgate_core::upstream::open_configured(
+        config.upstream_token,
+        None,
+        elevation.as_ref().map(|e| e.grants.kid()),
+    )?;
     let engine = Engine::build(
         config.settings,
         config.modes,

@@ -831,7 +831,7 @@ fn upstream_token_and_dynamic_metadata_rules() {
     // A generated key is fine for the algorithms authgate generates.
     assert!(
         crate::config::parse(
-            &with("upstreamToken: {issuer: \"https://a.example\", algorithm: EdDSA}"),
+            &with("upstreamToken: {issuer: \"https://a.example\", audience: h, algorithm: EdDSA}"),
             &env
         )
         .is_ok()
@@ -839,6 +839,14 @@ fn upstream_token_and_dynamic_metadata_rules() {
 
     for (u, expected) in [
         ("upstreamToken: {}", "missing required key `issuer`"),
+        (
+            "upstreamToken: {issuer: \"https://a.example\"}",
+            "missing required key `audience`",
+        ),
+        (
+            "upstreamToken: {issuer: \"https://a.example\", audience: authgate-elevation}",
+            "the audience of elevation grants",
+        ),
         (
             "upstreamToken: {issuer: a.example}",
             "an issuer is an http(s) URL",
@@ -916,7 +924,7 @@ fn upstream_token_and_dynamic_metadata_rules() {
     }
     // One key for grants and upstream tokens is refused.
     let both = format!(
-        "definition:\n  modes:\n    - {{mode: noAuth, sessionVariables: {{x-hasura-role: {{value: anonymous}}}}}}\n  upstreamToken: {{issuer: \"https://a.example\", signingKey: {{value: \"{pem}\"}}}}\n  elevation:\n    mode: required\n    webauthn: {{rpId: a.example, origins: [\"https://a.example\"]}}\n    grant: {{signingKey: {{algorithm: ES256, key: {{value: \"{pem}\"}}}}}}\n"
+        "definition:\n  modes:\n    - {{mode: noAuth, sessionVariables: {{x-hasura-role: {{value: anonymous}}}}}}\n  upstreamToken: {{issuer: \"https://a.example\", audience: h, signingKey: {{value: \"{pem}\"}}}}\n  elevation:\n    mode: required\n    webauthn: {{rpId: a.example, origins: [\"https://a.example\"]}}\n    grant: {{signingKey: {{algorithm: ES256, key: {{value: \"{pem}\"}}}}}}\n"
     );
     let errs = errors(&both);
     assert!(

@@ -105,15 +105,17 @@ pub(super) fn upstream_token(
             }
         }
     });
-    let audience = match o.get("audience") {
-        None => Some(Vec::new()),
+    // Required: the same JWKS also holds the keys of elevation grants, and
+    // a verifier that checks no audience would take a grant for a session.
+    let audience = match o.require(d, "audience") {
+        None => None,
         Some((_, Value::String(s))) if !s.is_empty() => Some(vec![s.clone()]),
         Some((p, v @ Value::Array(_))) => as_str_list(d, &p, v).filter(|l| {
             let fine = !l.is_empty() && l.iter().all(|a| !a.is_empty());
             if !fine {
                 d.error(
                     &p,
-                    "leave `audience` out for none; an empty audience is a mistake",
+                    "an empty audience is a mistake: name what the upstream checks",
                 );
             }
             fine
@@ -126,6 +128,18 @@ pub(super) fn upstream_token(
             None
         }
     };
+    if audience
+        .as_ref()
+        .is_some_and(|a| a.iter().any(|a| a == crate::elevation::GRANT_AUDIENCE))
+    {
+        d.error(
+            &path.key("audience"),
+            format!(
+                "`{}` is the audience of elevation grants",
+                crate::elevation::GRANT_AUDIENCE
+            ),
+        );
+    }
     let ttl = match o.get("ttl") {
         None => Some(Duration::from_secs(300)),
         Some((p, v)) => duration(d, &p, v).filter(|t| {

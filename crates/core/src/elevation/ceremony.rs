@@ -661,10 +661,10 @@ mod tests {
         let grant = c.elevate_finish(&alice, &signed).await.expect("grant");
         assert!(grant.expires_in > 0 && grant.expires_in <= 600);
         let token = alice.token.as_ref().unwrap();
-        assert_eq!(
+        assert!(
             el.grants
-                .verify(&grant.token, "alice", &token.raw, unix_now()),
-            Ok(())
+                .verify(&grant.token, "alice", &token.raw, unix_now())
+                .is_ok()
         );
         // The challenge was used once.
         assert!(matches!(

@@ -190,14 +190,14 @@ impl GrantKeys {
         Ok((self.key.sign(&claims)?, lifetime))
     }
 
-    /// Checks a grant for this user and this access token.
+    /// Checks a grant for this user and this access token; its `exp`.
     pub fn verify(
         &self,
         grant: &str,
         user: &str,
         access_token: &str,
         now: i64,
-    ) -> Result<(), GrantError> {
+    ) -> Result<i64, GrantError> {
         let key: [u8; 32] = Sha256::digest(grant.as_bytes()).into();
         let claims = match self.verified.get(&key) {
             Some(hit) => hit,
@@ -216,7 +216,7 @@ impl GrantKeys {
             ath.as_bytes(),
         ));
         if claims.sub == user && ath_ok {
-            Ok(())
+            Ok(claims.exp)
         } else {
             Err(GrantError::Mismatch)
         }
@@ -481,7 +481,10 @@ mod tests {
             .mint("u1", "tok", Some(now + 100), Duration::from_secs(900), now)
             .unwrap();
         assert_eq!(life, 100, "never beyond the access token");
-        assert_eq!(keys.verify(&g, "u1", "tok", now + 1), Ok(()));
+        assert!(
+            keys.verify(&g, "u1", "tok", now + 1)
+                .is_ok_and(|exp| exp > now)
+        );
         assert_eq!(
             keys.verify(&g, "u2", "tok", now + 1),
             Err(GrantError::Mismatch)

@@ -314,7 +314,9 @@ impl Engine {
         };
         self.resolve_role(auth, &mut v.session, &asks)
             .map_err(Decision::Deny)?;
-        let (elevated, _) = self.elevation_state(&mut v.session, v.token.as_ref(), &asks, now);
+        let elevated = self
+            .elevation_state(&mut v.session, v.token.as_ref(), &asks, now)
+            .elevated;
         Ok(Identity {
             user_id: v.session.user_id(),
             session: v.session,
@@ -356,7 +358,12 @@ impl Engine {
         token: Option<&AccessToken<'_>>,
         asks: &Asks<'_>,
         now: i64,
-    ) -> (bool, Option<GrantError>) {
+    ) -> ElevationState {
+        let no = |e| ElevationState {
+            elevated: false,
+            grant_exp: None,
+            failure: Some(e),
+        };
         let claim = self
             .elevation
             .as_ref()
@@ -367,27 +374,35 @@ impl Engine {
             _ => false,
         };
         if by_claim {
-            return (true, None);
+            return ElevationState {
+                elevated: true,
+                grant_exp: None,
+                failure: None,
+            };
         }
         session.remove(claim);
         let Some(el) = &self.elevation else {
-            return (false, Some(GrantError::Missing));
+            return no(GrantError::Missing);
         };
         let Some(user) = session.user_id() else {
-            return (false, Some(GrantError::Missing));
+            return no(GrantError::Missing);
         };
         let Some(grant) = &asks.grant else {
-            return (false, Some(GrantError::Missing));
+            return no(GrantError::Missing);
         };
         let Some(token) = token else {
-            return (false, Some(GrantError::Mismatch));
+            return no(GrantError::Mismatch);
         };
         match el.grants.verify(grant, &user, &token.raw, now) {
-            Ok(()) => {
+            Ok(exp) => {
                 session.insert(claim, Value::String(user));
-                (true, None)
+                ElevationState {
+                    elevated: true,
+                    grant_exp: Some(exp),
+                    failure: None,
+                }
             }
-            Err(e) => (false, Some(e)),
+            Err(e) => no(e),
         }
     }
 
@@ -423,7 +438,11 @@ impl Engine {
             }
             Err(reason) => return Decision::deny(reason, Some(auth.mode.clone())),
         }
-        let (elevated, grant_error) = self.elevation_state(&mut session, token.as_ref(), asks, now);
+        let ElevationState {
+            elevated,
+            grant_exp,
+            failure: grant_error,
+        } = self.elevation_state(&mut session, token.as_ref(), asks, now);
         // Without an elevation config, an Envoy route that asks for elevation
         // can only be satisfied by an elevated token (fail closed). Even an
         // elevated request is refused when the route's requirement cannot be
@@ -467,7 +486,12 @@ impl Engine {
         let upstream_token = match &self.upstream {
             None => None,
             Some(u) => {
-                let exp = token.as_ref().and_then(|t| t.exp);
+                // Never beyond the caller's token, nor, when a grant made
+                // the session elevated, beyond the grant.
+                let exp = match (token.as_ref().and_then(|t| t.exp), grant_exp) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 match upstream_header(u, slot.as_ref(), &session, elevated, exp, now) {
                     Ok(h) => Some(h),
                     Err(MintError::Expired) => {
@@ -500,6 +524,14 @@ impl Engine {
             extra_metadata,
         })
     }
+}
+
+/// Whether a request is elevated, until when a grant makes it so, and why
+/// it is not.
+struct ElevationState {
+    elevated: bool,
+    grant_exp: Option<i64>,
+    failure: Option<GrantError>,
 }
 
 /// The upstream token for a decided session: the one kept with the token's

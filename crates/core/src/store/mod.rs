@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 mod postgres;
 mod sqlite;
+mod traced;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -184,9 +185,15 @@ pub async fn open(
 ) -> Result<Arc<dyn CredentialStore>, StoreError> {
     let url = url.trim();
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::open(url).await?))
+        Ok(Arc::new(traced::Traced {
+            inner: Arc::new(SqliteStore::open(url).await?),
+            system: "sqlite",
+        }))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::open(url, options).await?))
+        Ok(Arc::new(traced::Traced {
+            inner: Arc::new(PostgresStore::open(url, options).await?),
+            system: "postgresql",
+        }))
     } else {
         Err(StoreError::Unavailable(format!(
             "unsupported store URL `{}`: expected sqlite://PATH, sqlite::memory: or postgres://...",

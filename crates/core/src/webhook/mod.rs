@@ -246,7 +246,16 @@ impl WebhookAuth {
             let (name, value) = self.auth_header(auth).await?;
             set(&mut out, &name, value);
         }
-        let (status, resp_headers, bytes) = self.send(&out, body).await?;
+        let span = tracing::info_span!(
+            target: crate::trace::SPAN_TARGET,
+            "webhook",
+            otel.kind = "client",
+            url.full = %crate::redact::url(&self.cfg.url),
+            http.response.status_code = tracing::field::Empty,
+        );
+        let (status, resp_headers, bytes) =
+            tracing::Instrument::instrument(self.send(&out, body), span.clone()).await?;
+        span.record("http.response.status_code", status);
         match status {
             200..=299 => {}
             400..=499 => return Err(Failure::Denied),
@@ -323,6 +332,7 @@ impl WebhookAuth {
                     .header(reqwest::header::CONTENT_TYPE, ct.as_str())
                     .body(b.clone());
             }
+            rb = rb.headers(crate::trace::context_headers());
             let result = rb.send().await;
             let retryable = match &result {
                 Err(e) => !e.is_builder(),
