@@ -29,6 +29,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 pub mod envoy;
+pub mod otlp;
+pub mod process;
 
 pub fn fixture(name: &str) -> String {
     std::fs::read_to_string(repo_root().join("tests/fixtures").join(name))

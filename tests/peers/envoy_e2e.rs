@@ -531,3 +531,116 @@ async fn the_upstream_gets_authgates_token_instead_of_the_callers() {
     assert_eq!(resp.status(), 401);
     assert_eq!(seen.lock().unwrap().len(), before);
 }
+
+/// A real Envoy that traces (its OpenTelemetry tracer, exporting to the same
+/// collector as authgate): authgate's decision span is the child of the
+/// span Envoy opened for its ext_authz call, in Envoy's trace.
+#[tokio::test]
+async fn the_decision_span_is_a_child_of_envoys_ext_authz_span() {
+    use common::otlp::{attr, collector, hex};
+    let (otlp, spans) = collector().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("auth.yaml");
+    std::fs::write(&cfg, hs256_config("")).unwrap();
+    let endpoint = format!("http://{otlp}");
+    let (mut child, grpc, http, _logs) = common::process::serve_with_logs(
+        cfg.to_str().unwrap(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let (up_addr, _seen) = upstream().await;
+    let at = |a: &str| {
+        let a: SocketAddr = a.parse().unwrap();
+        format!("address: 127.0.0.1, port_value: {}", a.port())
+    };
+    let text = std::fs::read_to_string(format!("{}/envoy/envoy.yaml", env!("CARGO_MANIFEST_DIR")))
+        .unwrap()
+        .replace("address: authgate, port_value: 50051", &at(&grpc))
+        .replace("address: authgate, port_value: 8080", &at(&http))
+        .replace(
+            "          stat_prefix: ingress\n",
+            &format!(
+                "          stat_prefix: ingress
+          tracing:
+            random_sampling: {{value: 100}}
+            provider:
+              name: envoy.tracers.opentelemetry
+              typed_config:
+                \"@type\": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+                service_name: envoy
+                http_service:
+                  http_uri: {{uri: \"http://{otlp}/v1/traces\", cluster: otlp, timeout: 1s}}
+"
+            ),
+        )
+        .replace(
+            "  clusters:\n",
+            &format!(
+                "  clusters:
+  - name: otlp
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: otlp
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {}
+",
+                format_args!("{{{}}}", at(&otlp.to_string()))
+            ),
+        );
+    let (_envoy, base, _dir) = Bootstrap::from_text(&text, None, up_addr).run().await;
+    let token = mint(
+        Algorithm::HS256,
+        SECRET,
+        hasura_claims("user-42", &["user"], "user"),
+        None,
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v1/graphql"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // Envoy exports its spans when the request ends (and flushes every 5 s).
+    let mut found = None;
+    for _ in 0..300 {
+        {
+            let all = spans.lock().unwrap();
+            if let Some((_, decision)) = all
+                .iter()
+                .find(|(svc, s)| svc == "authgate" && s.name == "authgate.decision")
+                && let Some((_, parent)) = all
+                    .iter()
+                    .find(|(svc, s)| svc == "envoy" && s.span_id == decision.parent_span_id)
+            {
+                found = Some((decision.clone(), parent.clone()));
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Some((decision, parent)) = found else {
+        let all: Vec<(String, String, String)> = spans
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(svc, s)| (svc.clone(), s.name.clone(), hex(&s.parent_span_id)))
+            .collect();
+        panic!("no decision span under an Envoy span within 15 s: {all:?}");
+    };
+    assert_eq!(decision.trace_id, parent.trace_id);
+    assert_eq!(attr(&decision, "authgate.decision"), Some("allow"));
+    assert!(
+        !format!("{:?}", spans.lock().unwrap()).contains(&token),
+        "the token in a span"
+    );
+    common::process::signal(&child, "-TERM");
+    assert_eq!(common::process::wait_exit(&mut child), 0);
+}

@@ -12,18 +12,16 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::routing::{get, post};
+use axum::routing::get;
 use jsonwebtoken::Algorithm;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use prost::Message;
 
-use crate::cli::{serve_with_logs, signal, wait_exit};
+use crate::common::otlp::{attr, collector, hex, spans_of};
+use crate::common::process::{serve_with_logs, signal, wait_exit};
 use crate::common::*;
 
 #[derive(Default)]
 struct Seen {
-    spans: Vec<Span>,
     /// `traceparent` of each JWKS and webhook request.
     jwks: Vec<Option<String>>,
     hook: Vec<Option<String>>,
@@ -38,7 +36,8 @@ fn traceparent(h: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// JWKS at `/jwks`, a webhook at `/hook`, an OTLP collector at `/v1/traces`.
+/// JWKS at `/jwks` and a webhook at `/hook` (200 with a session when the
+/// request has `X-Session-Key`, else 401), recording `traceparent`.
 async fn peers(keys: String) -> (SocketAddr, Shared) {
     let seen: Shared = Arc::new(Mutex::new(Seen {
         keys,
@@ -66,21 +65,6 @@ async fn peers(keys: String) -> (SocketAddr, Shared) {
                 }
             }),
         )
-        .route(
-            "/v1/traces",
-            post(
-                |State(s): State<Shared>, body: axum::body::Bytes| async move {
-                    let req = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
-                    let mut s = s.lock().unwrap();
-                    for rs in req.resource_spans {
-                        for ss in rs.scope_spans {
-                            s.spans.extend(ss.spans);
-                        }
-                    }
-                    axum::body::Bytes::new()
-                },
-            ),
-        )
         .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -90,51 +74,19 @@ async fn peers(keys: String) -> (SocketAddr, Shared) {
     (addr, seen)
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Spans of `trace` (hex id) once `n` named `name` have arrived.
-async fn spans_of(seen: &Shared, trace: &str, name: &str, n: usize) -> Vec<Span> {
-    for _ in 0..200 {
-        {
-            let s = seen.lock().unwrap();
-            let of: Vec<Span> = s
-                .spans
-                .iter()
-                .filter(|sp| hex(&sp.trace_id) == trace)
-                .cloned()
-                .collect();
-            if of.iter().filter(|sp| sp.name == name).count() >= n {
-                return of;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let s = seen.lock().unwrap();
-    let names: Vec<(String, String)> = s
-        .spans
+fn named<'a>(trace: &'a [(String, Span)], name: &str) -> &'a Span {
+    trace
         .iter()
-        .map(|sp| (hex(&sp.trace_id), sp.name.clone()))
-        .collect();
-    panic!("no {name} span in trace {trace} within 10 s; received {names:?}");
-}
-
-fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
-    use opentelemetry_proto::tonic::common::v1::any_value::Value;
-    span.attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-            Value::StringValue(s) => Some(s.as_str()),
-            _ => None,
-        })
+        .map(|(_, s)| s)
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no {name} span"))
 }
 
 #[tokio::test]
 async fn decisions_are_spans_under_envoys_trace_with_jwks_and_webhook_children() {
     let pem = private_key(Algorithm::ES256);
     let (addr, seen) = peers(jwks_of(vec![public_jwk(Algorithm::ES256, &pem, "k1")])).await;
+    let (otlp, spans) = collector().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("auth.yaml");
     std::fs::write(
@@ -158,7 +110,7 @@ async fn decisions_are_spans_under_envoys_trace_with_jwks_and_webhook_children()
         ),
     )
     .unwrap();
-    let endpoint = format!("http://{addr}");
+    let endpoint = format!("http://{otlp}");
     let (mut child, grpc, http, logs) = serve_with_logs(
         cfg.to_str().unwrap(),
         &[
@@ -210,17 +162,14 @@ async fn decisions_are_spans_under_envoys_trace_with_jwks_and_webhook_children()
     let r = client.check(req).await.unwrap().into_inner();
     assert_eq!(outcome(&r).code, 0, "{:?}", outcome(&r));
 
-    let trace = spans_of(&seen, envoy_trace, "jwks.fetch", 1).await;
-    let decision = trace
-        .iter()
-        .find(|s| s.name == "authgate.decision")
-        .expect("a decision span in Envoy's trace");
+    let trace = spans_of(&spans, envoy_trace, "jwks.fetch", 1).await;
+    let decision = named(&trace, "authgate.decision");
     assert_eq!(hex(&decision.parent_span_id), envoy_span);
     assert_eq!(attr(decision, "authgate.decision"), Some("allow"));
     assert_eq!(attr(decision, "authgate.mode"), Some("jwt"));
     assert_eq!(attr(decision, "authgate.mode_id"), Some("users"));
     assert_eq!(attr(decision, "authgate.frontend"), Some("grpc"));
-    let fetch = trace.iter().find(|s| s.name == "jwks.fetch").unwrap();
+    let fetch = named(&trace, "jwks.fetch");
     assert_eq!(fetch.parent_span_id, decision.span_id);
     assert_eq!(
         attr(fetch, "url.full"),
@@ -248,14 +197,11 @@ async fn decisions_are_spans_under_envoys_trace_with_jwks_and_webhook_children()
         .unwrap()
         .into_inner();
     assert_eq!(outcome(&r).headers["x-hasura-role"], "hook");
-    let trace = spans_of(&seen, b3_trace, "webhook", 1).await;
-    let decision = trace
-        .iter()
-        .find(|s| s.name == "authgate.decision")
-        .unwrap();
+    let trace = spans_of(&spans, b3_trace, "webhook", 1).await;
+    let decision = named(&trace, "authgate.decision");
     assert_eq!(hex(&decision.parent_span_id), b3_span);
     assert_eq!(attr(decision, "authgate.mode"), Some("webhook"));
-    let hook = trace.iter().find(|s| s.name == "webhook").unwrap();
+    let hook = named(&trace, "webhook");
     assert_eq!(hook.parent_span_id, decision.span_id);
     let sent = seen.lock().unwrap().hook.last().cloned().flatten();
     assert!(
@@ -278,18 +224,22 @@ async fn decisions_are_spans_under_envoys_trace_with_jwks_and_webhook_children()
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
-    let trace = spans_of(&seen, http_trace, "authgate.decision", 1).await;
-    let decision = trace
-        .iter()
-        .find(|s| s.name == "authgate.decision")
-        .unwrap();
+    let trace = spans_of(&spans, http_trace, "authgate.decision", 1).await;
+    let decision = named(&trace, "authgate.decision");
     assert_eq!(hex(&decision.parent_span_id), "2222222222222222");
     assert_eq!(attr(decision, "authgate.decision"), Some("deny"));
     assert_eq!(attr(decision, "authgate.reason"), Some("webhook_denied"));
     assert_eq!(attr(decision, "authgate.frontend"), Some("http"));
 
     // No credential in any span, and spans never reach the log.
-    let all = format!("{:?}", seen.lock().unwrap().spans);
+    let all = format!("{:?}", spans.lock().unwrap());
+    assert!(
+        spans
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(service, _)| service == "authgate-under-test")
+    );
     for secret in [token.as_str(), "s3cret-session-key", "not-a-session"] {
         assert!(!all.contains(secret), "a credential in a span");
     }
