@@ -577,8 +577,10 @@ impl Signals {
 /// Logs to stderr: JSON by default, `AUTHGATE_LOG_FORMAT=pretty` for a
 /// terminal; level from `RUST_LOG`, else `LOG_LEVEL`, else `info`. Spans go
 /// to an OpenTelemetry exporter when `OTEL_*` asks for one
-/// ([`crate::telemetry`]), never to the log.
-pub fn init_logging() -> Result<Option<crate::telemetry::Export>, String> {
+/// ([`crate::telemetry`]) when `export` (serve, check) and `OTEL_*` ask for
+/// one, never to the log.
+pub fn init_logging(export: bool) -> Result<Option<crate::telemetry::Export>, String> {
+    use tracing_subscriber::filter::FilterExt as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::{EnvFilter, Layer as _};
@@ -589,11 +591,16 @@ pub fn init_logging() -> Result<Option<crate::telemetry::Export>, String> {
         .map(|v| v.to_ascii_lowercase())
         .unwrap_or_else(|| "info".into());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    // Export-only spans never reach the log, whatever RUST_LOG says.
-    let filter = match format!("{}=off", authgate_core::trace::SPAN_TARGET).parse() {
-        Ok(d) => filter.add_directive(d),
-        Err(_) => filter,
-    };
+    // Export-only spans never reach the log, whatever RUST_LOG says (span
+    // name directives included); a static filter, so they cost nothing.
+    let filter = filter.and(
+        tracing_subscriber::filter::Targets::new()
+            .with_default(tracing::Level::TRACE)
+            .with_target(
+                authgate_core::trace::SPAN_TARGET,
+                tracing_subscriber::filter::LevelFilter::OFF,
+            ),
+    );
     let pretty =
         std::env::var("AUTHGATE_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("pretty"));
     let log = if pretty {
@@ -612,7 +619,12 @@ pub fn init_logging() -> Result<Option<crate::telemetry::Export>, String> {
             .boxed()
     };
     let registry = tracing_subscriber::registry().with(log);
-    match crate::telemetry::layer()? {
+    let layer = if export {
+        crate::telemetry::layer()?
+    } else {
+        None
+    };
+    match layer {
         Some((export_layer, export)) => {
             registry.with(export_layer).init();
             Ok(Some(export))

@@ -4,7 +4,11 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = authgate::cli::Cli::parse();
-    let export = match authgate::cli::init_logging() {
+    let traced = matches!(
+        cli.command,
+        authgate::cli::Command::Serve(_) | authgate::cli::Command::Check(_)
+    );
+    let export = match authgate::cli::init_logging(traced) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("error: {e}");

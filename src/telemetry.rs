@@ -34,7 +34,7 @@ pub struct Export {
 }
 
 impl Export {
-    /// Sends what is buffered (bounded by `OTEL_BSP_EXPORT_TIMEOUT`).
+    /// Sends what is buffered, waiting at most 5 s (the SDK's bound).
     pub fn shutdown(&self) {
         if let Err(e) = self.provider.shutdown() {
             eprintln!("trace export: {e}");
@@ -66,14 +66,21 @@ fn wanted(var: &dyn Fn(&str) -> Option<String>) -> Result<Wanted, String> {
     let endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .or_else(|| get("OTEL_EXPORTER_OTLP_ENDPOINT"))
         .is_some();
-    match get("OTEL_TRACES_EXPORTER").as_deref() {
+    // A comma-separated list (the specification's syntax); authgate has
+    // only otlp, and a list without it names nothing authgate can do.
+    match get("OTEL_TRACES_EXPORTER").map(|v| v.to_ascii_lowercase()) {
         None if !endpoint => return Ok(Wanted::Off),
-        None | Some("otlp") => {}
-        Some("none") => return Ok(Wanted::Off),
-        Some(other) => {
-            return Err(format!(
-                "OTEL_TRACES_EXPORTER={other} is not supported; authgate exports with otlp (or none)"
-            ));
+        None => {}
+        Some(list) => {
+            let names: Vec<&str> = list.split(',').map(str::trim).collect();
+            if names == ["none"] {
+                return Ok(Wanted::Off);
+            }
+            if !names.contains(&"otlp") {
+                return Err(format!(
+                    "OTEL_TRACES_EXPORTER={list} is not supported; authgate exports with otlp (or none)"
+                ));
+            }
         }
     }
     let protocol =
@@ -103,7 +110,12 @@ where
         .build()
         .map_err(|e| format!("trace exporter: {e}"))?;
     let mut resource = opentelemetry_sdk::Resource::builder();
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+    let named = std::env::var_os("OTEL_SERVICE_NAME").is_some()
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| {
+            a.split(',')
+                .any(|kv| kv.trim().starts_with("service.name="))
+        });
+    if !named {
         resource = resource.with_service_name("authgate");
     }
     let provider = SdkTracerProvider::builder()
@@ -212,7 +224,9 @@ pub fn decision_span(
         let _ = span.set_parent(parent);
     }
     if let Some(p) = req.context.get(crate::policy::CONTEXT_KEY) {
-        span.record("authgate.policy", p.as_str());
+        // As named by the route (or `?policy=`), at most 64 characters.
+        let end = p.char_indices().nth(64).map_or(p.len(), |(i, _)| i);
+        span.record("authgate.policy", &p[..end]);
     }
     span
 }
@@ -289,6 +303,14 @@ mod tests {
             Ok(Wanted::Off)
         );
         assert!(wanted(&env(&[("OTEL_TRACES_EXPORTER", "jaeger")])).is_err());
+        assert_eq!(
+            wanted(&env(&[("OTEL_TRACES_EXPORTER", "OTLP,console")])),
+            Ok(Wanted::Otlp(opentelemetry_otlp::Protocol::HttpBinary))
+        );
+        assert_eq!(
+            wanted(&env(&[("OTEL_TRACES_EXPORTER", "None")])),
+            Ok(Wanted::Off)
+        );
         assert!(
             wanted(&env(&[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),

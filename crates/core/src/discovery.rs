@@ -53,7 +53,7 @@ pub(crate) async fn read(
     let sent = client
         .get(url)
         .headers(headers.clone())
-        .headers(crate::trace::context_headers())
+        .headers(span.in_scope(crate::trace::context_headers))
         .header(reqwest::header::ACCEPT, "application/json")
         .send();
     let mut resp = tracing::Instrument::instrument(sent, span)

@@ -307,7 +307,6 @@ impl Introspector {
                 "application/x-www-form-urlencoded",
             )
             .header(reqwest::header::ACCEPT, "application/json")
-            .headers(crate::trace::context_headers())
             .body(body);
         if let Some(auth) = &self.auth_header {
             req = req.header(reqwest::header::AUTHORIZATION, auth.clone());
@@ -319,6 +318,8 @@ impl Introspector {
             otel.kind = "client",
             url.full = %self.shown_endpoint(),
         );
+        // The client span's own context, not its parent's.
+        req = req.headers(span.in_scope(crate::trace::context_headers));
         let mut resp = tracing::Instrument::instrument(req.send(), span)
             .await
             .map_err(|e| {

@@ -76,6 +76,9 @@ pub struct UpstreamTokens {
     retired: Vec<(Arc<SigningKey>, i64)>,
     /// `cfg.ttl` in seconds.
     ttl: i64,
+    /// The longest ttl the current key has signed with (configs reloaded
+    /// with the same key may have had a longer one than this).
+    signed_ttl: i64,
     /// `cfg.header`, shared with every allow.
     header: Arc<str>,
 }
@@ -144,7 +147,7 @@ impl UpstreamTokens {
             if let Some(o) = p.outgoing.as_ref().filter(|_| now < p.switch_at) {
                 let until = p
                     .switch_at
-                    .saturating_add(ttl.max(p.ttl))
+                    .saturating_add(ttl.max(p.signed_ttl))
                     .saturating_add(RETIRE_MARGIN);
                 for (k, u) in &mut retired {
                     if Arc::ptr_eq(k, o) {
@@ -158,6 +161,7 @@ impl UpstreamTokens {
                 switch_at: p.switch_at,
                 retired,
                 ttl,
+                signed_ttl: ttl.max(p.signed_ttl),
                 header,
                 cfg,
             });
@@ -178,6 +182,7 @@ impl UpstreamTokens {
                 switch_at: i64::MIN,
                 retired: Vec::new(),
                 ttl,
+                signed_ttl: ttl,
                 header,
                 cfg,
             });
@@ -191,13 +196,14 @@ impl UpstreamTokens {
         // Until the switch the old key signs with this config's ttl, and
         // tokens it signed before with the previous one.
         let old_until = switch_at
-            .saturating_add(p.ttl.max(ttl))
+            .saturating_add(p.signed_ttl.max(ttl))
             .saturating_add(RETIRE_MARGIN);
         for k in [Some(&p.key), p.outgoing.as_ref()].into_iter().flatten() {
             let until = if Arc::ptr_eq(k, &old) {
                 old_until
             } else {
-                now.saturating_add(p.ttl).saturating_add(RETIRE_MARGIN)
+                now.saturating_add(p.signed_ttl)
+                    .saturating_add(RETIRE_MARGIN)
             };
             retired.push((k.clone(), until));
         }
@@ -213,6 +219,7 @@ impl UpstreamTokens {
             outgoing,
             retired,
             ttl,
+            signed_ttl: ttl,
             header,
             cfg,
         })
@@ -501,5 +508,16 @@ mod tests {
                 .kids(switch + 3000 + RETIRE_MARGIN)
                 .contains(&old_kid.as_str())
         );
+
+        // A long ttl, then a short one with the same key, then a new key:
+        // the old key stays as long as the long-lived tokens.
+        let mut long = config(None);
+        long.ttl = Duration::from_secs(3000);
+        let a = UpstreamTokens::open(long, None, 5000).expect("opens");
+        let a_kid = a.key.kid.clone();
+        let b = UpstreamTokens::open(config(None), Some(&a), 5100).expect("opens");
+        let c = UpstreamTokens::open(config(Some(pem)), Some(&b), 5200).expect("opens");
+        let c_switch = 5200 + PUBLISH_AHEAD;
+        assert!(c.kids(c_switch + 2999).contains(&a_kid.as_str()));
     }
 }
