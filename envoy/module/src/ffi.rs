@@ -885,6 +885,26 @@ impl Stream for EnvoyStream {
         }
     }
 
+    fn set_metadata_strings(&mut self, fields: &[(&str, &str)]) {
+        let list: Vec<Header> = fields
+            .iter()
+            .map(|(k, v)| Header {
+                key: Buf::of(k.as_bytes()),
+                value: Buf::of(v.as_bytes()),
+            })
+            .collect();
+        // SAFETY: E2; `list` and the buffers it points to (borrowed from
+        // `fields`) are valid for the call; Envoy copies them.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_dynamic_metadata_string_batch(
+                self.ptr,
+                Buf::of(METADATA_NAMESPACE),
+                list.as_ptr(),
+                list.len(),
+            )
+        }
+    }
+
     fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &str) {
         let mut list = [Header {
             key: Buf::EMPTY,

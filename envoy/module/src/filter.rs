@@ -43,6 +43,8 @@ pub trait Stream {
     fn remove_header(&mut self, name: &str) -> bool;
     /// Sets the allow's dynamic metadata (absent fields skipped).
     fn set_metadata(&mut self, fields: &[(&'static str, Option<MetaValue<'_>>)]);
+    /// Sets configured text fields (`dynamicMetadata`) in the same namespace.
+    fn set_metadata_strings(&mut self, fields: &[(&str, &str)]);
     fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &str);
 }
 
@@ -294,6 +296,7 @@ impl FilterConfig {
                         r.headers(),
                         r.headers_to_remove(),
                         metadata.as_ref(),
+                        r.extra_metadata(),
                     )
                 }
                 // Written by `rendered::encode`, so unreadable bytes are a
@@ -324,6 +327,7 @@ impl FilterConfig {
                 a.headers_to_set(),
                 a.headers_to_remove.iter().map(String::as_str),
                 self.options.dynamic_metadata.then(|| a.metadata()).as_ref(),
+                a.extra_metadata.iter().map(|f| (&*f.key, f.value.as_str())),
             ),
             Decision::Deny(deny) => {
                 let r = deny.reason;
@@ -361,6 +365,7 @@ fn allow<'a>(
     set: impl Iterator<Item = (&'a str, &'a str)>,
     remove: impl Iterator<Item = &'a str>,
     metadata: Option<&Metadata<'_>>,
+    extra: impl Iterator<Item = (&'a str, &'a str)>,
 ) -> Step {
     let mut applied = true;
     for (k, v) in set {
@@ -381,6 +386,11 @@ fn allow<'a>(
     }
     if let Some(m) = metadata {
         stream.set_metadata(m);
+        // Empty (and not allocated) without `dynamicMetadata`.
+        let extra: Vec<(&str, &str)> = extra.collect();
+        if !extra.is_empty() {
+            stream.set_metadata_strings(&extra);
+        }
     }
     Step::Continue
 }
@@ -415,7 +425,7 @@ mod tests {
         route: Option<HashMap<String, String>>,
         set: Vec<(String, String)>,
         removed: Vec<String>,
-        metadata: Vec<(&'static str, String)>,
+        metadata: Vec<(String, String)>,
         response: Option<(u16, String, String)>,
     }
 
@@ -446,7 +456,12 @@ mod tests {
                     Some(MetaValue::Bool(b)) => b.to_string(),
                     None => continue,
                 };
-                self.metadata.push((k, v));
+                self.metadata.push((k.to_string(), v));
+            }
+        }
+        fn set_metadata_strings(&mut self, fields: &[(&str, &str)]) {
+            for (k, v) in fields {
+                self.metadata.push((k.to_string(), v.to_string()));
             }
         }
         fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &str) {
@@ -472,6 +487,7 @@ definition:
     - mode: jwt
       key: {{algorithm: HS256, key: {{value: "{SECRET}"}}}}
       claimsConfig: {{namespace: {{location: '"https://hasura.io/jwt/claims"'}}}}
+  dynamicMetadata: {{org: x-hasura-org}}
 "#
         );
         let cfg = authgate_core::config::parse(&yaml, &|_: &str| None).expect("config");
@@ -598,6 +614,12 @@ definition:
                     assert_eq!(plain, first, "{headers:?} {route:?}");
                 }
                 assert_eq!(first.metadata.is_empty(), step != Step::Continue);
+                // `dynamicMetadata` on the tokens that carry the variable.
+                let org = first.metadata.iter().any(|(k, v)| k == "org" && v == "o-1");
+                assert_eq!(
+                    org,
+                    step == Step::Continue && t != &tokens[3] && t != &tokens[4]
+                );
             }
             // The plain repeat (an optional route asks nothing more) is
             // answered by the rendered allow.

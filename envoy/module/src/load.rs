@@ -84,12 +84,6 @@ pub fn build(
                 .into(),
         );
     }
-    if !config.dynamic_metadata.is_empty() {
-        return Err(
-            "dynamicMetadata is not supported by the Envoy module yet; use the gRPC ext_authz server for it"
-                .into(),
-        );
-    }
     let upstream = authgate_core::upstream::open_configured(
         config.upstream_token,
         None,

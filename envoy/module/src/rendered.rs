@@ -13,8 +13,9 @@ use std::borrow::Cow;
 use authgate_core::decision::{self, Allow, Metadata, ModeRef};
 
 /// Layout: a flags byte (elevated, role present, user id present), then the
-/// role and user id when present, then the headers to set and the headers
-/// to remove, each list a `u32` count of `u32`-length-prefixed strings.
+/// role and user id when present, then the headers to set, the headers to
+/// remove and the configured metadata fields, each list a `u32` count of
+/// `u32`-length-prefixed strings.
 /// Every count and length fits: a session and its values come from one
 /// request's headers or one bounded webhook answer.
 const ELEVATED: u8 = 1;
@@ -60,6 +61,11 @@ pub fn encode(a: &Allow) -> Box<[u8]> {
     for h in &a.headers_to_remove {
         put(&mut out, h);
     }
+    put_count(&mut out, a.extra_metadata.len());
+    for f in &a.extra_metadata {
+        put(&mut out, &f.key);
+        put(&mut out, &f.value);
+    }
     out.into_boxed_slice()
 }
 
@@ -83,6 +89,7 @@ pub struct Rendered<'a> {
     user_id: Option<&'a str>,
     set: List<'a>,
     remove: List<'a>,
+    extra: List<'a>,
 }
 
 /// The bytes holding the strings of one list.
@@ -111,6 +118,7 @@ impl<'a> Rendered<'a> {
         };
         let set = r.list(2)?;
         let remove = r.list(1)?;
+        let extra = r.list(2)?;
         if !r.0.is_empty() {
             return None;
         }
@@ -120,7 +128,14 @@ impl<'a> Rendered<'a> {
             user_id,
             set,
             remove,
+            extra,
         })
+    }
+
+    /// The configured metadata fields (`dynamicMetadata`), key and value.
+    pub fn extra_metadata(&self) -> impl Iterator<Item = (&'a str, &'a str)> + use<'a> {
+        let mut strs = self.extra.strs();
+        std::iter::from_fn(move || Some((strs.next()?, strs.next()?)))
     }
 
     /// The headers to set, in order.
@@ -211,7 +226,11 @@ mod tests {
                 value: "Bearer e.y.j".into(),
                 fresh_until: 0,
             }),
-            extra_metadata: Vec::new(),
+            extra_metadata: vec![authgate_core::decision::ExtraField {
+                key: "tenant".into(),
+                header: "x-authgate-meta-tenant".into(),
+                value: "acme".into(),
+            }],
         };
         let bytes = encode(&a);
         let r = Rendered::read(&bytes).expect("reads back");
@@ -223,14 +242,15 @@ mod tests {
             r.headers_to_remove().collect::<Vec<_>>(),
             ["x-hasura-org-id"]
         );
+        assert_eq!(r.extra_metadata().collect::<Vec<_>>(), [("tenant", "acme")]);
         for n in 0..bytes.len() {
             assert!(Rendered::read(&bytes[..n]).is_none(), "{n} bytes");
         }
         let mut longer = bytes.to_vec();
         longer.push(0);
         assert!(Rendered::read(&longer).is_none());
-        assert!(Rendered::read(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0]).is_none());
+        assert!(Rendered::read(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_none());
         // A count larger than the bytes hold.
-        assert!(Rendered::read(&[0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]).is_none());
+        assert!(Rendered::read(&[0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]).is_none());
     }
 }

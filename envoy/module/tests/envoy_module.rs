@@ -109,6 +109,12 @@ async fn door(mut b: Bootstrap, seen: Seen, strip: bool, log: PathBuf) -> Door {
             b = b.without_filter(f);
         }
     }
+    // Both doors also log the configured `tenant` field.
+    for ns in ["envoy.filters.http.ext_authz", "authgate"] {
+        let line = format!("elevated: \"%DYNAMIC_METADATA({ns}:elevated)%\"");
+        let with = format!("{line}\n                  tenant: \"%DYNAMIC_METADATA({ns}:tenant)%\"");
+        b.yaml = b.yaml.replace(&line, &with);
+    }
     b.stdout = Some(log.clone());
     let (envoy, base, dir) = b.run().await;
     Door {
@@ -262,6 +268,7 @@ fn token(claims: Value) -> String {
 fn user_claims(user: &str) -> Value {
     let mut c = hasura_claims(user, &["user", "editor"], "user");
     c["exp"] = json!(now() + 600);
+    c["claims.jwt.hasura.io"]["x-hasura-org-id"] = json!("acme");
     c
 }
 
@@ -275,6 +282,7 @@ fn config_one(db: &Path) -> String {
       tokenLocation: {{in: header, name: X-Api-Key}}
       value: {{value: "service-key-123"}}
       sessionVariables: {{x-hasura-role: {{value: service}}, x-hasura-org-id: {{value: ""}}}}
+  dynamicMetadata: {{tenant: x-hasura-org-id}}
   elevation:
     mode: required
     routes:
@@ -444,6 +452,9 @@ async fn module_answers_like_the_grpc_server_jwt_api_keys_elevation() {
         assert!(failures.is_empty(), "{}", failures.join("\n"));
         assert!(allowed >= 8, "the corpus has allows: {allowed}");
         same_metadata(&p, cases.len()).await;
+        // `dynamicMetadata` reached both access logs.
+        let logged = access_log(&p.module, cases.len()).await;
+        assert!(logged.iter().any(|l| l["tenant"] == "acme"), "{logged:?}");
         if !strip {
             same_counts(&p).await;
         }
