@@ -604,6 +604,43 @@ definition:
         )
     }
 
+    /// Repeats with an upstream token are answered from the memo, which
+    /// carries the same token; no repeat signs again.
+    #[tokio::test]
+    async fn repeats_with_an_upstream_token_come_from_the_memo() {
+        let cfg = crate::upstream::UpstreamTokenConfig {
+            header: "authorization".into(),
+            scheme: Some("Bearer".into()),
+            alg: jsonwebtoken::Algorithm::ES256,
+            signing_key: None,
+            issuer: "https://a.example".into(),
+            audience: vec!["hasura".into()],
+            ttl: std::time::Duration::from_secs(300),
+            namespace: crate::upstream::HASURA_NAMESPACE.into(),
+            format: crate::upstream::ClaimsFormat::Json,
+        };
+        let tokens = crate::upstream::open_configured(Some(cfg), None, None).unwrap();
+        let engine = engine().with_upstream_token(tokens);
+        let bearer = format!("Bearer {}", token("u-1"));
+        let plain = request(&[("authorization", &bearer)]);
+        let first = allow(engine.decide_memo(&plain, encode).await);
+        let signed = first.upstream_token.clone().expect("a token").value;
+        let mut memo = 0;
+        for _ in 0..4 {
+            match engine.decide_memo(&plain, encode).await {
+                Answer::Memo(m) => {
+                    memo += 1;
+                    assert!(String::from_utf8_lossy(m.bytes()).contains(&*signed));
+                }
+                Answer::Decided(Decision::Allow(a)) => {
+                    assert_eq!(a.upstream_token.unwrap().value, signed);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(memo >= 3, "{memo} of 4 repeats from the memo");
+    }
+
     fn token(user: &str) -> String {
         let claims = json!({
             "sub": user,
@@ -634,7 +671,7 @@ definition:
     /// A stand-in for the gRPC front door's encoding: what it encodes is
     /// the front door's business, the pipeline only keeps and returns it.
     fn encode(a: &Allow) -> Box<[u8]> {
-        format!("{:?} {}", a.headers, a.elevated)
+        format!("{:?} {} {:?}", a.headers, a.elevated, a.upstream_token)
             .into_bytes()
             .into()
     }
