@@ -456,12 +456,7 @@ async fn a_route_policy_through_envoy() {
 /// configured metadata; a denied request reaches nothing.
 #[tokio::test]
 async fn the_upstream_gets_authgates_token_instead_of_the_callers() {
-    let pem = std::fs::read_to_string(format!(
-        "{}/tests/fixtures/ec256.key",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
-    .replace('\n', "\\n");
+    let pem = fixture("ec256.key").replace('\n', "\\n");
     let server = TestServer::start(&hs256_config(&format!(
         "  upstreamToken:\n    signingKey: {{value: \"{pem}\"}}\n    issuer: https://authgate.test\n    audience: hasura\n"
     )))

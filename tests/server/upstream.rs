@@ -16,16 +16,8 @@ use serde_json::{Value, json};
 const NS: &str = "https://hasura.io/jwt/claims";
 const ISSUER: &str = "https://authgate.test";
 
-fn key(name: &str) -> String {
-    std::fs::read_to_string(format!(
-        "{}/tests/fixtures/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
-}
-
 fn config(key_file: &str, alg: &str) -> String {
-    let pem = key(key_file).replace('\n', "\\n");
+    let pem = fixture(key_file).replace('\n', "\\n");
     hs256_config(&format!(
         r#"    - id: svc
       mode: apiKey
