@@ -52,6 +52,8 @@ RUN mkdir -p src crates/core/src envoy/module/src bench/src \
 #    sources' timestamps are. The benchmark binaries keep their stand-ins:
 #    the image does not ship them.
 COPY src ./src
+# The browser client authgate serves at /elevation/client.js.
+COPY clients/elevation/client.js ./clients/elevation/client.js
 COPY crates/core/src ./crates/core/src
 RUN rm -rf target/release/.fingerprint/authgate-* \
  && touch src/main.rs src/lib.rs crates/core/src/lib.rs \

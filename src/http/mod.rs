@@ -56,6 +56,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/.well-known/openid-configuration",
             get(openid_configuration),
         )
+        .route("/elevation/client.js", get(elevation_client))
         .route("/check", any(check))
         .route("/check/", any(check))
         .route("/check/{*rest}", any(check))
@@ -423,6 +424,53 @@ async fn published_jwks(State(shared): State<Arc<Shared>>) -> Response {
             format!("public, max-age={}", crate::upstream::JWKS_MAX_AGE),
         )],
         axum::Json(serde_json::json!({ "keys": keys })),
+    )
+        .into_response()
+}
+
+/// The browser client for the ceremonies (docs/elevation.md), the same
+/// file as `clients/elevation/client.js` in the repository.
+const ELEVATION_CLIENT: &str = include_str!("../../clients/elevation/client.js");
+
+/// `GET /elevation/client.js`: the ES module, revalidated by its hash so that
+/// a page never runs a client older than the server it talks to.
+async fn elevation_client(headers: HeaderMap) -> Response {
+    use sha2::Digest as _;
+    use std::fmt::Write as _;
+    static ETAG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let digest = sha2::Sha256::digest(ELEVATION_CLIENT.as_bytes());
+        let mut tag = String::from("\"");
+        for b in &digest[..16] {
+            let _ = write!(tag, "{b:02x}");
+        }
+        tag.push('"');
+        tag
+    });
+    let etag = ETAG.as_str();
+    let cached = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let t = t.trim();
+            t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag
+        });
+    // Public, so any page may import it (a module script is fetched in CORS
+    // mode).
+    let common = [
+        (header::CACHE_CONTROL, "no-cache"),
+        (header::ETAG, etag),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+    ];
+    if cached {
+        return (StatusCode::NOT_MODIFIED, common).into_response();
+    }
+    (
+        common,
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        ELEVATION_CLIENT,
     )
         .into_response()
 }

@@ -476,6 +476,21 @@ definition:
     )
 }
 
+/// nhost's `auth.user_security_keys`, in hasura-auth's layout (the
+/// statements that create it in an empty database).
+pub const NHOST_SECURITY_KEYS: [&str; 2] = [
+    "CREATE SCHEMA auth",
+    "CREATE TABLE auth.user_security_keys (
+        id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+        user_id uuid NOT NULL,
+        credential_id text NOT NULL UNIQUE,
+        credential_public_key bytea,
+        counter bigint NOT NULL DEFAULT 0,
+        transports varchar(255) NOT NULL DEFAULT '',
+        nickname text
+    )",
+];
+
 /// The admin URL of a PostgreSQL server for the store tests:
 /// `AUTHGATE_TEST_POSTGRES_URL` when set, else a throwaway cluster this test
 /// process starts once (Debian's `initdb` and `postgres`, in a temporary

@@ -32,7 +32,7 @@ fn binary(var: &str, default: &str) -> String {
     path
 }
 
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
     base: String,
     session: String,
@@ -49,7 +49,7 @@ impl Drop for Driver {
 
 impl Driver {
     /// ChromeDriver on a free port and a headless Chromium session.
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let chromium = binary("CHROMIUM_BIN", "/usr/bin/chromium");
         let chromedriver = binary("CHROMEDRIVER_BIN", "/usr/bin/chromedriver");
         let port = free_port();
@@ -113,7 +113,7 @@ impl Driver {
         }
     }
 
-    async fn command(&self, method: &str, path: &str, body: Value) -> Value {
+    pub(crate) async fn command(&self, method: &str, path: &str, body: Value) -> Value {
         let url = format!("{}/session/{}{path}", self.base, self.session);
         let rb = self.client.request(method.parse().unwrap(), url);
         let rb = if method == "GET" || method == "DELETE" {
@@ -131,12 +131,12 @@ impl Driver {
         resp["value"].clone()
     }
 
-    async fn open(&self, url: &str) {
+    pub(crate) async fn open(&self, url: &str) {
         self.command("POST", "/url", json!({"url": url})).await;
     }
 
     /// A virtual security key (CTAP2 over USB, no resident keys).
-    async fn add_authenticator(&self, user_verification: bool) -> String {
+    pub(crate) async fn add_authenticator(&self, user_verification: bool) -> String {
         let id = self
             .command(
                 "POST",
@@ -154,7 +154,7 @@ impl Driver {
         id.as_str().unwrap().to_owned()
     }
 
-    async fn remove_authenticator(&self, id: &str) {
+    pub(crate) async fn remove_authenticator(&self, id: &str) {
         self.command(
             "DELETE",
             &format!("/webauthn/authenticator/{id}"),
@@ -163,7 +163,7 @@ impl Driver {
         .await;
     }
 
-    async fn credentials(&self, id: &str) -> Vec<Value> {
+    pub(crate) async fn credentials(&self, id: &str) -> Vec<Value> {
         self.command(
             "GET",
             &format!("/webauthn/authenticator/{id}/credentials"),
@@ -173,6 +173,34 @@ impl Driver {
         .as_array()
         .cloned()
         .unwrap_or_default()
+    }
+
+    /// Sets whether the virtual authenticator `id` verifies its user (the
+    /// WebDriver extension's "Set User Verified").
+    pub(crate) async fn set_user_verified(&self, id: &str, verified: bool) {
+        self.command(
+            "POST",
+            &format!("/webauthn/authenticator/{id}/uv"),
+            json!({"isUserVerified": verified}),
+        )
+        .await;
+    }
+
+    /// Runs `body`, the body of an async function, in the page: its value,
+    /// or `{"error": {name, code, message, status}}` when it throws.
+    pub(crate) async fn script(&self, body: &str) -> Value {
+        let script = format!(
+            "const done = arguments[arguments.length - 1];\n\
+             (async () => {{ {body} }})().then(\n\
+               v => done(v === undefined ? null : v),\n\
+               e => done({{error: {{name: e && e.name, code: e && e.code, message: String(e && e.message), status: e && e.status}}}}));"
+        );
+        self.command(
+            "POST",
+            "/execute/async",
+            json!({"script": script, "args": []}),
+        )
+        .await
     }
 
     /// Runs `body` (an async function of `token`, `grant` returning a JSON
@@ -387,5 +415,230 @@ async fn a_wrong_origin_is_named_in_the_refusal() {
     assert_eq!(refused["status"], 401, "{refused}");
     assert_eq!(refused["answer"]["error"], "ceremony_failed", "{refused}");
     assert_eq!(refused["answer"]["cause"], "origin_mismatch", "{refused}");
+    running.shutdown().await;
+}
+
+/// Drops the database named on drop, also when the test failed.
+struct DropDatabase(String);
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        // Its own runtime, so its own thread (the test's may be gone).
+        let _ = std::thread::spawn(move || {
+            use sqlx::Connection;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut admin = sqlx::PgConnection::connect(&postgres_url()).await.ok()?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// A fresh PostgreSQL database holding nhost's `auth.user_security_keys`
+/// (hasura-auth's layout); its URL and name.
+async fn nhost_database() -> (String, String) {
+    use sqlx::Connection;
+    let admin = postgres_url();
+    let name = format!("authgate_browser_{}_{}", std::process::id(), now());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (base, query) = admin.split_once('?').unwrap_or((&admin, ""));
+    let base = &base[..base.rfind('/').unwrap()];
+    let url = if query.is_empty() {
+        format!("{base}/{name}")
+    } else {
+        format!("{base}/{name}?{query}")
+    };
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    for stmt in NHOST_SECURITY_KEYS {
+        sqlx::query(stmt).execute(&mut db).await.unwrap();
+    }
+    (url, name)
+}
+
+/// A key registered by nhost, not by authgate: its row in nhost's table (the
+/// credential id in base64url, the authenticator's COSE public key, a
+/// counter), the key itself in a Chromium virtual authenticator. The step-up
+/// through authgate's browser client works with it, and its counter is
+/// recorded in nhost's table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_nhost_registered_steps_up_in_chromium() {
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use sqlx::Connection;
+
+    let (url, name) = nhost_database().await;
+    let _drop = DropDatabase(name);
+    let user = "3c7f6a52-7f43-4d5e-9a0b-5e2d7c1f0a11";
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &SystemRandom::new())
+        .unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).unwrap();
+    let point = pair.public_key().as_ref();
+    assert_eq!(
+        (point.len(), point[0]),
+        (65, 4),
+        "an uncompressed P-256 point"
+    );
+    // The COSE_Key an authenticator sends: {1: 2 (EC2), 3: -7 (ES256),
+    // -1: 1 (P-256), -2: x, -3: y}.
+    let mut cose = vec![0xa5, 0x01, 0x02, 0x03, 0x26, 0x20, 0x01, 0x21, 0x58, 0x20];
+    cose.extend(&point[1..33]);
+    cose.extend([0x22, 0x58, 0x20]);
+    cose.extend(&point[33..]);
+    let credential_id = uuid::Uuid::new_v4().as_bytes().to_vec();
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    let nhost_id: String = sqlx::query_scalar(
+        "INSERT INTO auth.user_security_keys (user_id, credential_id, credential_public_key, nickname)
+         VALUES ($1::uuid, $2, $3, 'YubiKey (nhost)') RETURNING id::text",
+    )
+    .bind(user)
+    .bind(B64.encode(&credential_id))
+    .bind(&cose)
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+
+    let port = free_port();
+    let own = format!("http://localhost:{port}");
+    let yaml = hs256_config(&format!(
+        r#"  elevation:
+    mode: required
+    routes:
+      - {{methods: [POST], path: /v1/user/password}}
+    webauthn: {{rpId: localhost, rpName: authgate test, origins: ["{own}"]}}
+    store: {{url: "{url}", nhostSecurityKeys: true}}
+"#
+    ));
+    let config = authgate::config::parse(&yaml, &|_: &str| None).unwrap();
+    let shared = authgate::server::Shared::new(config, None).await.unwrap();
+    let grpc: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let http: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let running = authgate::server::start(shared, grpc, http).await.unwrap();
+
+    let driver = Driver::start().await;
+    driver.open(&format!("{own}/healthz")).await;
+    // nhost's step-up verifies the user (a PIN): so does authgate's with
+    // nhost's keys.
+    let authenticator = driver.add_authenticator(true).await;
+    driver
+        .command(
+            "POST",
+            &format!("/webauthn/authenticator/{authenticator}/credential"),
+            json!({
+                "credentialId": B64.encode(&credential_id),
+                "isResidentCredential": false,
+                "rpId": "localhost",
+                "privateKey": B64.encode(pkcs8.as_ref()),
+                "signCount": 0,
+            }),
+        )
+        .await;
+
+    let token = token(user);
+    let result = driver
+        .run(
+            r#"const {createElevationClient} = await import('/elevation/client.js');
+            const c = createElevationClient({getAccessToken: () => token});
+            const attempt = async (f) => { try { return {ok: await f()}; } catch (e) { return {code: e.code, message: e.message}; } };
+            const keys = await c.listSecurityKeys();
+            const unelevated = await attempt(() => c.addSecurityKey({nickname: 'second', elevate: false}));
+            const stepUp = await attempt(() => c.elevate());
+            const again = await attempt(() => c.addSecurityKey({nickname: 'again'}));
+            const removal = await attempt(() => c.deleteSecurityKey(keys[0].id));
+            return {keys, unelevated, stepUp, again, removal, grant: c.grant && c.grant.token};"#,
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(
+        result["keys"][0]["id"],
+        format!("nhost:{nhost_id}"),
+        "{result}"
+    );
+    assert_eq!(result["keys"][0]["nickname"], "YubiKey (nhost)", "{result}");
+    // The nhost key counts: a second key needs the step-up.
+    assert_eq!(
+        result["unelevated"]["code"], "elevation_required",
+        "{result}"
+    );
+    assert!(result["stepUp"]["ok"].is_object(), "{result}");
+    // Registering the same key again: the browser is told to exclude it.
+    assert_eq!(result["again"]["code"], "credential_exists", "{result}");
+    // nhost's keys are removed in nhost, not through authgate.
+    assert_eq!(result["removal"]["code"], "not_found", "{result}");
+
+    let grant = result["grant"].as_str().expect("a grant");
+    let o = password_change(&running, &token, Some(grant)).await;
+    assert_eq!(o.http_status, 200, "{o:?}");
+    assert_eq!(o.headers["x-hasura-auth-elevated"], user);
+    let counter: i64 =
+        sqlx::query_scalar("SELECT counter FROM auth.user_security_keys WHERE id = $1::uuid")
+            .bind(&nhost_id)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert!(counter >= 1, "the step-up's counter is recorded: {counter}");
+    let exported = driver.credentials(&authenticator).await;
+    assert_eq!(exported.len(), 1);
+
+    // The same key without its PIN, then as a synced passkey: refused, each
+    // with its cause.
+    const STEP_UP: &str = r#"const {createElevationClient} = await import('/elevation/client.js');
+        const c = createElevationClient({getAccessToken: () => token});
+        try { await c.elevate(); return {ok: true}; } catch (e) { return {code: e.code, message: e.message}; }"#;
+    driver.remove_authenticator(&authenticator).await;
+    let without_pin = driver.add_authenticator(false).await;
+    let add_credential = |id: String, synced: bool| {
+        let mut body = exported[0].clone();
+        if synced {
+            body["backupEligibility"] = json!(true);
+            body["backupState"] = json!(true);
+        }
+        let driver = &driver;
+        async move {
+            driver
+                .command(
+                    "POST",
+                    &format!("/webauthn/authenticator/{id}/credential"),
+                    body,
+                )
+                .await;
+        }
+    };
+    add_credential(without_pin.clone(), false).await;
+    let refused = driver.run(STEP_UP, &token, None).await;
+    assert_eq!(refused["code"], "user_not_verified", "{refused}");
+    driver.remove_authenticator(&without_pin).await;
+    let synced = driver
+        .command(
+            "POST",
+            "/webauthn/authenticator",
+            json!({
+                "protocol": "ctap2",
+                "transport": "internal",
+                "hasResidentKey": true,
+                "hasUserVerification": true,
+                "isUserConsenting": true,
+                "isUserVerified": true,
+            }),
+        )
+        .await;
+    add_credential(synced.as_str().unwrap().to_owned(), true).await;
+    let refused = driver.run(STEP_UP, &token, None).await;
+    assert_eq!(refused["code"], "synced_passkey", "{refused}");
     running.shutdown().await;
 }

@@ -7,3 +7,4 @@ mod common;
 mod browser;
 mod envoy_e2e;
 mod nginx_e2e;
+mod secret_notes;

@@ -614,3 +614,70 @@ async fn replicas_share_ceremonies_through_postgres() {
         (200, Some(1))
     );
 }
+
+/// The browser client, as a page loads it: the repository's file, revalidated
+/// by its ETag, importable from any origin, never sniffed as something else.
+#[tokio::test]
+async fn the_browser_client_is_served_with_a_validator() {
+    let server = TestServer::start(&hs256_config("")).await;
+    let client = reqwest::Client::new();
+    let url = server.http_url("/elevation/client.js");
+    let resp = client.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers().clone();
+    assert_eq!(h["content-type"], "text/javascript; charset=utf-8");
+    assert_eq!(h["cache-control"], "no-cache");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["access-control-allow-origin"], "*");
+    let etag = h["etag"].to_str().unwrap().to_owned();
+    assert!(etag.starts_with('"') && etag.len() == 34, "{etag}");
+    let body = resp.text().await.unwrap();
+    let file = std::fs::read_to_string(repo_root().join("clients/elevation/client.js")).unwrap();
+    assert_eq!(body, file);
+    assert!(body.contains("export class ElevationClient"));
+
+    for tag in [etag.clone(), format!("W/{etag}"), format!("\"x\", {etag}")] {
+        let resp = client
+            .get(&url)
+            .header("if-none-match", &tag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 304, "{tag}");
+        assert_eq!(resp.headers()["etag"], etag.as_str());
+        assert!(resp.text().await.unwrap().is_empty());
+    }
+    let resp = client
+        .get(&url)
+        .header("if-none-match", "\"another\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// The browser client's types (`clients/elevation/client.d.ts`) hold for an
+/// app that uses them (`tests/clients/elevation.ts`), checked by TypeScript's
+/// own compiler (npm, pinned in tests/oidc-provider).
+#[test]
+fn the_browser_clients_types_compile() {
+    let root = repo_root();
+    let tsc = root.join("tests/oidc-provider/node_modules/typescript/bin/tsc");
+    assert!(
+        tsc.exists(),
+        "{} not found: run `npm ci --prefix tests/oidc-provider` (scripts/test-deps.sh does)",
+        tsc.display()
+    );
+    let out = std::process::Command::new("node")
+        .arg(&tsc)
+        .args(["-p", "tests/clients"])
+        .current_dir(&root)
+        .output()
+        .expect("node runs");
+    assert!(
+        out.status.success(),
+        "tsc: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -590,19 +590,7 @@ const NHOST_KEY: &str = "0b0c5a4e-2f4e-4a79-9d6e-7a1f1c3d2e10";
 
 async fn create_nhost_table(db: &TestDb) {
     let mut conn = db.pg().await;
-    for stmt in [
-        "CREATE SCHEMA auth",
-        // hasura-auth's layout.
-        "CREATE TABLE auth.user_security_keys (
-            id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-            user_id uuid NOT NULL,
-            credential_id text NOT NULL UNIQUE,
-            credential_public_key bytea,
-            counter bigint NOT NULL DEFAULT 0,
-            transports varchar(255) NOT NULL DEFAULT '',
-            nickname text
-        )",
-    ] {
+    for stmt in common::NHOST_SECURITY_KEYS {
         sqlx::query(stmt).execute(&mut conn).await.unwrap();
     }
     // credential id bytes [1, 2, 3, 255] = base64url "AQID_w"; public key [4, 5, 6] = "BAUG".
@@ -659,7 +647,8 @@ async fn postgres_nhost_keys_count_when_enabled() {
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict), "{err:?}");
 
-    // nhost's table is never written.
+    // nhost's keys are never deleted; a step-up records the signature
+    // counter, which never goes back.
     assert!(
         !s.delete_key(NHOST_USER, &format!("nhost:{NHOST_KEY}"))
             .await
@@ -668,13 +657,18 @@ async fn postgres_nhost_keys_count_when_enabled() {
     s.update_key(&format!("nhost:{NHOST_KEY}"), &json!({}), 99)
         .await
         .unwrap();
+    s.update_key(&format!("nhost:{NHOST_KEY}"), &json!({}), 50)
+        .await
+        .unwrap();
     let mut conn = db.pg().await;
-    let (rows, counter): (i64, i64) =
-        sqlx::query_as("SELECT count(*), max(counter) FROM auth.user_security_keys")
-            .fetch_one(&mut conn)
+    let counters: Vec<(String, i64)> =
+        sqlx::query_as("SELECT id::text, counter FROM auth.user_security_keys ORDER BY counter")
+            .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!((rows, counter), (2, 42));
+    assert_eq!(counters.len(), 2, "{counters:?}");
+    assert_eq!(counters[0].1, 0, "the other row is untouched: {counters:?}");
+    assert_eq!(counters[1], (NHOST_KEY.to_owned(), 99));
     assert_eq!(s.count_keys(NHOST_USER).await.unwrap(), 2);
 
     // Disabled: nhost's keys do not count.
@@ -688,6 +682,81 @@ async fn postgres_nhost_keys_count_when_enabled() {
         .map(|k| k.id)
         .collect();
     assert_eq!(ids, ["own"]);
+}
+
+/// A role that may read nhost's table but not update it: a step-up's counter
+/// is not recorded there, and the step-up does not fail for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_nhost_counter_is_left_alone_by_a_role_that_may_only_read_it() {
+    let db = TestDb::postgres().await;
+    create_nhost_table(&db).await;
+    drop(db.open_with(true).await);
+    let (_, name) = db.drop.clone().unwrap();
+    let role = format!("{name}_reader");
+    let _drop = DropRole(db.url.clone(), role.clone());
+    let mut conn = db.pg().await;
+    for stmt in [
+        format!("CREATE ROLE \"{role}\" LOGIN PASSWORD 'reader-password'"),
+        format!("GRANT ALL ON DATABASE \"{name}\" TO \"{role}\""),
+        format!("GRANT ALL ON SCHEMA authgate, public TO \"{role}\""),
+        format!("GRANT ALL ON ALL TABLES IN SCHEMA authgate, public TO \"{role}\""),
+        format!("GRANT USAGE ON SCHEMA auth TO \"{role}\""),
+        format!("GRANT SELECT ON auth.user_security_keys TO \"{role}\""),
+    ] {
+        sqlx::query(&stmt).execute(&mut conn).await.unwrap();
+    }
+    let scheme_end = db.url.find("://").unwrap() + 3;
+    let at = db
+        .url
+        .find('@')
+        .expect("the test PostgreSQL URL names a user");
+    let reader_url = format!(
+        "{}{role}:reader-password{}",
+        &db.url[..scheme_end],
+        &db.url[at..]
+    );
+    let reader = store::open(&reader_url, &StoreOptions { nhost_keys: true })
+        .await
+        .unwrap_or_else(|e| panic!("open as {role}: {e}"));
+    assert_eq!(reader.count_keys(NHOST_USER).await.unwrap(), 1);
+    reader
+        .update_key(&format!("nhost:{NHOST_KEY}"), &json!({}), 99)
+        .await
+        .expect("a counter that cannot be written is not an error");
+    let counter: i64 =
+        sqlx::query_scalar("SELECT counter FROM auth.user_security_keys WHERE id = $1::uuid")
+            .bind(NHOST_KEY)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(counter, 42);
+}
+
+/// Drops a role (what it was granted in the database at the URL first), also
+/// when the test failed: roles outlive databases.
+struct DropRole(String, String);
+
+impl Drop for DropRole {
+    fn drop(&mut self) {
+        let (url, role) = (self.0.clone(), self.1.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
+                for stmt in [
+                    format!("DROP OWNED BY \"{role}\""),
+                    format!("DROP ROLE IF EXISTS \"{role}\""),
+                ] {
+                    let _ = sqlx::query(&stmt).execute(&mut conn).await;
+                }
+                Some(())
+            })
+        })
+        .join();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -170,6 +170,11 @@ pub fn failure_cause(e: &WebauthnError) -> (&'static str, &'static str) {
             "unsupported_key",
             "the security key's public key or algorithm is not supported",
         ),
+        E::CredentialBackupEligibilityInconsistent | E::CredentialMayNotBeHardwareBound => (
+            "synced_passkey",
+            "the key reports that it is a synced passkey (backup eligible or backed up), which it \
+             was not registered as; step up with a security key",
+        ),
         _ => ("ceremony_failed", "the security key could not be verified"),
     }
 }
@@ -250,11 +255,9 @@ impl<'a> Ceremonies<'a> {
     ) -> Result<CreationChallengeResponse, CeremonyError> {
         self.may_add_key(caller).await?;
         let existing = self.store(self.elevation.store.list_keys(&caller.user).await)?;
-        let exclude = existing
-            .iter()
-            .filter(|k| !k.id.starts_with("nhost:"))
-            .map(|k| k.credential_id.clone())
-            .collect();
+        // nhost's keys too: the browser then refuses to register one of
+        // them again before it asks the key.
+        let exclude = existing.iter().map(|k| k.credential_id.clone()).collect();
         let started = self.webauthn.start_securitykey_registration(
             user_handle(&caller.user),
             &caller.user,

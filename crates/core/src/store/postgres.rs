@@ -1,8 +1,11 @@
 //! The PostgreSQL store, for several replicas. authgate's tables live in the
-//! schema `authgate`; nhost's `auth.user_security_keys` can be read (never
-//! written) so that an nhost user's existing keys count.
+//! schema `authgate`; nhost's `auth.user_security_keys` can be read so that
+//! an nhost user's existing keys count and answer step-ups (its `counter` is
+//! the one column written, after a step-up, when the role may).
 
+use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -67,7 +70,13 @@ pub struct PostgresStore {
     /// Whether nhost's `auth.user_security_keys` is read (asked for, and present
     /// at open).
     nhost: bool,
+    /// nhost keys already reported as unusable for a step-up (warned once
+    /// each, up to [`MAX_WARNED_KEYS`]).
+    warned: Arc<Mutex<HashSet<String>>>,
 }
+
+/// How many unusable nhost keys are remembered as reported.
+const MAX_WARNED_KEYS: usize = 1024;
 
 impl PostgresStore {
     /// Connects, runs the migrations and looks for nhost's table when asked to.
@@ -114,7 +123,50 @@ impl PostgresStore {
         } else {
             false
         };
-        Ok(PostgresStore { pool, nhost })
+        Ok(PostgresStore {
+            pool,
+            nhost,
+            warned: Arc::default(),
+        })
+    }
+
+    /// A key of nhost's table; None (with a warning) for a row whose
+    /// credential id is missing or cannot be decoded.
+    fn nhost_key_of(&self, row: &PgRow) -> Result<Option<StoredKey>, StoreError> {
+        nhost_key_of(row, &|id: &str| {
+            let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+            warned.len() < MAX_WARNED_KEYS && warned.insert(id.to_owned())
+        })
+    }
+
+    /// Records an nhost key's signature counter after a step-up, as nhost's
+    /// Node service does after its own, so that a cloned key is noticed by
+    /// either (the counter never goes back). A role that may only read
+    /// nhost's table leaves it as it was (a warning says so): the step-up
+    /// still counts, as with nhost's Go service, which never updates it.
+    async fn update_nhost_counter(&self, id: &str, counter: u32) -> Result<(), StoreError> {
+        let Ok(id) = uuid::Uuid::parse_str(id) else {
+            return Ok(());
+        };
+        let done = sqlx::query(
+            "UPDATE auth.user_security_keys SET counter = $2
+             WHERE id = $1::uuid AND counter < $2",
+        )
+        .bind(id.to_string())
+        .bind(i64::from(counter))
+        .execute(&self.pool)
+        .await;
+        match done {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => {
+                tracing::warn!(
+                    "this role may not UPDATE auth.user_security_keys: the signature counter \
+                     of an nhost key is not recorded (GRANT UPDATE (counter) to record it)"
+                );
+                Ok(())
+            }
+            Err(e) => Err(db_error(e)),
+        }
     }
 }
 
@@ -240,8 +292,12 @@ fn decode_credential_id(text: &str) -> Option<Vec<u8>> {
 }
 
 /// A key of nhost's table; None (with a warning) for a row whose credential id
-/// is missing or cannot be decoded.
-fn nhost_key_of(row: &PgRow) -> Result<Option<StoredKey>, StoreError> {
+/// is missing or cannot be decoded. `first_report(id)` says whether a row
+/// unusable for a step-up is warned about (once, not on every listing).
+fn nhost_key_of(
+    row: &PgRow,
+    first_report: &dyn Fn(&str) -> bool,
+) -> Result<Option<StoredKey>, StoreError> {
     let id: String = row.try_get("id").map_err(db_error)?;
     let user_id: String = row.try_get("user_id").map_err(db_error)?;
     let credential_id_text: Option<String> = row.try_get("credential_id").map_err(db_error)?;
@@ -258,19 +314,65 @@ fn nhost_key_of(row: &PgRow) -> Result<Option<StoredKey>, StoreError> {
         return Ok(None);
     };
     let counter = counter.unwrap_or(0).clamp(0, i64::from(u32::MAX));
+    let counter = u32::try_from(counter).unwrap_or(u32::MAX);
+    let credential = public_key
+        .as_deref()
+        .and_then(|cose| nhost_credential(&credential_id, cose, counter))
+        .unwrap_or_else(|| {
+            if first_report(&id) {
+                tracing::warn!(
+                    id,
+                    "nhost security key whose public key is missing or not a supported COSE \
+                     key: it counts, but cannot be used for a step-up"
+                );
+            }
+            serde_json::json!({
+                "nhost": true,
+                "credentialId": credential_id_text,
+                "publicKey": public_key.map(|k| URL_SAFE_NO_PAD.encode(k)),
+            })
+        });
     Ok(Some(StoredKey {
         id: format!("{NHOST_ID_PREFIX}{id}"),
         user_id,
         credential_id,
         nickname,
-        credential: serde_json::json!({
-            "nhost": true,
-            "credentialId": credential_id_text,
-            "publicKey": public_key.map(|k| URL_SAFE_NO_PAD.encode(k)),
-        }),
-        counter: u32::try_from(counter).unwrap_or(u32::MAX),
+        credential,
+        counter,
         created_at: 0,
     }))
+}
+
+/// An nhost key as the credential record authgate keeps for its own keys
+/// (webauthn-rs' `SecurityKey`), so that it can answer a step-up. nhost
+/// stores the authenticator's COSE_Key (RFC 9052, section 7) as it came in
+/// the attestation; it records neither user verification nor backup
+/// eligibility. nhost's step-up requires user verification, so the key is
+/// taken as one registered with it (every step-up must verify the user, as
+/// with nhost) and as a security key, not a synced passkey.
+/// `None` for a key webauthn-rs cannot verify with (EdDSA, RSA other than
+/// RS256) or bytes that are not a COSE key.
+fn nhost_credential(credential_id: &[u8], cose: &[u8], counter: u32) -> Option<serde_json::Value> {
+    use webauthn_rs_core::proto::{
+        AttestationFormat, COSEKey, Credential, ParsedAttestation, RegisteredExtensions,
+        UserVerificationPolicy,
+    };
+    let value: serde_cbor_2::Value = serde_cbor_2::from_slice(cose).ok()?;
+    let cred = COSEKey::try_from(&value).ok()?;
+    let credential = Credential {
+        cred_id: credential_id.to_vec(),
+        cred,
+        counter,
+        transports: None,
+        user_verified: true,
+        backup_eligible: false,
+        backup_state: false,
+        registration_policy: UserVerificationPolicy::Preferred,
+        extensions: RegisteredExtensions::none(),
+        attestation: ParsedAttestation::default(),
+        attestation_format: AttestationFormat::None,
+    };
+    Some(serde_json::json!({ "cred": credential }))
 }
 
 fn challenge_of(row: &PgRow) -> Result<PendingChallenge, StoreError> {
@@ -320,7 +422,7 @@ impl CredentialStore for PostgresStore {
                 .await
                 .map_err(db_error)?;
                 for row in &rows {
-                    keys.extend(nhost_key_of(row)?);
+                    keys.extend(self.nhost_key_of(row)?);
                 }
             }
             let rows = sqlx::query(&format!(
@@ -382,6 +484,12 @@ impl CredentialStore for PostgresStore {
         counter: u32,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
+            if let Some(nhost_id) = id.strip_prefix(NHOST_ID_PREFIX) {
+                if !self.nhost {
+                    return Ok(());
+                }
+                return self.update_nhost_counter(nhost_id, counter).await;
+            }
             let credential = json_text(credential)?;
             sqlx::query(
                 "UPDATE authgate.authgate_security_keys SET credential = $2, counter = $3
@@ -497,7 +605,43 @@ impl CredentialStore for PostgresStore {
 
 #[cfg(test)]
 mod tests {
-    use super::decode_credential_id;
+    use super::{decode_credential_id, nhost_credential};
+    use webauthn_rs::prelude::SecurityKey;
+
+    /// The COSE_Key (EC2, ES256, P-256) of the curve's generator point, as an
+    /// authenticator encodes a public key.
+    fn cose_p256() -> Vec<u8> {
+        let x = "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296";
+        let y = "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5";
+        let hex = |s: &str| -> Vec<u8> {
+            (0..s.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+                .collect()
+        };
+        // {1: 2 (EC2), 3: -7 (ES256), -1: 1 (P-256), -2: x, -3: y}
+        let mut cose = vec![0xa5, 0x01, 0x02, 0x03, 0x26, 0x20, 0x01, 0x21, 0x58, 0x20];
+        cose.extend(hex(x));
+        cose.extend([0x22, 0x58, 0x20]);
+        cose.extend(hex(y));
+        cose
+    }
+
+    #[test]
+    fn nhost_cose_keys_become_security_keys() {
+        let v = nhost_credential(&[1, 2, 3], &cose_p256(), 7).expect("an ES256 key");
+        let key: SecurityKey = serde_json::from_value(v).expect("a SecurityKey");
+        assert_eq!(key.cred_id()[..], [1u8, 2, 3][..]);
+        // Not a COSE key, a point off the curve, an unsupported algorithm.
+        assert!(nhost_credential(&[1], &[4, 5, 6], 0).is_none());
+        let mut off_curve = cose_p256();
+        let last = off_curve.len() - 1;
+        off_curve[last] ^= 1;
+        assert!(nhost_credential(&[1], &off_curve, 0).is_none());
+        let mut eddsa = cose_p256();
+        eddsa[4] = 0x27; // alg -8 (EdDSA) with an EC2 key
+        assert!(nhost_credential(&[1], &eddsa, 0).is_none());
+    }
 
     #[test]
     fn decodes_nhost_credential_ids() {
