@@ -253,7 +253,8 @@ export class ElevationClient {
   }
 
   /** Registers the security key the user presents. The first key needs no
-   *  step-up; later ones do (mode permitting), run here first when needed. */
+   *  step-up; later ones do (mode permitting), run here first when needed.
+   *  @param {{nickname?: string, elevate?: boolean}} [options] */
   async addSecurityKey({ nickname, elevate } = {}) {
     // Only the first call is repeated after a step-up: once the key has
     // made a credential, starting over would make another.
@@ -310,7 +311,9 @@ export class ElevationClient {
     return (await this.#call('GET', '/user/webauthn')).keys;
   }
 
-  /** Deletes one of the user's keys; needs a step-up, run here first when needed. */
+  /** Deletes one of the user's keys; needs a step-up, run here first when needed.
+   *  @param {string} id
+   *  @param {{elevate?: boolean}} [options] */
   async deleteSecurityKey(id, { elevate } = {}) {
     await this.#elevatedCall(elevate, () => this.#call('DELETE', `/user/webauthn/${encodeURIComponent(id)}`));
   }
@@ -318,7 +321,10 @@ export class ElevationClient {
   /** `fetch` with the access token and the grant; on authgate's "elevation
    *  required" it runs the step-up once and sends the request again. A
    *  request to another origin than authgate's (and `origins`), or with its
-   *  own Authorization header, is sent as it is. */
+   *  own Authorization header, is sent as it is.
+   *  @param {RequestInfo | URL} input
+   *  @param {RequestInit} [init]
+   *  @param {{elevate?: boolean}} [options] */
   async fetch(input, init, { elevate } = {}) {
     const request = new Request(input, init);
     if (!this.#origins.has(originOf(request.url)) || request.headers.has('authorization')) {

@@ -55,10 +55,15 @@ pids+=($!)
 
 # Up when Envoy answers with the page (the upstream) and the client (authgate).
 up() { python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=1)" "$1" 2>/dev/null; }
+ready=
 for _ in $(seq 100); do
-  if up "http://127.0.0.1:$PORT/" && up "http://127.0.0.1:$PORT/elevation/client.js"; then break; fi
+  if up "http://127.0.0.1:$PORT/" && up "http://127.0.0.1:$PORT/elevation/client.js"; then ready=1; break; fi
   sleep 0.2
 done
+if [ -z "$ready" ]; then
+  echo "Secret Notes did not come up within 20 s (is a port taken? see the lines above)" >&2
+  exit 1
+fi
 echo "==> Secret Notes: open http://localhost:$PORT (Ctrl-C to stop)"
 # Stops everything as soon as one of the three exits.
 wait -n

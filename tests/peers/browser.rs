@@ -418,31 +418,6 @@ async fn a_wrong_origin_is_named_in_the_refusal() {
     running.shutdown().await;
 }
 
-/// Drops the database named on drop, also when the test failed.
-struct DropDatabase(String);
-
-impl Drop for DropDatabase {
-    fn drop(&mut self) {
-        let name = self.0.clone();
-        // Its own runtime, so its own thread (the test's may be gone).
-        let _ = std::thread::spawn(move || {
-            use sqlx::Connection;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let mut admin = sqlx::PgConnection::connect(&postgres_url()).await.ok()?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-    }
-}
-
 /// A fresh PostgreSQL database holding nhost's `auth.user_security_keys`
 /// (hasura-auth's layout); its URL and name.
 async fn nhost_database() -> (String, String) {
@@ -482,7 +457,10 @@ async fn a_key_nhost_registered_steps_up_in_chromium() {
     use sqlx::Connection;
 
     let (url, name) = nhost_database().await;
-    let _drop = DropDatabase(name);
+    let _drop = crate::sql::SqlOnDrop {
+        url: postgres_url(),
+        statements: vec![format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")],
+    };
     let user = "3c7f6a52-7f43-4d5e-9a0b-5e2d7c1f0a11";
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &SystemRandom::new())
         .unwrap();
@@ -552,7 +530,7 @@ async fn a_key_nhost_registered_steps_up_in_chromium() {
     let result = driver
         .run(
             r#"const {createElevationClient} = await import('/elevation/client.js');
-            const c = createElevationClient({getAccessToken: () => token});
+            const c = window.client = createElevationClient({getAccessToken: () => token});
             const attempt = async (f) => { try { return {ok: await f()}; } catch (e) { return {code: e.code, message: e.message}; } };
             const keys = await c.listSecurityKeys();
             const unelevated = await attempt(() => c.addSecurityKey({nickname: 'second', elevate: false}));
@@ -595,12 +573,41 @@ async fn a_key_nhost_registered_steps_up_in_chromium() {
     let exported = driver.credentials(&authenticator).await;
     assert_eq!(exported.len(), 1);
 
+    // With the grant the nhost key gave, a new key is registered (in
+    // authgate's table, beside nhost's key) and deleted.
+    driver.remove_authenticator(&authenticator).await;
+    let second = driver.add_authenticator(true).await;
+    let result = driver
+        .run(
+            r#"const c = window.client;
+            const added = await c.addSecurityKey({nickname: 'second', elevate: false});
+            const listed = (await c.listSecurityKeys()).map(k => k.id);
+            await c.deleteSecurityKey(added.id, {elevate: false});
+            const after = (await c.listSecurityKeys()).map(k => k.id);
+            return {added, listed, after};"#,
+            &token,
+            None,
+        )
+        .await;
+    let added = result["added"]["id"].as_str().expect("a new key");
+    assert_eq!(
+        result["listed"],
+        json!([format!("nhost:{nhost_id}"), added]),
+        "{result}"
+    );
+    assert_eq!(
+        result["after"],
+        json!([format!("nhost:{nhost_id}")]),
+        "{result}"
+    );
+    assert_eq!(driver.credentials(&second).await.len(), 1);
+    driver.remove_authenticator(&second).await;
+
     // The same key without its PIN, then as a synced passkey: refused, each
     // with its cause.
     const STEP_UP: &str = r#"const {createElevationClient} = await import('/elevation/client.js');
         const c = createElevationClient({getAccessToken: () => token});
         try { await c.elevate(); return {ok: true}; } catch (e) { return {code: e.code, message: e.message}; }"#;
-    driver.remove_authenticator(&authenticator).await;
     let without_pin = driver.add_authenticator(false).await;
     let add_credential = |id: String, synced: bool| {
         let mut body = exported[0].clone();

@@ -3,6 +3,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/sql.rs"]
+mod sql;
 
 mod browser;
 mod envoy_e2e;

@@ -227,6 +227,35 @@ async fn secret_notes_steps_up_in_chromium_through_envoy() {
     ok(page(&driver, "app.addNote('secret 3')").await);
     assert_eq!(page(&driver, "app.elevations").await, 2);
 
+    // The grant in a cookie instead (`grantIn: 'cookie'`): the browser sends
+    // it with a write the app makes without the client; gone once cleared.
+    let by_cookie = page(
+        &driver,
+        "(async () => { \
+           const {createElevationClient} = await import('/elevation/client.js'); \
+           const c = createElevationClient({getAccessToken: () => app.accessToken, grantIn: 'cookie'}); \
+           await c.elevate(); \
+           const set = document.cookie.includes('X-Elevation-Token='); \
+           const write = () => fetch('/api/notes', {method: 'POST', body: JSON.stringify({text: 'by cookie'}), \
+             headers: {'authorization': 'Bearer ' + app.accessToken, 'content-type': 'application/json'}}); \
+           const sent = (await write()).status; \
+           c.clearGrant(); \
+           const cleared = !document.cookie.includes('X-Elevation-Token='); \
+           return {set, sent, cleared, after: (await write()).status}; })()",
+    )
+    .await;
+    assert_eq!(
+        by_cookie,
+        serde_json::json!({"set": true, "sent": 201, "cleared": true, "after": 401}),
+        "{by_cookie}"
+    );
+    let id = page(
+        &driver,
+        "app.readNotes().then(n => n.find(x => x.text === 'by cookie').id)",
+    )
+    .await;
+    ok(page(&driver, &format!("app.deleteNote({id})")).await);
+
     // Deleting a note needs elevation too: the grant held covers it.
     let id = page(&driver, "app.readNotes().then(n => n[0].id)").await;
     ok(page(&driver, &format!("app.deleteNote({id})")).await);

@@ -656,9 +656,10 @@ async fn the_browser_client_is_served_with_a_validator() {
     assert_eq!(resp.status(), 200);
 }
 
-/// The browser client's types (`clients/elevation/client.d.ts`) hold for an
-/// app that uses them (`tests/clients/elevation.ts`), checked by TypeScript's
-/// own compiler (npm, pinned in tests/oidc-provider).
+/// The browser client's types, checked by TypeScript's own compiler (npm,
+/// pinned in tests/oidc-provider): `client.d.ts` holds for an app that uses
+/// it (`tests/clients/elevation.ts`), and `client.js` type-checks against
+/// the DOM's WebAuthn and fetch types and its own JSDoc.
 #[test]
 fn the_browser_clients_types_compile() {
     let root = repo_root();
@@ -668,16 +669,18 @@ fn the_browser_clients_types_compile() {
         "{} not found: run `npm ci --prefix tests/oidc-provider` (scripts/test-deps.sh does)",
         tsc.display()
     );
-    let out = std::process::Command::new("node")
-        .arg(&tsc)
-        .args(["-p", "tests/clients"])
-        .current_dir(&root)
-        .output()
-        .expect("node runs");
-    assert!(
-        out.status.success(),
-        "tsc: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for project in ["tests/clients", "tests/clients/tsconfig.js.json"] {
+        let out = std::process::Command::new("node")
+            .arg(&tsc)
+            .args(["-p", project])
+            .current_dir(&root)
+            .output()
+            .expect("node runs");
+        assert!(
+            out.status.success(),
+            "tsc -p {project}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -5,6 +5,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/sql.rs"]
+mod sql;
 
 mod attacks;
 mod cli;

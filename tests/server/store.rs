@@ -693,7 +693,15 @@ async fn postgres_nhost_counter_is_left_alone_by_a_role_that_may_only_read_it() 
     drop(db.open_with(true).await);
     let (_, name) = db.drop.clone().unwrap();
     let role = format!("{name}_reader");
-    let _drop = DropRole(db.url.clone(), role.clone());
+    // Roles outlive databases: dropped (with what they were granted) also
+    // when the test fails.
+    let _drop = crate::sql::SqlOnDrop {
+        url: db.url.clone(),
+        statements: vec![
+            format!("DROP OWNED BY \"{role}\""),
+            format!("DROP ROLE IF EXISTS \"{role}\""),
+        ],
+    };
     let mut conn = db.pg().await;
     for stmt in [
         format!("CREATE ROLE \"{role}\" LOGIN PASSWORD 'reader-password'"),
@@ -730,33 +738,6 @@ async fn postgres_nhost_counter_is_left_alone_by_a_role_that_may_only_read_it() 
             .await
             .unwrap();
     assert_eq!(counter, 42);
-}
-
-/// Drops a role (what it was granted in the database at the URL first), also
-/// when the test failed: roles outlive databases.
-struct DropRole(String, String);
-
-impl Drop for DropRole {
-    fn drop(&mut self) {
-        let (url, role) = (self.0.clone(), self.1.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
-                for stmt in [
-                    format!("DROP OWNED BY \"{role}\""),
-                    format!("DROP ROLE IF EXISTS \"{role}\""),
-                ] {
-                    let _ = sqlx::query(&stmt).execute(&mut conn).await;
-                }
-                Some(())
-            })
-        })
-        .join();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
