@@ -386,7 +386,7 @@ export class ElevationClient {
       `${GRANT_NAME}=${value}; Path=${c.path}; Max-Age=${maxAge}; SameSite=${c.sameSite}` + (secure ? '; Secure' : '');
   }
 
-  async #headers(token, base) {
+  #headers(token, base) {
     const headers = new Headers(base);
     if (token && !headers.has('authorization')) headers.set('authorization', `Bearer ${token}`);
     const grant = this.#grantFor(token);
@@ -395,14 +395,14 @@ export class ElevationClient {
   }
 
   async #send(request) {
-    const headers = await this.#headers(await this.#getToken(), request.headers);
+    const headers = this.#headers(await this.#getToken(), request.headers);
     return this.#fetch(new Request(request, { headers }));
   }
 
   /** One ceremony endpoint call: its JSON answer, or the ElevationError it means. */
   async #call(method, path, body, token) {
     const t = token === undefined ? await this.#getToken() : token;
-    const headers = await this.#headers(t);
+    const headers = this.#headers(t);
     const init = { method, headers };
     if (body !== undefined) {
       headers.set('content-type', 'application/json');

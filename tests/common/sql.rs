@@ -2,8 +2,8 @@
 //! module's, which shares `common` but not this file).
 
 /// SQL run against a PostgreSQL URL when this is dropped, also when the test
-/// failed; on a thread and runtime of its own (the test's may be gone), and
-/// errors ignored: for databases and roles a test made.
+/// failed, on a thread and runtime of its own (the test's may be gone): for
+/// databases and roles a test made. A failure is reported, never a panic.
 pub struct SqlOnDrop {
     pub url: String,
     pub statements: Vec<String>,
@@ -20,12 +20,18 @@ impl Drop for SqlOnDrop {
                 .build()
                 .ok()?;
             rt.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
+                let mut conn = match sqlx::PgConnection::connect(&url).await {
+                    Ok(c) => c,
+                    Err(e) => return eprintln!("clean-up: cannot connect: {e}"),
+                };
                 for stmt in statements {
-                    let _ = sqlx::query(&stmt).execute(&mut conn).await;
+                    if let Err(e) = sqlx::query(&stmt).execute(&mut conn).await {
+                        eprintln!("clean-up: {stmt}: {e}");
+                    }
                 }
-                Some(())
-            })
+                let _ = conn.close().await;
+            });
+            Some(())
         })
         .join();
     }

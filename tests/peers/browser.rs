@@ -154,6 +154,17 @@ impl Driver {
         id.as_str().unwrap().to_owned()
     }
 
+    /// Gives the virtual authenticator `id` a credential ("Add Credential":
+    /// the fields "Get Credentials" returns, private key included).
+    pub(crate) async fn add_credential(&self, id: &str, credential: Value) {
+        self.command(
+            "POST",
+            &format!("/webauthn/authenticator/{id}/credential"),
+            credential,
+        )
+        .await;
+    }
+
     pub(crate) async fn remove_authenticator(&self, id: &str) {
         self.command(
             "DELETE",
@@ -513,9 +524,8 @@ async fn a_key_nhost_registered_steps_up_in_chromium() {
     // nhost's keys.
     let authenticator = driver.add_authenticator(true).await;
     driver
-        .command(
-            "POST",
-            &format!("/webauthn/authenticator/{authenticator}/credential"),
+        .add_credential(
+            &authenticator,
             json!({
                 "credentialId": B64.encode(&credential_id),
                 "isResidentCredential": false,
@@ -609,42 +619,17 @@ async fn a_key_nhost_registered_steps_up_in_chromium() {
         const c = createElevationClient({getAccessToken: () => token});
         try { await c.elevate(); return {ok: true}; } catch (e) { return {code: e.code, message: e.message}; }"#;
     let without_pin = driver.add_authenticator(false).await;
-    let add_credential = |id: String, synced: bool| {
-        let mut body = exported[0].clone();
-        if synced {
-            body["backupEligibility"] = json!(true);
-            body["backupState"] = json!(true);
-        }
-        let driver = &driver;
-        async move {
-            driver
-                .command(
-                    "POST",
-                    &format!("/webauthn/authenticator/{id}/credential"),
-                    body,
-                )
-                .await;
-        }
-    };
-    add_credential(without_pin.clone(), false).await;
+    driver
+        .add_credential(&without_pin, exported[0].clone())
+        .await;
     let refused = driver.run(STEP_UP, &token, None).await;
     assert_eq!(refused["code"], "user_not_verified", "{refused}");
     driver.remove_authenticator(&without_pin).await;
-    let synced = driver
-        .command(
-            "POST",
-            "/webauthn/authenticator",
-            json!({
-                "protocol": "ctap2",
-                "transport": "internal",
-                "hasResidentKey": true,
-                "hasUserVerification": true,
-                "isUserConsenting": true,
-                "isUserVerified": true,
-            }),
-        )
-        .await;
-    add_credential(synced.as_str().unwrap().to_owned(), true).await;
+    let synced = driver.add_authenticator(true).await;
+    let mut passkey = exported[0].clone();
+    passkey["backupEligibility"] = json!(true);
+    passkey["backupState"] = json!(true);
+    driver.add_credential(&synced, passkey).await;
     let refused = driver.run(STEP_UP, &token, None).await;
     assert_eq!(refused["code"], "synced_passkey", "{refused}");
     running.shutdown().await;

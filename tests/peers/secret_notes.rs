@@ -268,7 +268,10 @@ async fn secret_notes_steps_up_in_chromium_through_envoy() {
     ok(page(&driver, "Promise.resolve(app.client.clearGrant())").await);
     let v = page(&driver, "app.addKey('second', {elevate: false})").await;
     assert_eq!(code(&v), "elevation_required", "{v}");
-    ok(page(&driver, "app.stepUp()").await);
+    // Two step-ups at once share one prompt.
+    let before = page(&driver, "app.elevations").await.as_u64().unwrap();
+    ok(page(&driver, "Promise.all([app.stepUp(), app.stepUp()])").await);
+    assert_eq!(page(&driver, "app.elevations").await, before + 1);
     // The same key again: the browser refuses (excludeCredentials).
     let v = page(&driver, "app.addKey('first key again')").await;
     assert_eq!(code(&v), "credential_exists", "{v}");
@@ -322,13 +325,7 @@ async fn secret_notes_steps_up_in_chromium_through_envoy() {
     // PIN): the browser sends the assertion, authgate refuses it.
     let exported = driver.credentials(&b).await;
     let d = driver.add_authenticator(false).await;
-    driver
-        .command(
-            "POST",
-            &format!("/webauthn/authenticator/{d}/credential"),
-            exported[0].clone(),
-        )
-        .await;
+    driver.add_credential(&d, exported[0].clone()).await;
     driver.remove_authenticator(&b).await;
     let v = page(&driver, "app.stepUp()").await;
     assert_eq!(code(&v), "user_not_verified", "{v}");
@@ -342,13 +339,7 @@ async fn secret_notes_steps_up_in_chromium_through_envoy() {
     );
     driver.remove_authenticator(&d).await;
     let b = driver.add_authenticator(true).await;
-    driver
-        .command(
-            "POST",
-            &format!("/webauthn/authenticator/{b}/credential"),
-            exported[0].clone(),
-        )
-        .await;
+    driver.add_credential(&b, exported[0].clone()).await;
 
     // A step-up slower than the challenge's life (8 s here).
     let v = page(

@@ -23,8 +23,10 @@ use crate::common;
 struct TestDb {
     url: String,
     postgres: bool,
-    /// For PostgreSQL: the admin URL and the database to drop at the end.
-    drop: Option<(String, String)>,
+    /// For PostgreSQL: the database's name, dropped at the end (also when
+    /// the test failed).
+    name: Option<String>,
+    _drop: Option<crate::sql::SqlOnDrop>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -36,7 +38,8 @@ impl TestDb {
         TestDb {
             url: format!("sqlite://{}", path.display()),
             postgres: false,
-            drop: None,
+            name: None,
+            _drop: None,
             _dir: Some(dir),
         }
     }
@@ -77,7 +80,11 @@ impl TestDb {
         TestDb {
             url: with_database(&admin, &name),
             postgres: true,
-            drop: Some((admin, name)),
+            _drop: Some(crate::sql::SqlOnDrop {
+                url: admin,
+                statements: vec![format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")],
+            }),
+            name: Some(name),
             _dir: None,
         }
     }
@@ -120,32 +127,6 @@ impl TestDb {
                 .await
         }
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let Some((admin, name)) = self.drop.take() else {
-            return;
-        };
-        // Runs even when the test panicked; needs its own runtime, so its own thread.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&admin).await?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await?;
-                conn.close().await
-            })
-        })
-        .join();
-        if let Ok(Err(e)) = dropped {
-            eprintln!("could not drop the test database: {e}");
-        }
     }
 }
 
@@ -691,7 +672,7 @@ async fn postgres_nhost_counter_is_left_alone_by_a_role_that_may_only_read_it() 
     let db = TestDb::postgres().await;
     create_nhost_table(&db).await;
     drop(db.open_with(true).await);
-    let (_, name) = db.drop.clone().unwrap();
+    let name = db.name.clone().unwrap();
     let role = format!("{name}_reader");
     // Roles outlive databases: dropped (with what they were granted) also
     // when the test fails.

@@ -130,13 +130,11 @@ impl PostgresStore {
         })
     }
 
-    /// A key of nhost's table; None (with a warning) for a row whose
-    /// credential id is missing or cannot be decoded.
-    fn nhost_key_of(&self, row: &PgRow) -> Result<Option<StoredKey>, StoreError> {
-        nhost_key_of(row, &|id: &str| {
-            let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
-            warned.len() < MAX_WARNED_KEYS && warned.insert(id.to_owned())
-        })
+    /// Whether the nhost key `id`, unusable for a step-up, is reported now:
+    /// once, not on every listing.
+    fn first_report(&self, id: &str) -> bool {
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        warned.len() < MAX_WARNED_KEYS && warned.insert(id.to_owned())
     }
 
     /// Records an nhost key's signature counter after a step-up, as nhost's
@@ -292,12 +290,8 @@ fn decode_credential_id(text: &str) -> Option<Vec<u8>> {
 }
 
 /// A key of nhost's table; None (with a warning) for a row whose credential id
-/// is missing or cannot be decoded. `first_report(id)` says whether a row
-/// unusable for a step-up is warned about (once, not on every listing).
-fn nhost_key_of(
-    row: &PgRow,
-    first_report: &dyn Fn(&str) -> bool,
-) -> Result<Option<StoredKey>, StoreError> {
+/// is missing or cannot be decoded.
+fn nhost_key_of(store: &PostgresStore, row: &PgRow) -> Result<Option<StoredKey>, StoreError> {
     let id: String = row.try_get("id").map_err(db_error)?;
     let user_id: String = row.try_get("user_id").map_err(db_error)?;
     let credential_id_text: Option<String> = row.try_get("credential_id").map_err(db_error)?;
@@ -319,7 +313,7 @@ fn nhost_key_of(
         .as_deref()
         .and_then(|cose| nhost_credential(&credential_id, cose, counter))
         .unwrap_or_else(|| {
-            if first_report(&id) {
+            if store.first_report(&id) {
                 tracing::warn!(
                     id,
                     "nhost security key whose public key is missing or not a supported COSE \
@@ -422,7 +416,7 @@ impl CredentialStore for PostgresStore {
                 .await
                 .map_err(db_error)?;
                 for row in &rows {
-                    keys.extend(self.nhost_key_of(row)?);
+                    keys.extend(nhost_key_of(self, row)?);
                 }
             }
             let rows = sqlx::query(&format!(
